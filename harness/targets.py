@@ -1,0 +1,132 @@
+"""Targets as data: one TOML file per board under ``targets/``, loaded into a frozen dataclass.
+
+Adding a board means adding a file. Code never branches on a target's *name*; when a target needs
+different behaviour, that difference is a field here (device kind, cross compiler, QEMU CPU, ...).
+A file may ``extends = "other"`` to inherit every field it does not set (e.g. ``arm`` → ``rpi4``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+DEVICE_KINDS = ("local", "rpc", "tracker", "emulated")
+
+
+class TargetError(ValueError):
+    """An unknown or malformed target file; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """How to reach the device that runs the artefact."""
+
+    kind: str = "local"
+    host: str = ""  # rpc: server host; tracker: tracker host
+    port: int = 0
+    key: str = ""  # tracker key (e.g. "rasp4")
+    qemu_cpu: str = ""  # emulated: CPU model QEMU enforces (must match the board)
+    session_timeout_s: float = 600.0
+    connect_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    tvm: dict[str, Any]
+    threads: int = 1
+    device: DeviceSpec = field(default_factory=DeviceSpec)
+    cross_compiler: str = ""  # e.g. "aarch64-linux-gnu-g++"; empty → the host compiler
+    arch: str = ""  # expected `uname -m` of the device ("aarch64"); empty → same as host
+    peak_int8_gmacs: float = 0.0
+    peak_fp32_gmacs: float = 0.0
+    energy: dict[str, float] = field(default_factory=dict)  # per-op / per-byte overrides (pJ)
+    path: str = ""
+
+    @property
+    def emulated(self) -> bool:
+        return self.device.kind == "emulated"
+
+    @property
+    def measured_as(self) -> str:
+        """How figures from this target are labelled in every table: native or emulated."""
+        return "emulated" if self.emulated else "native"
+
+    def tvm_target(self):  # -> tvm.target.Target (import kept lazy: loading targets must not need TVM)
+        import tvm
+
+        return tvm.target.Target(dict(self.tvm))
+
+    def with_device(self, **overrides: Any) -> Target:
+        """A copy with device fields replaced (CLI flags / environment override the file)."""
+        from dataclasses import replace
+
+        kept = {k: v for k, v in overrides.items() if v not in (None, "", 0)}
+        return replace(self, device=replace(self.device, **kept)) if kept else self
+
+
+def available_targets(directory: Path = TARGETS_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.toml"))
+
+
+def _read(name: str, directory: Path, seen: tuple[str, ...]) -> dict[str, Any]:
+    path = directory / f"{name}.toml"
+    if not path.exists():
+        raise TargetError(f"unknown target {name!r}; available: {', '.join(available_targets(directory))} "
+                          f"(add {directory}/{name}.toml to define it)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise TargetError(f"{path}: not valid TOML ({e})") from e
+    parent = data.pop("extends", None)
+    if parent:
+        if parent in seen:
+            raise TargetError(f"{path}: 'extends' loop through {parent!r}")
+        base = _read(parent, directory, (*seen, name))
+        for table in ("tvm", "device", "energy"):
+            if table in data and table in base:
+                data[table] = {**base[table], **data[table]}
+        data = {**base, **data}
+    data["path"] = str(path)
+    return data
+
+
+_FIELDS = {"name", "description", "tvm", "threads", "device", "cross_compiler", "arch", "peak_int8_gmacs",
+           "peak_fp32_gmacs", "energy", "path"}
+
+
+def load_target(name: str, directory: Path = TARGETS_DIR) -> Target:
+    """Load ``targets/<name>.toml``; every problem names the file and the key at fault."""
+    data = _read(name, directory, ())
+    path = data["path"]
+    unknown = set(data) - _FIELDS
+    if unknown:
+        raise TargetError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_FIELDS - {'path'})}")
+    data["name"] = name  # the file name is the target's name (an alias file keeps its own)
+    for key, typ in (("description", str), ("tvm", dict), ("threads", int)):
+        if key not in data:
+            raise TargetError(f"{path}: missing required key {key!r}")
+        if not isinstance(data[key], typ):
+            raise TargetError(f"{path}: key {key!r} must be a {typ.__name__}, got {data[key]!r}")
+    if "kind" not in data["tvm"]:
+        raise TargetError(f"{path}: [tvm] needs a 'kind' (e.g. \"llvm\" or \"cuda\")")
+    if data["threads"] < 1:
+        raise TargetError(f"{path}: key 'threads' must be >= 1")
+    dev = data.get("device", {})
+    try:
+        device = DeviceSpec(**dev)
+    except TypeError as e:
+        raise TargetError(f"{path}: bad [device] table ({e})") from e
+    if device.kind not in DEVICE_KINDS:
+        raise TargetError(f"{path}: [device] kind must be one of {DEVICE_KINDS}, got {device.kind!r}")
+    if device.kind == "emulated" and not device.qemu_cpu:
+        raise TargetError(f"{path}: an emulated device needs [device] qemu_cpu (e.g. \"cortex-a72\")")
+    for key in ("peak_int8_gmacs", "peak_fp32_gmacs"):
+        if key in data and not isinstance(data[key], (int, float)):
+            raise TargetError(f"{path}: key {key!r} must be a number")
+    data["device"] = device
+    return Target(**data)

@@ -1,0 +1,189 @@
+"""Quantizers and the integer parameters of a quantized graph.
+
+Scheme (the one the integer reference, the twin and the TVM module all execute):
+
+* input: ``uint8 q = clamp(floor(x·255 + 0.5), 0, 255)``, scale 1/255 (images live in [0, 1]);
+* weights: symmetric per output channel, ``bits`` ∈ [2, 8], stored as int8;
+* bias: int32 at scale ``s_in · s_w[o]``;
+* activations: 8-bit per tensor, zero point 0 — uint8 after a ReLU, int8 otherwise;
+* requantization: ``out = clamp((acc·M[o] + q_res·M_res + 2^(sh−1)) >> sh, lo, hi)`` in int64, with
+  ``M`` < 2^31 a per-channel fixed-point multiplier and ``sh`` one shift per layer — no floating
+  point between layers, and exact by construction on every backend;
+* the last layer returns its int32 accumulator; logits = acc · s_in · s_w[o] (dequantized once).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from laaq.graph import Graph, Node, run_float
+from laaq.quant.plan import LayerSetting, QuantPlan
+
+INPUT_SCALE = 1.0 / 255.0
+
+
+def qmax(bits: int) -> int:
+    """Largest magnitude of a symmetric signed integer of ``bits`` bits (e.g. 127 for 8)."""
+    return 2 ** (bits - 1) - 1
+
+
+def weight_scales(w: np.ndarray, setting: LayerSetting) -> np.ndarray:
+    """Per-output-channel scales: clip · max|W_o| / qmax(bits); never zero (dead channels get 1)."""
+    flat = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
+    s = setting.clip * flat / qmax(setting.bits)
+    return np.where(s > 0, s, 1.0)
+
+
+def quantize_weight(w: np.ndarray, setting: LayerSetting) -> tuple[np.ndarray, np.ndarray]:
+    """Integer weights (int8 storage, values within ±qmax(bits)) and their per-channel scales."""
+    s = weight_scales(w, setting)
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    q = np.clip(np.floor(w / s.reshape(shape) + 0.5), -qmax(setting.bits), qmax(setting.bits))
+    return q.astype(np.int8), s
+
+
+def dequantize_weight(w: np.ndarray, setting: LayerSetting) -> np.ndarray:
+    """Q(W) in float: what the quantized layer actually multiplies by (for metrics and norms)."""
+    q, s = quantize_weight(w, setting)
+    return (q.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+
+
+def quantize_input(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] → uint8 codes; the single definition used by every backend."""
+    return torch.clamp(torch.floor(x.float() * 255.0 + 0.5), 0, 255).to(torch.uint8)
+
+
+def fixed_point(multipliers: np.ndarray) -> tuple[np.ndarray, int]:
+    """Real multipliers → (int64 M < 2^31, shift) with m ≈ M / 2^shift, one shift for all.
+
+    A shared shift keeps the requantization a single tensor op per layer; the largest multiplier
+    gets 31 significant bits, the others at least as many as their ratio to it allows.
+    """
+    m = np.asarray(multipliers, dtype=np.float64)
+    top = float(m.max())
+    if not (top > 0 and math.isfinite(top)):
+        raise ValueError(f"requantization multipliers must be finite and positive, got max {top}")
+    exp = math.floor(math.log2(top)) + 1  # top < 2^exp
+    shift = 31 - exp
+    if shift < 1:
+        raise ValueError(f"requantization multiplier {top} too large (needs a shift < 1)")
+    if shift > 62:
+        raise ValueError(f"requantization multiplier {top} too small (shift {shift} > 62)")
+    M = np.minimum(np.floor(m * 2.0**shift + 0.5), 2**31 - 1).astype(np.int64)
+    return M, shift
+
+
+@dataclass
+class QNode:
+    """Integer parameters of one node; float scales are kept only to dequantize logits/report."""
+
+    node: Node
+    out_signed: bool  # int8 output (no ReLU) vs uint8
+    s_in: float
+    s_out: float  # for the final layer: unused (logits are dequantized per channel)
+    w_q: np.ndarray | None = None  # int8
+    w_scale: np.ndarray | None = None  # float64 [O]
+    b_q: np.ndarray | None = None  # int32 [O]
+    mult: np.ndarray | None = None  # int64 [O] (gap: [1])
+    shift: int = 0
+    res_mult: int = 0  # residual multiplier (same shift)
+    s_res: float = 0.0
+    setting: LayerSetting | None = None
+    final: bool = False
+
+    @property
+    def lo(self) -> int:
+        return -128 if self.out_signed else 0
+
+    @property
+    def hi(self) -> int:
+        return 127 if self.out_signed else 255
+
+
+@dataclass
+class QuantizedGraph:
+    """A graph with integer weights, biases and requantization constants, ready for any backend."""
+
+    graph: Graph
+    plan: QuantPlan
+    qnodes: dict[str, QNode]
+    act_scales: dict[str, float]
+
+    @property
+    def output(self) -> QNode:
+        return self.qnodes[self.graph.output]
+
+    def logit_scale(self) -> np.ndarray:
+        """Per-class factor turning the final int32 accumulator into float logits."""
+        q = self.output
+        return q.s_in * q.w_scale
+
+
+def calibrate(graph: Graph, calib_x: torch.Tensor, percentile: float = 100.0) -> dict[str, float]:
+    """Activation scales per node from the float model's ranges on calibration inputs.
+
+    ``percentile`` < 100 clips rare outliers; max (100) is the default because the calibration set
+    includes adversarial inputs in our searches, whose large activations should stay representable.
+    """
+    with torch.no_grad():
+        outs = run_float(graph, calib_x.float(), keep_all=True)
+    scales: dict[str, float] = {"input": INPUT_SCALE}
+    for n in graph.nodes:
+        if n.op == "flatten":
+            continue
+        a = outs[n.name].abs().flatten().double()
+        r = float(a.max()) if percentile >= 100 else float(torch.quantile(a[:2_000_000], percentile / 100))
+        signed = not n.relu
+        scales[n.name] = max(r, 1e-8) / (127.0 if signed else 255.0)
+    return scales
+
+
+def quantize_graph(graph: Graph, plan: QuantPlan, calib_x: torch.Tensor,
+                   act_scales: dict[str, float] | None = None) -> QuantizedGraph:
+    """Integer parameters for every node from a plan and calibration data (or given scales)."""
+    plan.check_covers([n.name for n in graph.weighted()])
+    scales = act_scales or calibrate(graph, calib_x)
+    src_scale: dict[str, float] = {"input": INPUT_SCALE}
+    src_signed: dict[str, bool] = {"input": False}
+    qnodes: dict[str, QNode] = {}
+    for i, n in enumerate(graph.nodes):
+        s_in = src_scale[n.inputs[0]]
+        final = i == len(graph.nodes) - 1
+        if n.op == "flatten":
+            src_scale[n.name], src_signed[n.name] = s_in, src_signed[n.inputs[0]]
+            qnodes[n.name] = QNode(n, src_signed[n.inputs[0]], s_in, s_in)
+            continue
+        s_out = scales[n.name]
+        signed = not n.relu
+        q = QNode(n, signed, s_in, s_out, final=final)
+        if n.has_weight:
+            if not np.all(np.isfinite(n.weight)) or not np.all(np.isfinite(n.bias)):
+                raise ValueError(f"layer {n.name!r} has NaN or infinite weights; refusing to quantize")
+            setting = plan.setting(n.name)
+            q.setting = setting
+            q.w_q, q.w_scale = quantize_weight(n.weight, setting)
+            acc_scale = s_in * q.w_scale
+            bq = np.floor(n.bias.astype(np.float64) / acc_scale + 0.5)
+            q.b_q = np.clip(bq, -(2**31) + 1, 2**31 - 1).astype(np.int32)
+            if not final:
+                reals = acc_scale / s_out
+                if n.residual:
+                    q.s_res = src_scale[n.residual]
+                    reals = np.concatenate([reals, [q.s_res / s_out]])
+                M, q.shift = fixed_point(reals)
+                if n.residual:
+                    q.mult, q.res_mult = M[:-1], int(M[-1])
+                else:
+                    q.mult = M
+        elif n.op == "gap":
+            hw = int(np.prod(graph.input_shape_of(n)[1:]))
+            q.mult, q.shift = fixed_point(np.array([s_in / (hw * s_out)]))
+        if final and not n.has_weight:
+            raise ValueError("the last node must be a dense or conv layer (its accumulator is the output)")
+        qnodes[n.name] = q
+        src_scale[n.name], src_signed[n.name] = s_out, signed
+    return QuantizedGraph(graph, plan, qnodes, scales)

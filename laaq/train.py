@@ -1,0 +1,134 @@
+"""Plain and PGD adversarial training, with a checkpoint cache keyed by what determines the model.
+
+The cache key hashes (data content, architecture, every training hyper-parameter, seed): change any
+of them and a new model is trained; change none and the cached weights load in milliseconds.
+Checkpoints are loaded with ``weights_only=True`` — a checkpoint can never execute code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from laaq.attacks import PGDConfig, pgd
+from laaq.data import Split
+from laaq.models import build_model
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is corrupt or belongs to another model."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines the trained weights (apart from the data content)."""
+
+    arch: str = "smallcnn"
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    adversarial: bool = True
+    pgd: PGDConfig = field(default_factory=lambda: PGDConfig(eps=0.3, step_size=0.05, steps=10))
+    seed: int = 0
+
+    def key(self, data_digest: str) -> str:
+        body = json.dumps({"data": data_digest, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LAAQ_CACHE", Path.home() / ".cache" / "laaq-bench"))
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    model.eval()
+    with torch.no_grad():
+        hits = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
+    return hits / max(len(x), 1)
+
+
+def _fit(model: torch.nn.Module, data: Split, cfg: TrainConfig, progress: bool) -> None:
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(data.x_train)
+    steps = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    kind = "PGD-AT" if cfg.adversarial else "plain"
+    bar = tqdm(total=steps, desc=f"train {cfg.arch} ({kind})", disable=not progress, unit="batch")
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            x, y = data.x_train[idx], data.y_train[idx]
+            if cfg.adversarial:
+                model.eval()  # attack the current weights without touching BN statistics
+                x = pgd(model, x, y, cfg.pgd, generator=gen)
+            model.train()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, expect_key: str | None = None) -> None:
+    """Load weights safely; a corrupt file or another model's checkpoint raises CheckpointError."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}); "
+                              "delete it to retrain") from e
+    if not isinstance(blob, dict) or "state_dict" not in blob:
+        raise CheckpointError(f"checkpoint {path} has no 'state_dict'; not a laaq-bench checkpoint")
+    if expect_key is not None and blob.get("key") != expect_key:
+        raise CheckpointError(f"checkpoint {path} was trained for key {blob.get('key')}, expected {expect_key}")
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit architecture {type(model).__name__}: "
+                              f"{str(e).splitlines()[0]}") from e
+    for name, t in blob["state_dict"].items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"checkpoint {path} holds NaN/inf values in {name}")
+    model.eval()
+
+
+def train_or_load(data: Split, cfg: TrainConfig, cache_dir: Path | None = None,
+                  progress: bool = True) -> tuple[torch.nn.Module, Path, bool]:
+    """Trained model for (data, cfg), from the cache when present; returns (model, path, was_cached)."""
+    key = cfg.key(data.digest())
+    path = (cache_dir or default_cache_dir()) / "checkpoints" / f"{data.name}-{cfg.arch}-{key}.pt"
+    model = build_model(cfg.arch, data.input_shape, data.num_classes)
+    if path.exists():
+        load_checkpoint(path, model, expect_key=key)
+        return model, path, True
+    _fit(model, data, cfg, progress)
+    _atomic_save({"key": key, "arch": cfg.arch, "config": json.dumps(asdict(cfg)),
+                  "state_dict": model.state_dict()}, path)
+    return model, path, False
