@@ -1,0 +1,455 @@
+"""An emulated Raspberry Pi: TVM's RPC server in an arm64 Debian chroot under qemu user mode.
+
+Why this exists: the benchmark cross-compiles for aarch64 boards, and CI has no board. An arm64
+rootfs with the same TVM version as the host (built once by ``scripts/emu_rootfs.sh`` and cached
+outside the repository) runs ``python -m tvm.exec.rpc_server`` through binfmt + ``qemu-aarch64``,
+so the exact artefact a Pi would load (a cross-compiled ``.so``) is uploaded, loaded and run over
+the real RPC protocol. ``QEMU_CPU`` makes qemu refuse instructions the modelled core lacks (e.g.
+``sdot`` on a Cortex-A72), so a wrongly targeted build fails here as it would on the board.
+
+Emulated timings are smoke tests only: qemu's instruction translation says nothing about a real
+board's speed.
+
+Design choices, each for a failure seen in practice:
+
+* The server runs in a private mount namespace (``unshare --mount``) where proc, sys, dev and a
+  tmpfs on ``/tmp`` are mounted inside the rootfs. Those mounts vanish with the last process of the
+  namespace, so nothing is left mounted on the host even if this Python process is SIGKILLed, two
+  servers can share one rootfs, and uploaded files never pollute the cached rootfs.
+* The server is started in its own session/process group (``setsid``): TVM's server runs its
+  listen loop in a Popen worker child and forks one more child per session, and killing only the
+  parent leaves those alive. Teardown kills the whole group.
+* ``env -i``: host variables (``PYTHONPATH``, ``LD_LIBRARY_PATH``, a venv's ``PATH``) would
+  otherwise leak into the arm64 world and break imports.
+* ``TVM_USE_RUNTIME_LIB=1``: the device only loads and runs compiled modules; the rootfs has no
+  ``libtvm_compiler.so`` (import is ~3x faster under qemu without it).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+__all__ = [
+    "DEVICE_PYTHON",
+    "RASPBERRY_PI_4",
+    "RASPBERRY_PI_5",
+    "EmulatedBoard",
+    "EmulatedRPCServer",
+    "EmulatorUnavailable",
+    "ensure_rootfs",
+    "rootfs_ready",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ROOTFS_SCRIPT = REPO_ROOT / "scripts" / "emu_rootfs.sh"
+#: Python of the venv inside the rootfs (runtime-only TVM, cloudpickle, psutil, numpy).
+DEVICE_PYTHON = "/opt/tvm-venv/bin/python"
+_DEVICE_PATH = "/opt/tvm-venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_QEMU_CPU_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# Exit code of emu_rootfs.sh when root is needed; it then prints the exact commands to run.
+_RC_NEEDS_ROOT = 3
+
+# Mounts inside a private mount namespace, then replaces itself by chroot: the server inherits the
+# namespace, and the mounts go away with the server's last process.
+_MOUNT_AND_CHROOT = """
+r="$1"; shift
+mount -t proc proc "$r/proc"
+mount --rbind /sys "$r/sys"
+mount --rbind /dev "$r/dev"
+mount -t tmpfs -o size=1g tmpfs "$r/tmp"
+exec chroot "$r" "$@"
+"""
+
+
+class EmulatorUnavailable(RuntimeError):
+    """The emulated device cannot be provided here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class EmulatedBoard:
+    """An aarch64 board modelled by qemu user mode.
+
+    Attributes:
+        qemu_cpu: qemu's CPU model (``qemu-aarch64-static -cpu help``), e.g. ``"cortex-a72"``
+            (Raspberry Pi 4) or ``"cortex-a76"`` (Raspberry Pi 5). It must match the compile
+            target's ``mcpu``; otherwise code the board cannot run may still run here.
+        cache_dir: cache root for the rootfs (default ``$LAAQ_EMU_CACHE``, else ``$LAAQ_CACHE``,
+            else ``~/.cache/laaq-bench``); the rootfs lives in
+            ``<cache_dir>/emu/<tvm-version>/rootfs``.
+    """
+
+    qemu_cpu: str
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not _QEMU_CPU_RE.match(self.qemu_cpu):
+            raise ValueError(f"not a qemu CPU model name: {self.qemu_cpu!r}")
+
+
+RASPBERRY_PI_4 = EmulatedBoard(qemu_cpu="cortex-a72")
+RASPBERRY_PI_5 = EmulatedBoard(qemu_cpu="cortex-a76")
+
+
+def _script_env(cache_dir: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["LAAQ_EMU_CACHE"] = str(Path(cache_dir).expanduser().resolve())
+    # The wheels are fetched with the pip of the Python running the harness (the project venv).
+    env.setdefault("LAAQ_HOST_PYTHON", sys.executable)
+    return env
+
+
+def _check_platform() -> None:
+    if not sys.platform.startswith("linux"):
+        raise EmulatorUnavailable(f"the emulated device needs Linux (chroot, binfmt_misc); this is {sys.platform}")
+    if not ROOTFS_SCRIPT.is_file():
+        raise EmulatorUnavailable(f"{ROOTFS_SCRIPT} is missing; is this a full checkout?")
+
+
+def ensure_rootfs(cache_dir: Path | None = None, progress: bool = True) -> Path:
+    """Make the host ready and return the cached arm64 rootfs, building it on first use.
+
+    Runs ``scripts/emu_rootfs.sh``, which is idempotent: when everything is in place it only checks
+    (~0.2 s); from a compressed cache it unpacks in seconds; from nothing it takes ~7 minutes
+    (mmdebstrap under qemu, then the aarch64 wheels installed offline).
+
+    Args:
+        cache_dir: cache root (default ``$LAAQ_EMU_CACHE``, else ``$LAAQ_CACHE``, else
+            ``~/.cache/laaq-bench``).
+        progress: forward the script's progress lines to stderr (they are kept for the error
+            message either way).
+
+    Raises:
+        EmulatorUnavailable: with the remedy (missing root, packages, binfmt, network, ...).
+    """
+    _check_platform()
+    cmd = ["bash", str(ROOTFS_SCRIPT)]
+    if not progress:
+        cmd.append("--quiet")
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            env=_script_env(cache_dir),
+        )
+    except OSError as exc:
+        raise EmulatorUnavailable(f"cannot run {ROOTFS_SCRIPT}: {exc}") from exc
+    assert proc.stdout is not None and proc.stderr is not None
+    # stdout carries only the final path, so reading stderr to the end first cannot deadlock.
+    for line in proc.stderr:
+        tail.append(line.rstrip("\n"))
+        if progress:
+            print(line, end="", file=sys.stderr, flush=True)
+    out = proc.stdout.read()
+    rc = proc.wait()
+    log = "\n".join(tail)
+    if rc == _RC_NEEDS_ROOT:
+        raise EmulatorUnavailable(f"the emulated device needs root to be set up (apt packages, binfmt, chroot):\n{log}")
+    if rc != 0:
+        raise EmulatorUnavailable(
+            f"{ROOTFS_SCRIPT.name} failed (exit {rc}); last lines:\n{log}\n"
+            f"Remedy: run `bash {ROOTFS_SCRIPT}` as root to see the full log; "
+            "`--rebuild` discards a damaged cache."
+        )
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    root = Path(lines[-1]) if lines else None
+    if root is None or not (root / DEVICE_PYTHON.lstrip("/")).exists():
+        raise EmulatorUnavailable(f"{ROOTFS_SCRIPT.name} succeeded but printed no usable rootfs path: {out!r}")
+    return root
+
+
+def rootfs_ready(cache_dir: Path | None = None) -> Path | None:
+    """Return the rootfs if host and cache are ready to run it now, else None; changes nothing.
+
+    Useful to decide whether a test can run without a ~7-minute first build.
+    """
+    try:
+        _check_platform()
+    except EmulatorUnavailable:
+        return None
+    res = subprocess.run(
+        ["bash", str(ROOTFS_SCRIPT), "--check", "--quiet"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=_script_env(cache_dir),
+        check=False,
+    )
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+    return Path(lines[-1]) if res.returncode == 0 and lines else None
+
+
+def _free_port(host: str) -> int:
+    """A port that is free now and whose successor is free too (the server binds [P, P+1))."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port < 65535:
+            return port
+    raise EmulatorUnavailable("could not find a free TCP port")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (empty if ``pid`` is gone); best effort without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return [pid]
+    try:
+        proc = psutil.Process(pid)
+        return [pid] + [c.pid for c in proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _direct_children(pid: int) -> list[int]:
+    try:
+        import psutil
+    except ImportError:
+        return []
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=False)]
+    except psutil.Error:
+        return []
+
+
+class EmulatedRPCServer:
+    """Context manager: TVM RPC server of an emulated board, listening on ``host:port``.
+
+    Use::
+
+        with EmulatedRPCServer(RASPBERRY_PI_4) as srv:
+            remote = tvm.rpc.connect(srv.host, srv.port, session_timeout=600)
+
+    Needs root (mount namespaces and chroot). ``__enter__`` returns once the server answered a
+    real RPC handshake; ``__exit__`` always kills the whole process group.
+    """
+
+    def __init__(
+        self,
+        board: EmulatedBoard,
+        port: int | None = None,
+        startup_timeout_s: float = 120,
+        *,
+        progress: bool = True,
+    ) -> None:
+        self.board = board
+        self.host = "127.0.0.1"
+        self.port: int = port if port is not None else 0
+        self._port_given = port is not None
+        self.startup_timeout_s = startup_timeout_s
+        self.progress = progress
+        self.rootfs: Path | None = None
+        self.log_path: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pids: set[int] = set()
+        self.startup_s: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> EmulatedRPCServer:
+        if os.geteuid() != 0:
+            raise EmulatorUnavailable(
+                "the emulated board needs root (mount namespace and chroot); run as root, or use a real board over RPC"
+            )
+        for tool in ("unshare", "chroot", "mount"):
+            if shutil.which(tool, path=_HOST_PATH) is None:
+                raise EmulatorUnavailable(f"`{tool}` not found; apt-get install util-linux coreutils")
+        self.rootfs = ensure_rootfs(self.board.cache_dir, progress=self.progress)
+        if not self._port_given:
+            self.port = _free_port(self.host)
+        t0 = time.monotonic()
+        try:
+            self._start()
+            self._wait_ready(t0 + self.startup_timeout_s)
+        except BaseException:
+            self._teardown(keep_log=False)  # the exception already carries the log's tail
+            raise
+        self.startup_s = time.monotonic() - t0
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Keep the server log when the block failed: it often says why.
+        self._teardown(keep_log=exc_type is not None)
+
+    def kill(self) -> None:
+        """SIGKILL the server and every process it started (the fault tests' "board died").
+
+        The server runs as PID 1 of its own PID namespace (the child of ``unshare --fork``).
+        Killing that one process makes the kernel kill and reap everything else in the
+        namespace, and ``unshare`` then reaps it and exits: no orphans, no zombies left for the
+        host's init. The process-group kill afterwards is a safety net.
+        """
+        proc = self._proc
+        if proc is None:
+            return
+        # Record the tree first: once a parent dies, its children are re-parented and can no
+        # longer be found from it.
+        tree = _process_tree(proc.pid)
+        self._pids.update(tree)
+        for pid in _direct_children(proc.pid):  # the namespace's PID 1
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in self._pids - {proc.pid}:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server's main process is still running."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pids(self) -> set[int]:
+        """Processes of the server seen so far (main process, Popen worker, session children)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._pids.update(_process_tree(self._proc.pid))
+        return set(self._pids)
+
+    def log_tail(self, n_chars: int = 4000) -> str:
+        """The end of the server's combined stdout/stderr."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-n_chars:]
+
+    # -- internals ---------------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        assert self.rootfs is not None
+        device_env = [
+            f"PATH={_DEVICE_PATH}",
+            "HOME=/root",
+            "LANG=C.UTF-8",
+            f"QEMU_CPU={self.board.qemu_cpu}",
+            "TVM_USE_RUNTIME_LIB=1",
+            "PYTHONUNBUFFERED=1",
+        ]
+        server = [
+            DEVICE_PYTHON, "-m", "tvm.exec.rpc_server",
+            "--host", self.host, "--port", str(self.port), "--port-end", str(self.port + 1),
+        ]  # fmt: skip
+        return [
+            "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--",
+            "/bin/sh", "-ec", _MOUNT_AND_CHROOT, "sh", str(self.rootfs),
+            "/usr/bin/env", "-i", *device_env, *server,
+        ]  # fmt: skip
+
+    def _start(self) -> None:
+        fd, name = tempfile.mkstemp(prefix=f"laaq-emu-rpc-{self.port}-", suffix=".log")
+        self.log_path = Path(name)
+        try:
+            self._proc = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                # setsid: own process group, so teardown reaches the Popen worker and sessions.
+                start_new_session=True,
+                # QEMU_CPU also for /usr/bin/env itself, the first arm64 program started.
+                env={"PATH": _HOST_PATH, "QEMU_CPU": self.board.qemu_cpu, "LANG": "C.UTF-8"},
+            )
+        finally:
+            os.close(fd)
+        self._pids.add(self._proc.pid)
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Poll with real RPC handshakes until one succeeds, the server dies, or time runs out."""
+        import tvm.rpc  # noqa: F401 - import once here, not inside the bounded probe
+
+        assert self._proc is not None
+        last_error = "no attempt"
+        while True:
+            if self._proc.poll() is not None:
+                raise EmulatorUnavailable(
+                    f"the emulated RPC server ({self.board.qemu_cpu}) exited with code "
+                    f"{self._proc.returncode} before accepting connections; its log "
+                    f"({self.log_path}):\n{self.log_tail()}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EmulatorUnavailable(
+                    f"the emulated RPC server on {self.host}:{self.port} did not accept an RPC "
+                    f"session within {self.startup_timeout_s:.0f} s (last error: {last_error}). "
+                    f"A first start under qemu takes ~10 s; a loaded machine more (raise "
+                    f"startup_timeout_s). Server log ({self.log_path}):\n{self.log_tail()}"
+                )
+            self._pids.update(_process_tree(self._proc.pid))
+            ok, last_error = self._try_handshake(min(remaining, 15.0))
+            if ok:
+                return
+            time.sleep(0.5)
+
+    def _try_handshake(self, timeout_s: float) -> tuple[bool, str]:
+        """One RPC connect + a remote call, bounded by ``timeout_s`` even if the server hangs.
+
+        ``rpc.connect`` has no timeout of its own once TCP is up, so it runs in a daemon thread;
+        a stuck attempt is released when teardown kills the server and closes the socket.
+        """
+        from tvm import rpc
+
+        result: dict[str, str | bool] = {"ok": False, "err": "timed out"}
+
+        def attempt() -> None:
+            try:
+                sess = rpc.connect(self.host, self.port, session_timeout=timeout_s + 5)
+                sess.cpu(0).exist  # noqa: B018 - a round trip, not just a TCP accept
+                del sess
+                result["ok"] = True
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                result["err"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1:]}"
+
+        th = threading.Thread(target=attempt, name="emu-rpc-probe", daemon=True)
+        th.start()
+        th.join(timeout_s)
+        return bool(result["ok"]), str(result["err"])
+
+    def _teardown(self, keep_log: bool) -> None:
+        self.kill()
+        # Anything of ours that survived (it should not): one more SIGKILL, then report.
+        survivors = []
+        for pid in self._pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            survivors.append(pid)
+        if survivors:
+            time.sleep(0.2)
+        self._proc = None
+        if not keep_log and self.log_path is not None and self.log_path.exists():
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()

@@ -1,0 +1,79 @@
+"""The CLI end to end on a tiny model: real training, real TVM compile and run, result files."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from harness.bench import COLUMNS
+from harness.cli import main
+
+TINY = ["--dataset", "digits", "--arch", "tinycnn", "--epochs", "6", "--lr", "0.01", "--eps", "0.1", "--eval-samples", "200",
+        "--batch-large", "16", "--repeat", "3", "--number", "3", "--warmup", "1", "--pgd-steps", "5", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    r = CliRunner().invoke(main, ["bench", "--target", "x86", "--variants", "fp32,int8", "--results-dir", str(out),
+                                  *TINY])
+    assert r.exit_code == 0, r.output
+    return out, r.output
+
+
+def test_bench_writes_every_result_file(bench_run) -> None:
+    out, text = bench_run
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    for name in ("run.json", "metrics.csv", "layers.csv", "report.md"):
+        assert (folder / name).exists(), name
+    assert f"results: {folder}" in text
+    df = pd.read_csv(folder / "metrics.csv")
+    assert list(df.columns) == COLUMNS
+    assert set(df.variant) == {"fp32", "int8"}
+    int8 = df.set_index("variant").loc["int8"]
+    assert int8.bitexact == 1.0 and int8.agreement == 1.0, "the artefact must equal the integer reference"
+    assert int8.clean_acc > 0.5
+    assert int8.pgd_acc < int8.clean_acc
+    assert int8.measured_as == "native"
+    for col in ("lat_small_median_ms", "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips"):
+        assert (df[col] > 0).all(), col
+    fp32 = df.set_index("variant").loc["fp32"]
+    assert fp32.agreement >= 0.99 and float(fp32.max_abs_diff) < 1e-3
+    layers = pd.read_csv(folder / "layers.csv")
+    assert set(layers.layer) == {"conv1", "conv2", "fc1", "fc2"} and (layers.macs > 0).all()
+    assert "How this was measured" in (folder / "report.md").read_text()
+
+
+def test_rerun_resumes_without_remeasuring(bench_run) -> None:
+    out, _ = bench_run
+    r = CliRunner().invoke(main, ["bench", "--target", "x86", "--variants", "fp32,int8", "--results-dir", str(out),
+                                  *TINY])
+    assert r.exit_code == 0, r.output
+    assert "already measured fp32, int8" in r.output
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    assert len(pd.read_csv(folder / "metrics.csv")) == 2
+
+
+def test_report_builds_comparison(bench_run) -> None:
+    out, _ = bench_run
+    r = CliRunner().invoke(main, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    text = (out / "comparison.md").read_text()
+    assert "| x86 | native |" in text and "int8" in text
+
+
+def test_unknown_target_is_a_clear_error() -> None:
+    r = CliRunner().invoke(main, ["bench", "--target", "pi9"])
+    assert r.exit_code != 0
+    assert "unknown target 'pi9'" in r.output and "x86" in r.output
+
+
+def test_missing_data_dir_says_what_it_expected(tmp_path) -> None:
+    r = CliRunner().invoke(main, ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none")])
+    assert r.exit_code != 0 and "data_batch_1" in r.output
+
+
+def test_help_explains() -> None:
+    r = CliRunner().invoke(main, ["bench", "--help"])
+    assert r.exit_code == 0 and "resume" in r.output.lower()
