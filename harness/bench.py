@@ -26,9 +26,11 @@ import torch
 from harness import energy
 from harness.compile import compile_module
 from harness.devices import open_device
+from harness.gpu import is_not_run, lower_float16, not_run_row
 from harness.lower import lower_float, lower_integer
 from harness.measure import LatencyProtocol, latency, outputs
 from harness.results import RunStore
+from harness.sensors import measured_energy_uj
 from harness.targets import Target, load_target
 from laaq.attacks import PGDConfig, pgd
 from laaq.data import Split, load_dataset
@@ -50,7 +52,7 @@ COLUMNS = [
 LAYER_COLUMNS = ["target", "variant", "layer", "kind", "shape", "macs", "weight_bits", "clip", "scale_min",
                  "scale_max", "act_scale", "weight_bytes", "energy_proxy_pj"]
 
-BUILTIN_VARIANTS = ("fp32", "int8", "int4", "laaq")
+BUILTIN_VARIANTS = ("fp32", "fp16", "int8", "int4", "laaq")
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,8 @@ def build_variants(cfg: BenchConfig, model: torch.nn.Module, data: Split, progre
     out: list[Variant] = []
     plans: list[tuple[str, QuantPlan]] = []
     for v in cfg.variants:
-        if v == "fp32":
-            out.append(Variant("fp32", "float"))
+        if v in ("fp32", "fp16"):  # fp16: half-precision weights/activations, fp32 accumulation (harness.gpu)
+            out.append(Variant(v, "float"))
         elif v in ("int8", "int4"):
             bits = int(v[3:])
             plans.append((v, QuantPlan.uniform(names, bits, name=f"uniform-w{bits}")))
@@ -181,8 +183,11 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
     small, large = 1, cfg.batch_large
     arts = {}
     for b in (small, large):
-        mod = lower_float(model, shape, b) if v.kind == "float" else lower_integer(v.qg, b)
+        lower_f = lower_float16 if v.name == "fp16" else lower_float
+        mod = lower_f(model, shape, b) if v.kind == "float" else lower_integer(v.qg, b)
         arts[b] = compile_module(mod, target, art_dir / f"{target.name}-{v.name.replace(':', '_')}-b{b}.so", v.name, b)
+    if not getattr(session, "available", True):  # e.g. no CUDA device: compiled and verified, nothing measured
+        return not_run_row(cfg, target, session, v, model, arts), _layer_rows(target.name, v, model, target.energy)
     loaded = {b: session.load(a.path) for b, a in arts.items()}
 
     n = min(cfg.eval_samples or len(data.x_test), len(data.x_test))
@@ -225,18 +230,20 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
     a = cfg.attack
     row = {
         "target": target.name, "measured_as": session.measured_as, "device": session.where, "variant": v.name,
-        "kind": v.kind, "plan": v.plan.name if v.plan else "float32",
+        "kind": v.kind, "plan": v.plan.name if v.plan else ("float16" if v.name == "fp16" else "float32"),
         "avg_weight_bits": round(v.plan.avg_bits({nd.name: nd.weight.size for nd in graph.weighted()}), 3)
-        if v.plan else 32, "act_bits": 8 if v.plan else 32,
+        if v.plan else (16 if v.name == "fp16" else 32), "act_bits": 8 if v.plan else (16 if v.name == "fp16" else 32),
         "batch_small": small, "batch_large": large, "n_eval": n,
         "clean_acc": round(stats["clean_acc"], 4), "pgd_acc": round(stats["pgd_acc"], 4),
-        "agreement": round(agree / (2 * n), 4), "bitexact": round(bitexact / (2 * n), 4),
+        "agreement": round(agree / (2 * n), 4), "bitexact": round(bitexact / (2 * n), 4) if v.kind == "int" else "",
         "max_abs_diff": f"{max_diff:.3g}",
         "attack": f"PGD-Linf eps={a.eps:g} step={a.step_size:g} steps={a.steps} restarts={a.restarts} "
                   f"on {'float model' if v.kind == 'float' else 'bit-exact twin'}",
         "macs": totals["macs"], "bops": totals["bops"], "weight_bytes": totals["weight_bytes"],
         "artefact_bytes": arts[small].size_bytes, "energy_proxy_uj": round(totals["energy_proxy_uj"], 4),
-        "energy_measured_uj": "", "threads": target.threads, "warmup": cfg.latency.warmup,
+        "energy_measured_uj": measured_energy_uj(session, loaded[large], to_device(x[:large] if large <= n else
+                                                 x[:1].repeat(large, 1, 1, 1)), lat[large].median_ms),
+        "threads": target.threads, "warmup": cfg.latency.warmup,
         "number": cfg.latency.number, "repeat": cfg.latency.repeat,
         "compile_s": round(sum(a_.compile_s for a_ in arts.values()), 2),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -272,7 +279,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=print) -> BenchResult
                 "energy_source": energy.SOURCE}
     store.write_json("run.json", run_info)
     todo = [v for v in cfg.variants] + [f"plan:{QuantPlan.from_file(p).name}" for p in cfg.plan_files]
-    skipped = [v for v in todo if store.done(target.name, v)]
+    skipped = [v for v in todo if any(store.key(r) == (target.name, v) and not is_not_run(r) for r in store.rows)]
     if skipped:
         log(f"resuming {folder}: already measured {', '.join(skipped)}")
     if len(skipped) < len(todo):
@@ -292,8 +299,16 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=print) -> BenchResult
                 log(f"[{target.name}] {v.name}: compile, run, attack, time ...")
                 row, layer_rows = measure_variant(cfg, target, session, v, model, data, folder, progress)
                 store.add(row, layer_rows)
+                if is_not_run(row):
+                    log(f"[{target.name}] {v.name}: {row['measured_as'].upper()} — compiled, exported and verified "
+                        f"only, nothing measured ({time.perf_counter() - t1:.0f} s)")
+                    continue
                 log(f"[{target.name}] {v.name}: clean {row['clean_acc']:.3f} pgd {row['pgd_acc']:.3f} "
                     f"b1 {row['lat_small_median_ms']:.3f} ms ({time.perf_counter() - t1:.0f} s)")
+    not_run = sorted({str(r["measured_as"]) for r in store.rows if is_not_run(r)})
+    if not_run:
+        log(f"NOTE: {'; '.join(not_run)}. The libraries were compiled, exported and verified, but no latency, "
+            "accuracy or measured energy exists for those rows (left empty, never estimated).")
     run_info["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     store.write_json("run.json", run_info)
     from harness.report import write_run_report
