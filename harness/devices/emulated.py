@@ -12,13 +12,16 @@ board's speed.
 
 Design choices, each for a failure seen in practice:
 
-* The server runs in a private mount namespace (``unshare --mount``) where proc, sys, dev and a
-  tmpfs on ``/tmp`` are mounted inside the rootfs. Those mounts vanish with the last process of the
-  namespace, so nothing is left mounted on the host even if this Python process is SIGKILLed, two
-  servers can share one rootfs, and uploaded files never pollute the cached rootfs.
-* The server is started in its own session/process group (``setsid``): TVM's server runs its
-  listen loop in a Popen worker child and forks one more child per session, and killing only the
-  parent leaves those alive. Teardown kills the whole group.
+* The server runs in a private mount and PID namespace (``unshare --mount --pid --fork``) where
+  proc, sys, dev and a tmpfs on ``/tmp`` are mounted inside the rootfs. The mounts are never
+  visible on the host and vanish with the namespace, two servers can share one rootfs, and
+  uploaded files never pollute the cached rootfs.
+* TVM's server runs its listen loop in a Popen worker child and forks one more child per session;
+  killing only the server leaves those alive. Killing the namespace's PID 1 makes the kernel kill
+  and reap them all (no orphans, no zombies); the server's own session/process group (``setsid``)
+  is killed too as a safety net.
+* The namespace's PID 1 watches a pipe from this process: if the harness dies without tearing
+  down (SIGKILL, CI timeout), the server dies with it instead of lingering.
 * ``env -i``: host variables (``PYTHONPATH``, ``LD_LIBRARY_PATH``, a venv's ``PATH``) would
   otherwise leak into the arm64 world and break imports.
 * ``TVM_USE_RUNTIME_LIB=1``: the device only loads and runs compiled modules; the rootfs has no
@@ -64,15 +67,22 @@ _QEMU_CPU_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # Exit code of emu_rootfs.sh when root is needed; it then prints the exact commands to run.
 _RC_NEEDS_ROOT = 3
 
-# Mounts inside a private mount namespace, then replaces itself by chroot: the server inherits the
-# namespace, and the mounts go away with the server's last process.
-_MOUNT_AND_CHROOT = """
+# PID 1 of the server's private mount + PID namespace (host /bin/sh, before the chroot): mounts what
+# the chroot needs, starts the server, and waits. When it exits, the kernel kills everything in the
+# namespace and the mounts vanish. Its stdin is a pipe from the harness: EOF there (the harness
+# exited, even by SIGKILL) kills the server, so a dead harness never leaves an orphan server.
+_NAMESPACE_INIT = """
 r="$1"; shift
 mount -t proc proc "$r/proc"
 mount --rbind /sys "$r/sys"
 mount --rbind /dev "$r/dev"
 mount -t tmpfs -o size=1g tmpfs "$r/tmp"
-exec chroot "$r" "$@"
+exec 3<&0
+chroot "$r" "$@" </dev/null &
+server=$!
+( cat <&3 >/dev/null; kill -KILL "$server" 2>/dev/null ) &
+exec 3<&-
+wait "$server"
 """
 
 
@@ -200,14 +210,10 @@ def rootfs_ready(cache_dir: Path | None = None) -> Path | None:
 
 
 def _free_port(host: str) -> int:
-    """A port that is free now and whose successor is free too (the server binds [P, P+1))."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port < 65535:
-            return port
-    raise EmulatorUnavailable("could not find a free TCP port")
+    """A TCP port the kernel reports free now (the server binds exactly it: ``[P, P+1)``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -310,8 +316,7 @@ class EmulatedRPCServer:
             return
         # Record the tree first: once a parent dies, its children are re-parented and can no
         # longer be found from it.
-        tree = _process_tree(proc.pid)
-        self._pids.update(tree)
+        self._pids.update(_process_tree(proc.pid))
         for pid in _direct_children(proc.pid):  # the namespace's PID 1
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
@@ -360,7 +365,7 @@ class EmulatedRPCServer:
         ]  # fmt: skip
         return [
             "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--",
-            "/bin/sh", "-ec", _MOUNT_AND_CHROOT, "sh", str(self.rootfs),
+            "/bin/sh", "-ec", _NAMESPACE_INIT, "sh", str(self.rootfs),
             "/usr/bin/env", "-i", *device_env, *server,
         ]  # fmt: skip
 
@@ -370,7 +375,7 @@ class EmulatedRPCServer:
         try:
             self._proc = subprocess.Popen(
                 self._command(),
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,  # the watchdog pipe (see _NAMESPACE_INIT); never written
                 stdout=fd,
                 stderr=subprocess.STDOUT,
                 # setsid: own process group, so teardown reaches the Popen worker and sessions.
@@ -430,25 +435,18 @@ class EmulatedRPCServer:
 
         th = threading.Thread(target=attempt, name="emu-rpc-probe", daemon=True)
         th.start()
-        th.join(timeout_s)
+        end = time.monotonic() + timeout_s
+        # Wait in slices: a probe stuck on someone else's socket must not hide the server's death.
+        while th.is_alive() and time.monotonic() < end and self._proc is not None and self._proc.poll() is None:
+            th.join(0.25)
         return bool(result["ok"]), str(result["err"])
 
     def _teardown(self, keep_log: bool) -> None:
+        proc = self._proc
         self.kill()
-        # Anything of ours that survived (it should not): one more SIGKILL, then report.
-        survivors = []
-        for pid in self._pids:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                continue
-            except PermissionError:
-                pass
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            survivors.append(pid)
-        if survivors:
-            time.sleep(0.2)
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
         self._proc = None
         if not keep_log and self.log_path is not None and self.log_path.exists():
             with contextlib.suppress(OSError):
