@@ -49,20 +49,28 @@ def _fcompile(target: Target):
 def compile_module(mod: tvm.IRModule, target: Target, out: Path, variant: str, batch: int) -> Artefact:
     """``tvm.compile`` + ``export_library``; the library is written atomically (temp + rename)."""
     fcompile = _fcompile(target)
+    gpu = None
+    if target.tvm.get("kind") == "cuda":  # CUDA code: GPU schedules, nvcc device code, library check
+        from harness import gpu
     t0 = time.perf_counter()
     try:
-        ex = tvm.compile(mod, target=target.tvm_target())
+        ex = tvm.compile(mod, target=target.tvm_target()) if gpu is None else \
+            gpu.compile_for_gpu(mod, target, target.tvm_target())
     except Exception as e:  # TVM raises its own error types; keep the first line, it is the useful one
         raise CompileError(f"TVM could not compile {variant} for {target.name}: {str(e).splitlines()[0]}") from e
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so")
     os.close(fd)
     try:
-        if fcompile is None:
+        if gpu is not None:
+            info = gpu.export_cuda_library(ex, target, Path(tmp), fcompile)
+        elif fcompile is None:
             ex.export_library(tmp)
         else:
             ex.export_library(tmp, fcompile=fcompile)
         os.replace(tmp, out)
+        if gpu is not None:
+            gpu.write_manifest(out, info)
     except Exception as e:
         raise CompileError(f"exporting {variant} for {target.name} failed: {str(e).splitlines()[0]}") from e
     finally:

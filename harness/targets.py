@@ -7,13 +7,26 @@ A file may ``extends = "other"`` to inherit every field it does not set (e.g. ``
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
-DEVICE_KINDS = ("local", "rpc", "tracker", "emulated")
+
+
+def targets_dir() -> Path:
+    """``$LAAQ_TARGETS_DIR`` when set (a lab's own board files, tests), else the repository's ``targets/``.
+
+    Read at call time, not import time, so a test or a wrapper script can point the CLI elsewhere.
+    """
+    return Path(os.environ.get("LAAQ_TARGETS_DIR") or TARGETS_DIR)
+
+
+DEVICE_KINDS = ("local", "rpc", "tracker", "emulated", "cuda")
+ACCELERATORS = ("cpu", "cuda")  # which device of the (local or remote) machine runs the kernels
+GPU_CODE = ("", "source", "fatbin", "ptx")  # CUDA device code in the library (harness/gpu.py)
 
 
 class TargetError(ValueError):
@@ -29,6 +42,7 @@ class DeviceSpec:
     port: int = 0
     key: str = ""  # tracker key (e.g. "rasp4")
     qemu_cpu: str = ""  # emulated: CPU model QEMU enforces (must match the board)
+    accelerator: str = "cpu"  # "cuda": kernels run on the machine's GPU (tvm.cuda() / remote.cuda())
     session_timeout_s: float = 600.0
     connect_timeout_s: float = 30.0
 
@@ -45,6 +59,7 @@ class Target:
     peak_int8_gmacs: float = 0.0
     peak_fp32_gmacs: float = 0.0
     energy: dict[str, float] = field(default_factory=dict)  # per-op / per-byte overrides (pJ)
+    gpu_code: str = ""  # CUDA targets: "fatbin" (default) | "ptx" | "source" — see harness/gpu.py
     path: str = ""
 
     @property
@@ -69,7 +84,8 @@ class Target:
         return replace(self, device=replace(self.device, **kept)) if kept else self
 
 
-def available_targets(directory: Path = TARGETS_DIR) -> list[str]:
+def available_targets(directory: Path | None = None) -> list[str]:
+    directory = directory or targets_dir()
     return sorted(p.stem for p in directory.glob("*.toml"))
 
 
@@ -96,11 +112,12 @@ def _read(name: str, directory: Path, seen: tuple[str, ...]) -> dict[str, Any]:
 
 
 _FIELDS = {"name", "description", "tvm", "threads", "device", "cross_compiler", "arch", "peak_int8_gmacs",
-           "peak_fp32_gmacs", "energy", "path"}
+           "peak_fp32_gmacs", "energy", "gpu_code", "path"}
 
 
-def load_target(name: str, directory: Path = TARGETS_DIR) -> Target:
+def load_target(name: str, directory: Path | None = None) -> Target:
     """Load ``targets/<name>.toml``; every problem names the file and the key at fault."""
+    directory = directory or targets_dir()
     data = _read(name, directory, ())
     path = data["path"]
     unknown = set(data) - _FIELDS
@@ -116,7 +133,9 @@ def load_target(name: str, directory: Path = TARGETS_DIR) -> Target:
         raise TargetError(f"{path}: [tvm] needs a 'kind' (e.g. \"llvm\" or \"cuda\")")
     if data["threads"] < 1:
         raise TargetError(f"{path}: key 'threads' must be >= 1")
-    dev = data.get("device", {})
+    dev = dict(data.get("device", {}))
+    if dev.get("kind") == "cuda":
+        dev.setdefault("accelerator", "cuda")
     try:
         device = DeviceSpec(**dev)
     except TypeError as e:
@@ -125,6 +144,14 @@ def load_target(name: str, directory: Path = TARGETS_DIR) -> Target:
         raise TargetError(f"{path}: [device] kind must be one of {DEVICE_KINDS}, got {device.kind!r}")
     if device.kind == "emulated" and not device.qemu_cpu:
         raise TargetError(f"{path}: an emulated device needs [device] qemu_cpu (e.g. \"cortex-a72\")")
+    if device.accelerator not in ACCELERATORS:
+        raise TargetError(f"{path}: [device] accelerator must be one of {ACCELERATORS}, got {device.accelerator!r}")
+    if (device.accelerator == "cuda") != (data["tvm"]["kind"] == "cuda") or (
+            device.kind == "cuda" and device.accelerator != "cuda"):
+        raise TargetError(f"{path}: [tvm] kind {data['tvm']['kind']!r} does not fit [device] kind {device.kind!r} "
+                          f"with accelerator {device.accelerator!r} (CUDA code runs on accelerator = \"cuda\")")
+    if data.get("gpu_code", "") not in GPU_CODE:
+        raise TargetError(f"{path}: key 'gpu_code' must be one of {GPU_CODE[1:]}, got {data['gpu_code']!r}")
     for key in ("peak_int8_gmacs", "peak_fp32_gmacs"):
         if key in data and not isinstance(data[key], (int, float)):
             raise TargetError(f"{path}: key {key!r} must be a number")

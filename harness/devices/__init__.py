@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 from harness.devices.base import DeviceError, LoadedModule
@@ -18,6 +19,13 @@ def open_device(target: Target, progress: bool = True) -> Iterator[object]:
     For ``emulated`` the harness starts the emulated board's RPC server itself and always stops it.
     """
     d = target.device
+    arch = str(target.tvm.get("arch", ""))
+    if d.kind == "cuda":  # this machine's GPU; opens even without one (session.available is then False)
+        from harness.devices.cuda import CudaSession
+
+        with CudaSession(0, arch) as s:
+            yield s
+        return
     if d.kind == "local":
         from harness.devices.local import LocalSession
 
@@ -26,6 +34,10 @@ def open_device(target: Target, progress: bool = True) -> Iterator[object]:
         return
     from harness.devices.rpc import RPCSession
 
+    if d.accelerator == "cuda":  # a remote GPU (e.g. a Jetson): the VM runs on remote.cuda()
+        from harness.devices.cuda import RPCCudaSession
+
+        RPCSession = functools.partial(RPCCudaSession, target_arch=arch)  # noqa: N806
     if d.kind in ("rpc", "tracker"):
         if not d.host or not d.port:
             how = "--rpc host:port" if d.kind == "rpc" else "--rpc-tracker host:port --rpc-key KEY"
