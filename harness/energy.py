@@ -9,6 +9,7 @@ operation            energy     note
 int8 add             0.03 pJ
 int32 add            0.1 pJ     accumulator add of an integer MAC
 int8 mult            0.2 pJ     scaled by (w_bits·a_bits)/64 below 8×8 bits
+fp16 add / mult      0.4 / 1.1 pJ  fp16 variants (GPU)
 fp32 add             0.9 pJ
 fp32 mult            3.7 pJ
 SRAM read (32 bit)   5 pJ       8 KB cache; 1.25 pJ/byte (activations)
@@ -29,6 +30,8 @@ DEFAULT_PJ: dict[str, float] = {
     "int8_add": 0.03,
     "int32_add": 0.1,
     "int8_mult": 0.2,
+    "fp16_add": 0.4,
+    "fp16_mult": 1.1,
     "fp32_add": 0.9,
     "fp32_mult": 3.7,
     "sram_byte": 5.0 / 4,
@@ -57,17 +60,19 @@ class LayerCost:
 def mac_energy_pj(w_bits: int, a_bits: int, table: dict[str, float]) -> float:
     if w_bits >= 32:
         return table["fp32_mult"] + table["fp32_add"]
+    if w_bits == 16:
+        return table["fp16_mult"] + table["fp16_add"]
     return table["int8_mult"] * (w_bits * a_bits) / 64.0 + table["int32_add"]
 
 
 def layer_costs(graph: Graph, bits: dict[str, int], a_bits: int, overrides: dict[str, float] | None = None
                 ) -> list[LayerCost]:
-    """Per weighted layer, per sample. ``bits`` maps layer → weight bits (32 for float)."""
+    """Per weighted layer, per sample. ``bits`` maps layer → weight bits (32 / 16 for float variants)."""
     table = {**DEFAULT_PJ, **(overrides or {})}
     out = []
     for n in graph.weighted():
         wb = bits[n.name]
-        ab = 32 if wb >= 32 else a_bits
+        ab = wb if wb >= 16 else a_bits  # float variants move float activations
         params = int(n.weight.size)
         w_bytes = params * wb / 8 + n.weight.shape[0] * 4
         in_elems = 1
