@@ -268,7 +268,7 @@ class BenchResult:
     skipped: list[str]
 
 
-def run_bench(cfg: BenchConfig, progress: bool = True, log=print) -> BenchResult:
+def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, flush=True)) -> BenchResult:
     """Run (or resume) a benchmark; returns the run folder and its rows."""
     target = resolve_target(cfg)  # fail on a bad target before any expensive work
     data = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)

@@ -208,7 +208,7 @@ def report(results_dir) -> None:
     if not runs:
         raise Fail(f"no runs under {root} (expected {root}/<run>/metrics.csv); run `make bench` first")
     for r in runs:
-        write_run_report(r)
+        _run(write_run_report, r)
     out = _run(write_comparison, root)
     click.echo(f"{len(runs)} run(s) -> {out}")
 

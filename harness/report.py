@@ -1,93 +1,356 @@
-"""Reports: a per-run ``report.md`` and the cross-run comparison, each saying how figures were measured."""
+"""Reports: per run ``report.{md,html}`` and the cross-run ``comparison.{md,html}``.
+
+Everything is rebuilt from the files of the run folders alone (``run.json``, ``metrics.csv``,
+``layers.csv``), so a report can be regenerated at any time and never disagrees with the data.
+
+Each report is one list of blocks rendered twice: as Markdown (plots saved as PNG files next to it,
+so it reads well on a forge) and as a self-contained HTML page (plots embedded as base64 PNG data
+URIs, inline CSS, no script, no external resource — it opens from a mail attachment or an archive).
+
+How a figure was obtained is part of every table and every plot: ``measured_as`` is ``native``,
+``emulated`` (QEMU: a functional check, whose latency is never put on a native latency axis) or
+``not run: <reason>`` (listed with empty figures, never plotted); energy is a proxy model unless
+``energy_measured_uj`` was filled by a real sensor.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from harness.results import atomic_write_text
+from harness import plots
+from harness.results import ResultsError, atomic_write_bytes, atomic_write_text
 
 SUMMARY_COLUMNS = ["target", "measured_as", "variant", "avg_weight_bits", "lat_small_median_ms", "lat_small_p90_ms",
                    "lat_large_median_ms", "thr_large_ips", "clean_acc", "pgd_acc", "agreement", "bitexact",
                    "energy_proxy_uj", "weight_bytes"]
+
+COMPARISON_COLUMNS = ["target", "measured_as", "device", "variant", "avg_weight_bits", "lat_small_median_ms",
+                      "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips", "energy_proxy_uj",
+                      "energy_measured_uj", "weight_bytes", "artefact_bytes", "clean_acc", "pgd_acc", "agreement",
+                      "run"]
+
+# Figures that only a run on the device can produce: always empty in a table for a row not run, so a stale or
+# placeholder number can never pass for a measurement. Figures that need no device (sizes, op counts, the energy
+# proxy, compile time) are kept: they are as true for a row not run as for any other.
+MEASURED_COLUMNS = {"lat_small_median_ms", "lat_small_p90_ms", "lat_small_mean_ms", "lat_small_std_ms", "thr_small_ips",
+                    "lat_large_median_ms", "lat_large_p90_ms", "lat_large_mean_ms", "lat_large_std_ms", "thr_large_ips",
+                    "clean_acc", "pgd_acc", "agreement", "bitexact", "max_abs_diff", "n_eval", "energy_measured_uj"}
+
+RUN_PLOTS_DIR = "plots"
+COMPARISON_PLOTS_DIR = "comparison-plots"
+
+_HOW_MEASURED = ("`measured_as` says how each row was obtained: `native` on the device itself, `emulated` under "
+                 "QEMU (a functional check: its latency is never compared with native rows, and is plotted in its "
+                 "own panel), `not run: <reason>` where no device was available (listed with empty measured "
+                 "figures — sizes and the energy proxy need no device and are kept — and never plotted). Energy is "
+                 "a proxy model (README: *Energy*) unless `energy_measured_uj` is filled from a real sensor.")
+
+
+def is_not_run(measured_as: object) -> bool:
+    return plots.measured_kind(measured_as) == "not run"
+
+
+def blank_not_run(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows not run keep their identity, reason and device-free figures; every measured figure is emptied."""
+    if df.empty or "measured_as" not in df.columns:
+        return df
+    out = df.copy()
+    mask = out["measured_as"].map(is_not_run)
+    for c in out.columns:
+        if c in MEASURED_COLUMNS:
+            out[c] = out[c].astype(object)
+            out.loc[mask, c] = ""
+    return out
+
+
+def _cell(v: object) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
 
 
 def _md_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
     return "\n".join(lines)
 
 
 def summary_table(df: pd.DataFrame) -> str:
-    return _md_table(df[[c for c in SUMMARY_COLUMNS if c in df.columns]])
+    return _md_table(blank_not_run(df[[c for c in SUMMARY_COLUMNS if c in df.columns]]))
+
+
+# --- one document, two renderings -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Block:
+    """``kind``: h1 | h2 | p | ul | table | plot; ``body``: text, list of items, DataFrame or Plot."""
+
+    kind: str
+    body: object
+
+
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+_ITALIC = re.compile(r"\*(.+?)\*")
+
+
+def _inline_html(text: str) -> str:
+    """The little Markdown the reports use (bold, italics, code) as HTML, everything else escaped."""
+    out = html.escape(text, quote=False)
+    code_spans: list[str] = []
+
+    def keep(m: re.Match[str]) -> str:  # code first, so `*` inside code stays literal
+        code_spans.append(f"<code>{m.group(1)}</code>")
+        return f"\x00{len(code_spans) - 1}\x00"
+
+    out = re.sub(r"`(.+?)`", keep, out)
+    out = _ITALIC.sub(r"<em>\1</em>", _BOLD.sub(r"<strong>\1</strong>", out))
+    return re.sub(r"\x00(\d+)\x00", lambda m: code_spans[int(m.group(1))], out)
+
+
+def _render_md(blocks: list[Block], plots_dir: str) -> str:
+    lines: list[str] = []
+    for b in blocks:
+        if b.kind == "h1":
+            lines += [f"# {b.body}", ""]
+        elif b.kind == "h2":
+            lines += [f"## {b.body}", ""]
+        elif b.kind == "h3":
+            lines += [f"### {b.body}", ""]
+        elif b.kind == "p":
+            lines += [str(b.body), ""]
+        elif b.kind == "ul":
+            lines += [f"- {item}" for item in b.body] + [""]  # type: ignore[attr-defined]
+        elif b.kind == "table":
+            lines += [_md_table(b.body), ""]  # type: ignore[arg-type]
+        elif b.kind == "plot":
+            p: plots.Plot = b.body  # type: ignore[assignment]
+            lines += [f"![{p.title}]({plots_dir}/{p.name}.png)", "", f"*{p.caption}*", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:2em auto;max-width:1200px;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{font-size:1.3em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+h3{font-size:1.1em}
+code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:.92em}
+.tablewrap{overflow-x:auto}
+table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:.25em .5em;white-space:nowrap}
+th{background:#f0f3f7;position:sticky;top:0}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.notrun td{color:#888;background:#fafafa;font-style:italic}
+tr.emulated td{background:#fff8e6}
+figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.88em;color:#444;max-width:70em}
+""".strip()
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return s.strip() != ""
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = []
+    for _, r in df.iterrows():
+        kind = plots.measured_kind(r["measured_as"]) if "measured_as" in df.columns else ""
+        cls = {"not run": ' class="notrun"', "emulated": ' class="emulated"'}.get(kind, "")
+        cells = "".join(f'<td{" class=num" if _is_number(str(r[c])) else ""}>{html.escape(str(r[c]))}</td>'
+                        for c in df.columns)
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _render_html(blocks: list[Block], title: str) -> str:
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             '<link rel="icon" href="data:,">',  # no favicon request: the page loads nothing from outside
+             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            parts.append(f"<{b.kind}>{_inline_html(str(b.body))}</{b.kind}>")
+        elif b.kind == "p":
+            parts.append(f"<p>{_inline_html(str(b.body))}</p>")
+        elif b.kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{_inline_html(str(i))}</li>" for i in b.body) + "</ul>")  # type: ignore[attr-defined]
+        elif b.kind == "table":
+            parts.append(_html_table(b.body))  # type: ignore[arg-type]
+        elif b.kind == "plot":
+            p: plots.Plot = b.body  # type: ignore[assignment]
+            data = base64.b64encode(p.png).decode("ascii")
+            parts.append(f'<figure id="{html.escape(p.name)}"><img src="data:image/png;base64,{data}" '
+                         f'alt="{html.escape(p.title)}"><figcaption>{_inline_html(p.caption)}</figcaption></figure>')
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _write(blocks: list[Block], md_path: Path, plots_dir_name: str, title: str) -> None:
+    """Plots first, then HTML, then Markdown, each atomically: a reader never sees a page missing its images.
+
+    Stale PNGs from an earlier report (a variant since removed) are deleted from the plots folder,
+    which holds nothing but this report's figures.
+    """
+    plot_dir = md_path.parent / plots_dir_name
+    figs = [b.body for b in blocks if b.kind == "plot"]
+    for p in figs:
+        atomic_write_bytes(plot_dir / f"{p.name}.png", p.png)  # type: ignore[attr-defined]
+    if plot_dir.is_dir():
+        keep = {f"{p.name}.png" for p in figs}  # type: ignore[attr-defined]
+        for old in plot_dir.glob("*.png"):
+            if old.name not in keep:
+                old.unlink()
+    atomic_write_text(md_path.with_suffix(".html"), _render_html(blocks, title))
+    atomic_write_text(md_path, _render_md(blocks, plots_dir_name))
+
+
+# --- per run ------------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else pd.DataFrame()
+
+
+def _model_context(info: dict) -> str:
+    cfg = info.get("config", {})
+    arch = cfg.get("train", {}).get("arch", "?")
+    eps = cfg.get("attack", {}).get("eps")
+    return f"{cfg.get('dataset', '?')} · {arch}" + (f" · PGD ε={eps:g}" if isinstance(eps, (int, float)) else "")
+
+
+def _plot_blocks(made: list[plots.Plot | None], missing: str) -> list[Block]:
+    got = [Block("plot", p) for p in made if p is not None]
+    return got or [Block("p", missing)]
 
 
 def write_run_report(folder: Path) -> Path:
-    """``report.md`` for one run folder, from its files alone (so it can be rebuilt any time)."""
-    info = json.loads((folder / "run.json").read_text())
-    df = pd.read_csv(folder / "metrics.csv", dtype=str, keep_default_na=False)
-    layers_path = folder / "layers.csv"
-    layers = pd.read_csv(layers_path, dtype=str, keep_default_na=False) if layers_path.exists() else pd.DataFrame()
-    cfg, env, tgt = info["config"], info["environment"], info["target"]
+    """``report.md`` + ``report.html`` (+ ``plots/*.png``) for one run folder, from its files alone."""
+    try:
+        info = json.loads((folder / "run.json").read_text())
+        cfg, env, tgt = info["config"], info["environment"], info["target"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ResultsError(f"{folder / 'run.json'} is missing or unreadable ({type(e).__name__}: {e}); re-run "
+                           "the bench command that made this folder (finished rows are kept) or move it away") from e
+    df = _read_csv(folder / "metrics.csv")
+    layers = _read_csv(folder / "layers.csv")
     measured = ", ".join(sorted(set(df["measured_as"]))) if len(df) else "nothing yet"
-    lines = [
-        f"# laaq-bench run `{folder.name}`",
-        "",
-        f"Target **{tgt['name']}** ({tgt['description']}); figures are **{measured}**"
-        + (" — emulated timings are smoke tests, not performance." if "emulated" in measured else "."),
-        "",
-        "## How this was measured",
-        f"- Latency: TVM `time_evaluator` on the device; {info['latency_protocol']}; batch "
-        f"{df['batch_small'].iloc[0] if len(df) else 1} and {cfg['batch_large']}; {tgt['threads']} runtime threads.",
-        f"- Accuracy: from the compiled artefact's outputs on {cfg['eval_samples']} test samples of "
-        f"`{cfg['dataset']}`; PGD examples crafted on the exact host twin (integer variants) or the float model, "
-        "then run through the artefact. `agreement`: argmax of artefact = host reference; `bitexact`: whole "
-        "output vector identical.",
-        f"- Energy: {info.get('energy_source', 'proxy model')}.",
-        f"- Environment: {env['host_cpu']} ({env['host_cores']} cores), Python {env['python']}, "
-        f"torch {env['torch']}, TVM {env['tvm']}.",
-        "",
-        "## Variants",
-        summary_table(df) if len(df) else "(no rows yet)",
-        "",
+    context = f"{tgt['name']} · {_model_context(info)}"
+    blocks = [
+        Block("h1", f"laaq-bench run `{folder.name}`"),
+        Block("p", f"Target **{tgt['name']}** ({tgt['description']}); model {_model_context(info)}; figures are "
+                   f"**{measured}**" + (" — emulated timings are smoke tests, not performance." if "emulated" in
+                                       measured else ".")),
+        Block("h2", "How this was measured"),
+        Block("ul", [
+            f"Latency: TVM `time_evaluator` on the device; {info['latency_protocol']}; batch "
+            f"{df['batch_small'].iloc[0] if len(df) and 'batch_small' in df else 1} and {cfg['batch_large']}; "
+            f"{tgt['threads']} runtime threads.",
+            f"Accuracy: from the compiled artefact's outputs on {cfg['eval_samples']} test samples of "
+            f"`{cfg['dataset']}`; PGD examples crafted on the exact host twin (integer variants) or the float model, "
+            "then run through the artefact. `agreement`: argmax of artefact = host reference; `bitexact`: whole "
+            "output vector identical.",
+            f"Energy: {info.get('energy_source', 'proxy model')}.",
+            f"Environment: {env['host_cpu']} ({env['host_cores']} cores), Python {env['python']}, "
+            f"torch {env['torch']}, TVM {env['tvm']}.",
+        ]),
+        Block("h2", "Variants"),
+        Block("table", blank_not_run(df[[c for c in SUMMARY_COLUMNS if c in df.columns]])) if len(df)
+        else Block("p", "(no rows yet)"),
+        Block("h2", "Figures"),
     ]
+    blocks += _plot_blocks([plots.latency_vs_pgd(df, context), plots.energy_vs_pgd(df, context),
+                            plots.layer_bits(layers, context)], "(no measured rows: nothing to plot)")
     if len(layers):
-        lines += ["## Per layer", _md_table(layers.drop(columns=["target"])), ""]
-    lines += ["Every column is documented in README.md (section *Results columns*).", ""]
+        blocks += [Block("h2", "Per layer"), Block("table", layers.drop(columns=["target"], errors="ignore"))]
+    blocks.append(Block("p", "Every column is documented in results/README.md and README.md (*Results columns*)."))
     out = folder / "report.md"
-    atomic_write_text(out, "\n".join(lines))
+    _write(blocks, out, RUN_PLOTS_DIR, f"laaq-bench run {folder.name}")
     return out
 
 
-COMPARISON_COLUMNS = ["target", "measured_as", "device", "variant", "avg_weight_bits", "lat_small_median_ms",
-                      "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips", "energy_proxy_uj",
-                      "energy_measured_uj", "weight_bytes", "clean_acc", "pgd_acc", "agreement", "run"]
+# --- across runs -------------------------------------------------------------------------------------
 
 
 def collect(root: Path) -> pd.DataFrame:
-    """Every row of every run under ``root``, with the run folder's name."""
+    """Every row of every run under ``root``, with the run folder's name and its model (data · arch · ε)."""
     frames = []
     for m in sorted(root.glob("*/metrics.csv")):
         df = pd.read_csv(m, dtype=str, keep_default_na=False)
         df["run"] = m.parent.name
+        try:
+            df["model"] = _model_context(json.loads((m.parent / "run.json").read_text()))
+        except (OSError, ValueError, AttributeError):
+            df["model"] = "unknown model (run.json unreadable)"
         frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMPARISON_COLUMNS)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*COMPARISON_COLUMNS, "model"])
+
+
+def device_key(device: object, measured_as: object) -> str:
+    """The device as far as "the same device" goes: an emulated board's RPC port changes on every run and
+    a row not run appends what was verified (`` | compiled, ...``); neither makes it another device."""
+    if plots.measured_kind(measured_as) == "emulated":
+        return "emulated"
+    return str(device).split(" | ")[0].strip()
+
+
+def latest_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per (model, target, device, variant): the most recent measurement; returns (rows, dropped).
+
+    A "not run" row never hides a measured one: measured rows win over rows not run, then the latest
+    timestamp wins.
+    """
+    if df.empty:
+        return df, 0
+    d = df.copy()
+    d["_device"] = [device_key(dv, m) for dv, m in zip(d["device"], d["measured_as"], strict=True)]
+    d["_measured"] = (~d["measured_as"].map(is_not_run)).astype(int)
+    d["_ts"] = d["timestamp"] if "timestamp" in d.columns else ""
+    d["_order"] = range(len(d))
+    d = d.sort_values(["_measured", "_ts", "_order"])
+    keep = d.drop_duplicates(["model", "target", "_device", "variant"], keep="last").sort_values("_order")
+    return keep.drop(columns=["_measured", "_ts", "_order", "_device"]), len(df) - len(keep)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "model"
 
 
 def write_comparison(root: Path) -> Path:
-    """``comparison.md``: one row per (target, device, variant) across runs; emulated rows labelled."""
-    df = collect(root)
-    table = df[[c for c in COMPARISON_COLUMNS if c in df.columns]]
-    lines = ["# laaq-bench: per-hardware comparison", "",
-             "One row per (target, device, variant, run). `measured_as` says how each latency was obtained: "
-             "`native` on the device itself, `emulated` under QEMU (a functional check — never compare its "
-             "latency with native rows), `not run` where no device was available. Energy is a proxy model "
-             "(README: *Energy*) unless `energy_measured_uj` is filled from a real sensor.", "",
-             _md_table(table), ""]
+    """``comparison.md`` + ``comparison.html`` (+ ``comparison-plots/*.png``): one row per (target, device,
+    variant) for each model, with plots that keep native, emulated and not-run rows apart."""
+    df, dropped = latest_rows(collect(root))
+    blocks = [Block("h1", "laaq-bench: per-hardware comparison"), Block("p", _HOW_MEASURED)]
+    if df.empty:
+        blocks.append(Block("p", "(no runs found)"))
+    else:
+        overview = []
+        for (t, d, m), g in df.groupby(["target", "device", "measured_as"], sort=False):
+            overview.append(f"`{t}` on {d or '(no device)'}: **{m}** — {', '.join(g['variant'])}")
+        blocks += [Block("h2", "Targets and how they were measured"), Block("ul", overview)]
+        if dropped:
+            blocks.append(Block("p", f"{dropped} older or not-run duplicate row(s) of the same (model, target, device, "
+                                     "variant) left out; the latest measurement is shown."))
+        for model, g in df.groupby("model", sort=False):
+            table = blank_not_run(g[[c for c in COMPARISON_COLUMNS if c in g.columns]])
+            blocks += [Block("h2", f"Model: {model}"), Block("table", table)]
+            slug = _slug(model)
+            blocks += _plot_blocks([plots.latency_vs_pgd(g, str(model), f"{slug}-latency_vs_pgd"),
+                                    plots.energy_vs_pgd(g, str(model), f"{slug}-energy_vs_pgd")],
+                                   "(no measured rows for this model: nothing to plot)")
+    blocks.append(Block("p", "Columns: results/README.md. Regenerate with `laaq-bench report <results dir>` "
+                             "(or `make report`)."))
     out = root / "comparison.md"
-    atomic_write_text(out, "\n".join(lines))
+    _write(blocks, out, COMPARISON_PLOTS_DIR, "laaq-bench: per-hardware comparison")
     return out

@@ -73,16 +73,21 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Split:
     return _split("digits", x, d.target, test_fraction, seed)
 
 
+_CIFAR_REMEDY = ("download and extract the python version again (cifar-10-python.tar.gz from "
+                 "https://www.cs.toronto.edu/~kriz/cifar.html) and pass its folder as --data-dir")
+
+
 def _unpickle(path: Path) -> dict[str, object]:
     try:
         with path.open("rb") as f:
             d = pickle.load(f, encoding="latin1")  # noqa: S301 - the standard CIFAR format is a pickle
     except FileNotFoundError:
-        raise DataError(f"missing CIFAR-10 file {path}") from None
+        raise DataError(f"missing CIFAR-10 file {path}; {_CIFAR_REMEDY}") from None
     except Exception as e:  # corrupt file: any unpickling error
-        raise DataError(f"cannot read CIFAR-10 file {path}: {e}") from e
+        raise DataError(f"cannot read CIFAR-10 file {path} ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                        f"{_CIFAR_REMEDY}") from e
     if not isinstance(d, dict) or "data" not in d or "labels" not in d:
-        raise DataError(f"{path} is not a CIFAR-10 batch (expected a dict with 'data' and 'labels')")
+        raise DataError(f"{path} is not a CIFAR-10 batch (expected a dict with 'data' and 'labels'); {_CIFAR_REMEDY}")
     return d
 
 

@@ -10,6 +10,30 @@ from tvm import relax
 
 from harness.devices.base import DeviceError, LoadedModule
 
+# ELF e_machine values of the architectures a target file can name (``uname -m`` spelling).
+_ELF_MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64", 21: "ppc64", 22: "s390x"}
+# `uname -m` spellings of the same architectures, so that e.g. an armv7l host matches an "arm" library.
+_HOST_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "armv6l": "arm", "armv7l": "arm", "armv8l": "arm",
+                 "i486": "i386", "i586": "i386", "i686": "i386", "ppc64le": "ppc64"}
+
+
+def elf_machine(path: Path) -> str | None:
+    """The architecture an ELF library was built for (``uname -m`` spelling), or None if unknown.
+
+    Why: loading a library built for another CPU fails inside dlopen with a misleading message
+    ("cannot open shared object file: No such file or directory" for a file that exists); reading
+    the header first lets us name the real cause.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return _ELF_MACHINES.get(machine, f"ELF machine {machine}")
+
 
 class LocalSession:
     """Loads artefacts into this process; thread count set on TVM's runtime pool."""
@@ -25,6 +49,11 @@ class LocalSession:
         self.info = {"device_arch": platform.machine(), "device_tvm": tvm.__version__}
 
     def load(self, path: Path) -> LoadedModule:
+        built_for, here = elf_machine(Path(path)), platform.machine()
+        if built_for is not None and built_for != _HOST_ALIASES.get(here, here):
+            raise DeviceError(f"{path} was built for {built_for} and this machine is {here}, so it cannot run here; "
+                              f"run it on the {built_for} device (target [device] kind rpc/tracker/emulated, or --rpc "
+                              "host:port)")
         try:
             lib = tvm.runtime.load_module(str(path))
         except Exception as e:
