@@ -130,6 +130,16 @@ class Variant:
     qg: QuantizedGraph | None = None
 
 
+def laaq_plan(model: torch.nn.Module, graph, data: Split, cfg: BenchConfig) -> QuantPlan:
+    """The LAAQ plan at the run's average-bit budget, on adversarial calibration data (laaq.search)."""
+    from laaq.search import Budget, SearchConfig, make_calibration, search_plan
+
+    n = cfg.calib_samples
+    calib_attack = replace(cfg.attack, steps=10, step_size=2.5 * cfg.attack.eps / 10, restarts=1)
+    calib = make_calibration(graph, data.x_train[:n], data.y_train[:n], calib_attack, model=model)
+    return search_plan("laaq", graph, calib, Budget(avg_bits=cfg.laaq_avg_bits), SearchConfig(seed=cfg.seed))
+
+
 def float_bits(v: Variant) -> int:
     """Bit width of a float variant's weights and activations (for size and energy proxies)."""
     return 16 if v.name == "fp16" else 32
@@ -149,10 +159,7 @@ def build_variants(cfg: BenchConfig, model: torch.nn.Module, data: Split, progre
             bits = int(v[3:])
             plans.append((v, QuantPlan.uniform(names, bits, name=f"uniform-w{bits}")))
         elif v == "laaq":
-            from laaq.search import laaq_plan_for_bench  # the search lives in laaq/, not here
-
-            plans.append(("laaq", laaq_plan_for_bench(model, graph, data, cfg.attack, cfg.laaq_avg_bits,
-                                                      cfg.seed, progress=progress)))
+            plans.append(("laaq", laaq_plan(model, graph, data, cfg)))
         else:
             raise ValueError(f"unknown variant {v!r}; built-in variants are {BUILTIN_VARIANTS} "
                              "(add plans with --plan FILE)")
