@@ -27,9 +27,11 @@ from harness import energy
 from harness.compile import compile_module
 from harness.devices import open_device
 from harness.gpu import is_not_run, lower_float16, not_run_row
-from harness.lower import lower_float, lower_integer
+from harness.fast_int8 import lower_integer_for, wants_fast_int8
+from harness.lower import lower_float
 from harness.measure import LatencyProtocol, latency, outputs
 from harness.results import RunStore
+from harness.tune import default_key
 from harness.sensors import measured_energy_uj
 from harness.targets import Target, load_target
 from laaq.attacks import PGDConfig, pgd
@@ -78,10 +80,14 @@ class BenchConfig:
     rpc: str = ""
     rpc_tracker: str = ""
     rpc_key: str = ""
+    # MetaSchedule: a database per (target, arch, shape, batch, dtype pattern) is applied when present;
+    # trials > 0 tunes what it lacks first. Not part of the run hash (it changes speed, not results).
+    tune: bool = True
+    trials: int = 0
 
     def digest(self) -> str:
         d = asdict(self)
-        for k in ("results_dir", "run_id", "rpc", "rpc_tracker", "rpc_key"):
+        for k in ("results_dir", "run_id", "rpc", "rpc_tracker", "rpc_key", "tune", "trials"):
             d.pop(k)
         d["plan_digests"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12] for p in self.plan_files]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -196,8 +202,11 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
     arts = {}
     for b in (small, large):
         lower_f = lower_float16 if v.name == "fp16" else lower_float
-        mod = lower_f(model, shape, b) if v.kind == "float" else lower_integer(v.qg, b)
-        arts[b] = compile_module(mod, target, art_dir / f"{target.name}-{v.name.replace(':', '_')}-b{b}.so", v.name, b)
+        mod = lower_f(model, shape, b) if v.kind == "float" else lower_integer_for(v.qg, b, target)
+        pattern = v.name if v.kind == "float" else ("int8-nchwc" if wants_fast_int8(target) else "int8")
+        arts[b] = compile_module(mod, target, art_dir / f"{target.name}-{v.name.replace(':', '_')}-b{b}.so", v.name, b,
+                                 tuning_key=default_key(cfg.train.arch, shape, b, pattern), trials=cfg.trials,
+                                 tune=cfg.tune)
     if not getattr(session, "available", True):  # e.g. no CUDA device: compiled and verified, nothing measured
         return not_run_row(cfg, target, session, v, model, arts), _layer_rows(target.name, v, model, target.energy)
     loaded = {b: session.load(a.path) for b, a in arts.items()}

@@ -151,7 +151,7 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
               help="Name of a file in targets/ (see `laaq-bench targets`).")
 @_train_options
 @click.option("--variants", default="fp32,int8,laaq", show_default=True,
-              help="Comma list of fp32, int8, int4 (uniform) and laaq (searched at --avg-bits).")
+              help="Comma list of fp32, fp16 (GPU), int8, int4 (uniform) and laaq (searched at --avg-bits).")
 @click.option("--plan", "plan_files", multiple=True, type=click.Path(exists=True),
               help="Extra quantization plan JSON to measure (repeatable).")
 @click.option("--avg-bits", default=4.0, show_default=True, help="LAAQ budget: average weight bits.")
@@ -168,10 +168,14 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 @click.option("--rpc", default="", envvar="RPC", help="Direct RPC server host:port (overrides the target file).")
 @click.option("--rpc-tracker", default="", envvar="RPC_TRACKER", help="RPC tracker host:port.")
 @click.option("--rpc-key", default="", envvar="RPC_KEY", help="Device key at the tracker (e.g. rasp4).")
+@click.option("--tune/--no-tune", default=True, show_default=True,
+              help="Apply the MetaSchedule tuning database for each kernel set when one exists.")
+@click.option("--trials", default=0, show_default=True,
+              help="Tuning trials to spend first on kernels the database lacks (0: only reuse).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variants, plan_files, avg_bits, pgd_steps,
           pgd_restarts, eval_samples, batch_large, repeat, number, warmup, results_dir, run_id, rpc, rpc_tracker,
-          rpc_key, quiet) -> None:
+          rpc_key, tune, trials, quiet) -> None:
     """Train/load, quantize, compile for TARGET, run on its device, and measure every variant.
 
     Writes results/<run>/{run.json, metrics.csv, layers.csv, report.md}. Interrupted runs resume.
@@ -189,7 +193,8 @@ def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variant
                       variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
                       plan_files=tuple(plan_files), laaq_avg_bits=avg_bits, batch_large=batch_large,
                       eval_samples=eval_samples, latency=LatencyProtocol(warmup, number, repeat), seed=seed,
-                      results_dir=results_dir, run_id=run_id, rpc=rpc, rpc_tracker=rpc_tracker, rpc_key=rpc_key)
+                      results_dir=results_dir, run_id=run_id, rpc=rpc, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
+                      tune=tune, trials=trials)
     res = _run(run_bench, cfg, progress=not quiet)
     import pandas as pd
 

@@ -46,16 +46,26 @@ def _fcompile(target: Target):
     return cc.cross_compiler(target.cross_compiler)
 
 
-def compile_module(mod: tvm.IRModule, target: Target, out: Path, variant: str, batch: int) -> Artefact:
-    """``tvm.compile`` + ``export_library``; the library is written atomically (temp + rename)."""
+def compile_module(mod: tvm.IRModule, target: Target, out: Path, variant: str, batch: int,
+                   tuning_key: str | None = None, trials: int = 0, tune: bool = True) -> Artefact:
+    """Compile + ``export_library``; the library is written atomically (temp + rename).
+
+    CPU targets go through :func:`harness.tune.build`: the tuning database for ``tuning_key`` is applied
+    when one exists (``trials`` > 0 first tunes what it lacks), and VNNI targets get the hand-written
+    int8 schedule for kernels the database does not cover. GPU targets use :mod:`harness.gpu`.
+    """
     fcompile = _fcompile(target)
     gpu = None
     if target.tvm.get("kind") == "cuda":  # CUDA code: GPU schedules, nvcc device code, library check
         from harness import gpu
     t0 = time.perf_counter()
     try:
-        ex = tvm.compile(mod, target=target.tvm_target()) if gpu is None else \
-            gpu.compile_for_gpu(mod, target, target.tvm_target())
+        if gpu is None:
+            from harness.tune import build
+
+            ex = build(mod, target, tuning_key, trials=trials, tune_enabled=tune)
+        else:
+            ex = gpu.compile_for_gpu(mod, target, target.tvm_target())
     except Exception as e:  # TVM raises its own error types; keep the first line, it is the useful one
         raise CompileError(f"TVM could not compile {variant} for {target.name}: {str(e).splitlines()[0]}") from e
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,252 @@
+"""MetaSchedule tuning with a persisted JSON database, re-applied at zero tuning cost.
+
+Layout on disk (a cache, not committed: tuning results are machine-specific)::
+
+    ${LAAQ_CACHE:-~/.cache/laaq-bench}/tuning/<target>/<key>/
+        database_workload.json         MetaSchedule's JSON database (one line per kernel workload)
+        database_tuning_record.json    (one line per measured schedule)
+        tuned.json                     what was tuned: trials, task names, workload hashes
+        logs/                          MetaSchedule's own logs
+
+The database is keyed by each kernel's *structure* (shapes, dtypes, the fused computation), never by
+weight values: weights are arguments of the kernels, not part of them. So a retrained checkpoint, or
+another quantization plan with the same kernel shapes (all plans store weights as int8), finds every
+kernel in the database and compiles with no tuning. ``key`` only groups databases on disk; use
+:func:`default_key` (architecture, input shape, batch, dtype pattern).
+
+Entry point for ``harness/compile.py``: :func:`build` (tune if asked and needed, apply the
+database, compile) or, for a module to hand to ``tvm.compile`` yourself, :func:`maybe_apply_tuning`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+from tvm import relax
+
+from harness import tvm_fixes
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LAAQ_CACHE", str(Path.home() / ".cache" / "laaq-bench"))) / "tuning"
+
+
+def default_key(arch: str, input_shape: tuple[int, ...], batch: int, pattern: str) -> str:
+    """``resnet20-3x32x32-b1-int8`` style key; ``pattern`` e.g. "fp32", "int8", "int8-nchwc"."""
+    return f"{arch}-{'x'.join(map(str, input_shape))}-b{batch}-{pattern}"
+
+
+def database_dir(target_name: str, key: str) -> Path:
+    return cache_root() / target_name / key
+
+
+def tvm_target_of(target) -> tvm.target.Target:
+    """The target's ``tvm.target.Target`` plus ``num-cores`` (MetaSchedule needs it) = its thread count."""
+    d = dict(target.tvm)
+    if d.get("kind") == "llvm":
+        d.setdefault("num-cores", int(target.threads))
+    return tvm.target.Target(d)
+
+
+# ------------------------------------------------------------------------------------ structure
+def fuse(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
+    """Legalize and fuse (the tuning tasks are the fused PrimFuncs); what ``static_shape_tuning`` does first."""
+    seq = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ])
+    with tvm_target:
+        return seq(mod)
+
+
+def kernels(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def workload_digest(fused: tvm.IRModule) -> str:
+    """Hash of the set of kernel structures (weight values are not in the kernels)."""
+    hashes = sorted(str(tvm_ffi.structural_hash(f)) for f in kernels(fused).values())
+    return hashlib.sha256(",".join(hashes).encode()).hexdigest()[:16]
+
+
+def _open_db(work_dir: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
+
+
+def _has_record(db, m: tvm.IRModule) -> bool:
+    return bool(db.has_workload(m)) and bool(db.get_top_k(db.commit_workload(m), 1))
+
+
+def missing_tasks(fused: tvm.IRModule, tvm_target: tvm.target.Target, work_dir: Path) -> list:
+    """MetaSchedule tasks of ``fused`` with no tuning record in the database at ``work_dir``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = ms.relax_integration.extract_tasks(fused, tvm_target)
+    if not (work_dir / "database_workload.json").exists():
+        return list(tasks)
+    db = _open_db(work_dir)
+    return [t for t in tasks if not _has_record(db, t.dispatched[0])]
+
+
+# ---------------------------------------------------------------------------------------- tune
+@dataclass
+class TuneReport:
+    work_dir: str
+    tuned: bool  # False: everything came from the database (zero tuning cost)
+    trials: int = 0
+    tasks: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    note: str = ""
+
+
+def host_can_run(tvm_target: tvm.target.Target) -> tuple[bool, str]:
+    """Can MetaSchedule's *local* runner execute code for this target on this machine?"""
+    from harness.fast_int8 import target_has_vnni
+
+    if tvm_target.kind.name != "llvm":
+        return False, f"{tvm_target.kind.name} needs an RPC runner"
+    if tvm_fixes.target_arch(tvm_target) != "x86" or os.uname().machine != "x86_64":
+        return False, "cross target: tune through an RPC runner on the board (not implemented here)"
+    if target_has_vnni(tvm_target):
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        if "avx512_vnni" not in flags:
+            return False, "target uses AVX-512 VNNI but this host CPU lacks avx512_vnni"
+    return True, ""
+
+
+def tune(mod: tvm.IRModule, target, key: str, trials: int, progress: bool = True,
+         per_task: int | None = None, fused: tvm.IRModule | None = None, log=print,
+         op_names: tuple[str, ...] = (), quick: bool = False) -> TuneReport:
+    """Tune the kernels of ``mod`` not yet in the database for (target, key); ``trials`` in total.
+
+    ``target`` is a :class:`harness.targets.Target`. Kernels already in the database are not tuned
+    again (a second call costs nothing). ``op_names``: only kernels whose name contains one of
+    these. ``quick``: random sampling, no cost model (tests); otherwise evolutionary search with
+    the XGBoost cost model (needs ``xgboost-cpu``). Returns what was done.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    tvm_fixes.check_ffi_json()
+    tvm_target = tvm_target_of(target)
+    tvm_fixes.light_tensor_intrin(tvm_fixes.target_arch(tvm_target))
+    work_dir = database_dir(target.name, key)
+    fused = fused if fused is not None else fuse(mod, tvm_target)
+    tasks = missing_tasks(fused, tvm_target, work_dir)
+    if op_names:
+        tasks = [t for t in tasks if any(o in t.task_name for o in op_names)]
+    if not tasks or trials <= 0:
+        return TuneReport(str(work_dir), False, note="all kernels in database" if not tasks else "no trials")
+    ok, why = host_can_run(tvm_target)
+    if not ok:
+        return TuneReport(str(work_dir), False, note=f"not tuned: {why}")
+    per_task = per_task or max(1, trials // len(tasks))
+    if progress:
+        log(f"tuning {len(tasks)} kernel(s) for {target.name}/{key}: {trials} trials "
+            f"(≤{per_task} per kernel) → {work_dir}")
+    ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
+    old_level = ms_log.level
+    ms_log.setLevel(logging.INFO if progress else logging.WARNING)
+    strategy = (ms.search_strategy.ReplayTrace() if quick else
+                ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32))
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        tasks, str(work_dir), strategy=strategy, seed=0)
+    t0 = time.perf_counter()
+    try:
+        ms.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
+            max_trials_per_task=per_task, num_trials_per_iter=min(64, max(4, per_task)),
+            builder=tvm_fixes.local_builder(tvm_target),
+            runner=ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
+                number=5, repeat=1, min_repeat_ms=20, enable_cpu_cache_flush=False)),
+            database=_open_db(work_dir), cost_model="random" if quick else "xgb")
+    finally:
+        ms_log.setLevel(old_level)
+    dt = time.perf_counter() - t0
+    from harness.results import atomic_write_text
+
+    meta = {"target": target.name, "tvm_target": str(tvm_target), "key": key, "trials": trials,
+            "tasks": [t.task_name for t in tasks], "workload_digest": workload_digest(fused),
+            "seconds": round(dt, 1), "tvm": tvm.__version__, "host": os.uname().nodename}
+    atomic_write_text(work_dir / "tuned.json", json.dumps(meta, indent=1))
+    if progress:
+        log(f"tuned {len(tasks)} kernel(s) in {dt:.0f} s")
+    return TuneReport(str(work_dir), True, trials, [t.task_name for t in tasks], dt)
+
+
+# ------------------------------------------------------------------------------- apply / build
+def _apply(fused: tvm.IRModule, tvm_target: tvm.target.Target, work_dir: Path) -> tvm.IRModule:
+    if not (work_dir / "database_workload.json").exists():
+        return fused
+    with tvm_target:
+        return relax.transform.MetaScheduleApplyDatabase(str(work_dir))(fused)
+
+
+def apply_database(mod: tvm.IRModule, target, key: str) -> tvm.IRModule:
+    """Legalized + fused module with every kernel found in the database replaced by its tuned
+    schedule (zero tuning cost). Kernels not in the database stay untuned."""
+    tvm_target = tvm_target_of(target)
+    tvm_fixes.light_tensor_intrin(tvm_fixes.target_arch(tvm_target))
+    return _apply(fuse(mod, tvm_target), tvm_target, database_dir(target.name, key))
+
+
+def maybe_apply_tuning(mod: tvm.IRModule, target, key: str, trials: int = 0, tune_enabled: bool = True,
+                       progress: bool = True, log=print) -> tvm.IRModule:
+    """Tune what is missing (if ``tune_enabled`` and ``trials`` > 0), then apply the database.
+
+    Returns a module that ``tvm.compile(mod, target=...)`` takes as usual; VNNI conv kernels not in
+    the database get the fixed hand schedule of :mod:`harness.fast_int8`.
+    """
+    from harness.fast_int8 import target_has_vnni, vnni_schedule_pass
+
+    tvm_target = tvm_target_of(target)
+    tvm_fixes.light_tensor_intrin(tvm_fixes.target_arch(tvm_target))
+    fused = fuse(mod, tvm_target)
+    if tune_enabled and trials > 0:
+        rep = tune(mod, target, key, trials, progress=progress, fused=fused, log=log)
+        if progress and rep.note:
+            log(f"tuning {target.name}/{key}: {rep.note}")
+    out = _apply(fused, tvm_target, database_dir(target.name, key))
+    if target_has_vnni(tvm_target):
+        with tvm_target:
+            out = vnni_schedule_pass()(out)
+    return out
+
+
+def build(mod: tvm.IRModule, target, key: str | None, trials: int = 0, tune_enabled: bool = True,
+          progress: bool = True, log=print):
+    """Drop-in for ``tvm.compile(mod, target=target.tvm_target())`` with tuning (key None → no DB)."""
+    from harness.fast_int8 import compile_fast
+
+    if target.tvm.get("kind") != "llvm":  # GPU targets: their own default pipeline, untouched
+        return tvm.compile(mod, target=target.tvm_target())
+    tvm_target = tvm_target_of(target)
+    tvm_fixes.light_tensor_intrin(tvm_fixes.target_arch(tvm_target))
+    if key is None:
+        return compile_fast(mod, tvm_target)
+    if tune_enabled and trials > 0:
+        rep = tune(mod, target, key, trials, progress=progress, log=log)
+        if progress and rep.note:
+            log(f"tuning {target.name}/{key}: {rep.note}")
+    work_dir = database_dir(target.name, key)
+    has_db = (work_dir / "database_workload.json").exists()
+    return compile_fast(mod, tvm_target, str(work_dir) if has_db else None)
+
+
+def report_dict(r: TuneReport) -> dict:
+    return asdict(r)

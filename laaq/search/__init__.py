@@ -1,0 +1,151 @@
+"""Mixed-precision plan search: LAAQ and its baselines behind one entry point, :func:`search_plan`.
+
+Typical use (what ``laaq-bench search`` and ``bench`` do)::
+
+    calib = make_calibration(graph, x_calib, y_calib, PGDConfig(eps=0.3, step_size=0.025, steps=10))
+    plan = search_plan("laaq", graph, calib, Budget(avg_bits=4.0))
+    Path("plan.json").write_text(plan.to_json())
+
+Every method builds a cost table ``cost[layer][(bits, clip)]`` and is solved by the same exact
+knapsack under the same :class:`Budget`; the plan's ``meta`` records the method, the budget, what
+the plan spends and the search time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from laaq.attacks import PGDConfig, pgd
+from laaq.graph import Graph
+from laaq.quant.plan import QuantPlan
+from laaq.search.baselines import (
+    hessian_costs,
+    mse_costs,
+    random_allocs,
+    sensitivity_costs,
+    uniform_alloc,
+)
+from laaq.search.metric import adversarial_loss, forward, laaq_costs
+from laaq.search.solver import (
+    CANDIDATE_BITS,
+    CLIP_GRID,
+    Budget,
+    BudgetError,
+    CostConstraint,
+    candidate_settings,
+    latency_budget,
+    layer_stats,
+    make_plan,
+    refine,
+    solve,
+    spend,
+)
+
+METHODS = ("laaq", "uniform", "mse", "sensitivity", "hessian", "random")
+
+__all__ = ["METHODS", "Budget", "BudgetError", "Calibration", "CostConstraint", "SearchConfig", "latency_budget",
+           "make_calibration", "random_plans", "search_plan", "spend", "layer_stats"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How a search runs; the defaults are the ones the experiment reports.
+
+    ``mode``/``attack_weight``: the LAAQ metric variant (see :mod:`laaq.search.metric`). The
+    log-Lipschitz attack term is off by default: on MNIST/SmallCNN-AT (seed 0) it cost 8× the search
+    time (exact norms of 36 quantized variants per layer) and 3 PGD points (see docs/method.md);
+    ``refine``: run the layer-wise refinement with the exact adversarial loss after the solver.
+    """
+
+    bits: tuple[int, ...] = CANDIDATE_BITS
+    clips: tuple[float, ...] = CLIP_GRID
+    mode: str = "lipschitz"
+    attack_weight: float = 0.0
+    refine: bool = True
+    refine_sweeps: int = 2
+    refine_max_evals: int = 600
+    random_count: int = 8
+    hessian_max_iter: int = 100
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration inputs (float in [0, 1]) and labels, plus adversarial versions crafted on the float model.
+
+    ``adv_time_s`` is the time it took to craft ``x_adv``; methods that use the adversarial inputs
+    add it to their reported search time.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_adv: torch.Tensor
+    pgd: PGDConfig = field(default_factory=PGDConfig)
+    adv_time_s: float = 0.0
+
+    @property
+    def all_x(self) -> torch.Tensor:
+        """Clean and adversarial inputs together: what activation scales are calibrated on."""
+        return torch.cat([self.x, self.x_adv])
+
+
+def make_calibration(graph: Graph, x: torch.Tensor, y: torch.Tensor, pgd_cfg: PGDConfig,
+                     model: torch.nn.Module | None = None) -> Calibration:
+    """Craft adversarial calibration inputs with PGD on the float network (``model`` if given, else the graph)."""
+    t0 = time.perf_counter()
+    predict = model.eval() if model is not None else (lambda z: forward(graph, z))
+    x_adv = pgd(predict, x, y, pgd_cfg)  # type: ignore[arg-type]
+    return Calibration(x, y, x_adv, pgd_cfg, time.perf_counter() - t0)
+
+
+def search_plan(method: str, graph: Graph, calib: Calibration, budget: Budget,
+                config: SearchConfig | None = None) -> QuantPlan:
+    """A quantization plan for ``graph`` within ``budget`` by ``method`` (one of :data:`METHODS`)."""
+    cfg = config or SearchConfig()
+    if method not in METHODS:
+        raise ValueError(f"unknown search method {method!r}; choose one of {METHODS}")
+    if method == "random":
+        return random_plans(graph, budget, 1, cfg)[0]
+    settings = candidate_settings(cfg.bits, cfg.clips)
+    stats = layer_stats(graph)
+    t0 = time.perf_counter()
+    extra_time = 0.0
+    meta: dict[str, object] = {}
+    if method == "uniform":
+        alloc = uniform_alloc(graph, stats, budget, cfg.bits)
+    else:
+        if method == "mse":
+            costs = mse_costs(graph, settings)
+        elif method == "hessian":
+            costs = hessian_costs(graph, calib.x, calib.y, settings, max_iter=cfg.hessian_max_iter, seed=cfg.seed)
+        elif method == "sensitivity":
+            costs = sensitivity_costs(graph, calib.x_adv, calib.y, settings)
+            extra_time = calib.adv_time_s
+        else:  # laaq
+            costs = laaq_costs(graph, calib.x, calib.x_adv, settings, cfg.mode, cfg.attack_weight, cfg.seed)
+            extra_time = calib.adv_time_s
+            meta.update(mode=cfg.mode, attack_weight=cfg.attack_weight)
+        alloc = solve(costs, stats, budget)
+        if method == "laaq" and cfg.refine:
+            before = alloc
+
+            def metric(a: dict) -> float:  # type: ignore[type-arg]
+                return adversarial_loss(graph, a, calib.x_adv, calib.y)
+
+            alloc, evals = refine(alloc, metric, settings, stats, budget, cfg.refine_sweeps, cfg.refine_max_evals)
+            meta.update(refine_evals=evals, refined_layers=sum(before[n] != alloc[n] for n in alloc))
+    elapsed = time.perf_counter() - t0 + extra_time
+    return make_plan(alloc, stats, budget, method, elapsed, seed=cfg.seed, **meta)
+
+
+def random_plans(graph: Graph, budget: Budget, count: int, config: SearchConfig | None = None) -> list[QuantPlan]:
+    """``count`` random feasible plans that spend the budget (seeded by ``config.seed``)."""
+    cfg = config or SearchConfig()
+    stats = layer_stats(graph)
+    t0 = time.perf_counter()
+    allocs = random_allocs(graph, stats, budget, candidate_settings(cfg.bits, cfg.clips), count, cfg.seed)
+    per = (time.perf_counter() - t0) / max(count, 1)
+    return [make_plan(a, stats, budget, "random", per, seed=cfg.seed, draw=i) for i, a in enumerate(allocs)]

@@ -1,0 +1,71 @@
+"""Evaluation hygiene: quantized models mask gradients easily, so the attack itself is checked.
+
+On a tiny trained model and its bit-exact twin: ε = 0 gives clean accuracy; accuracy does not rise
+with ε or with steps (same seeds, so the comparisons are paired); a gradient-free Square attack does
+not find markedly lower accuracy than PGD through the STE gradient (if it did, PGD would be masked).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from laaq.attacks import PGDConfig, pgd, square_attack
+from laaq.data import load_digits
+from laaq.quant.plan import QuantPlan
+from laaq.quant.quantizers import quantize_graph
+from laaq.quant.twin import Twin
+from laaq.train import TrainConfig, accuracy, train_or_load
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Twin, torch.Tensor, torch.Tensor]:
+    data = load_digits(0)
+    cfg = TrainConfig(arch="tinycnn", epochs=10, lr=1e-2, adversarial=False, seed=0)
+    model, _, _ = train_or_load(data, cfg, cache_dir=tmp_path_factory.mktemp("ckpt"), progress=False)
+    graph = model.to_graph()
+    plan = QuantPlan.uniform([n.name for n in graph.weighted()], 4)
+    twin = Twin(quantize_graph(graph, plan, data.x_train[:128])).eval()
+    return twin, data.x_test[:80], data.y_test[:80]
+
+
+def _pgd_acc(twin: Twin, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int) -> float:
+    cfg = PGDConfig(eps=eps, step_size=eps / 4 if eps else 0.0, steps=steps, seed=7)
+    return accuracy(twin, pgd(twin, x, y, cfg), y)
+
+
+def test_eps_zero_equals_clean(setup: tuple[Twin, torch.Tensor, torch.Tensor]) -> None:
+    twin, x, y = setup
+    clean = accuracy(twin, x, y)
+    assert clean > 0.6  # the model must actually work for the other checks to mean anything
+    assert _pgd_acc(twin, x, y, 0.0, 10) == clean
+
+
+def test_accuracy_non_increasing_in_eps(setup: tuple[Twin, torch.Tensor, torch.Tensor]) -> None:
+    twin, x, y = setup
+    accs = [_pgd_acc(twin, x, y, eps, 6) for eps in (0.0, 0.05, 0.15)]
+    assert all(b <= a + 1e-9 for a, b in zip(accs, accs[1:], strict=False)), accs
+    assert accs[-1] < accs[0]  # the attack does something
+
+
+def test_accuracy_non_increasing_in_steps(setup: tuple[Twin, torch.Tensor, torch.Tensor]) -> None:
+    twin, x, y = setup
+    accs = [_pgd_acc(twin, x, y, 0.1, steps) for steps in (1, 4, 12)]
+    # more steps from the same random start; allow one sample of slack for non-monotone PGD paths
+    assert all(b <= a + 1.0 / len(y) for a, b in zip(accs, accs[1:], strict=False)), accs
+
+
+def test_square_attack_does_not_beat_pgd(setup: tuple[Twin, torch.Tensor, torch.Tensor]) -> None:
+    twin, x, y = setup
+    eps = 0.1
+    pgd_acc = _pgd_acc(twin, x, y, eps, 12)
+
+    def predict(z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return twin(z)
+
+    xs = square_attack(predict, x, y, eps, queries=200, seed=0)
+    assert (xs - x).abs().max() <= eps + 1e-6
+    sq_acc = accuracy(twin, xs, y)
+    # a gradient-free attack finding much lower accuracy would flag gradient masking
+    assert sq_acc >= pgd_acc - 0.05, (sq_acc, pgd_acc)
