@@ -143,7 +143,9 @@ def laaq_plan(model: torch.nn.Module, graph, data: Split, cfg: BenchConfig) -> Q
     n = cfg.calib_samples
     calib_attack = replace(cfg.attack, steps=10, step_size=2.5 * cfg.attack.eps / 10, restarts=1)
     calib = make_calibration(graph, data.x_train[:n], data.y_train[:n], calib_attack, model=model)
-    return search_plan("laaq", graph, calib, Budget(avg_bits=cfg.laaq_avg_bits), SearchConfig(seed=cfg.seed))
+    # refinement optimises the adversarial loss: meaningless (and harmful) for a plainly trained model
+    scfg = SearchConfig(seed=cfg.seed, refine=cfg.train.adversarial)
+    return search_plan("laaq", graph, calib, Budget(avg_bits=cfg.laaq_avg_bits), scfg)
 
 
 def float_bits(v: Variant) -> int:

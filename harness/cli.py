@@ -219,6 +219,73 @@ def report(results_dir) -> None:
 
 
 @main.command()
+@_train_options
+@click.option("--method", default="laaq", show_default=True,
+              type=click.Choice(["laaq", "uniform", "mse", "sensitivity", "hessian", "random"]),
+              help="LAAQ or a baseline; all are solved by the same exact knapsack under the same budget.")
+@click.option("--avg-bits", type=float, default=None, help="Budget: parameter-weighted average weight bits.")
+@click.option("--model-bytes", type=float, default=None, help="Budget: packed weight bytes.")
+@click.option("--bops", type=float, default=None, help="Budget: bit operations (MACs x w-bits x a-bits).")
+@click.option("--calib-samples", default=256, show_default=True, help="Calibration images (clean + PGD).")
+@click.option("--refine/--no-refine", default=None,
+              help="Layer-wise refinement on the exact adversarial loss (default: on for PGD-AT models only — "
+                   "a plain model has no adversarial signal to refine on).")
+@click.option("--out", "out", type=click.Path(), required=True, help="Plan JSON to write.")
+def search(dataset, data_dir, arch, epochs, lr, plain, eps, seed, method, avg_bits, model_bytes, bops,
+           calib_samples, refine, out) -> None:
+    """Search a mixed-precision plan under a budget and write it as JSON (compile it with bench --plan)."""
+    from harness.results import atomic_write_text
+    from laaq.data import load_dataset
+    from laaq.search import Budget, SearchConfig, make_calibration, search_plan
+    from laaq.train import train_or_load
+
+    cfg, eps = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
+    data = _run(load_dataset, dataset, seed, data_dir)
+    model, _, _ = _run(train_or_load, data, cfg)
+    graph = model.to_graph()
+    if avg_bits is None and model_bytes is None and bops is None:
+        avg_bits = 4.0
+    budget = Budget(avg_bits=avg_bits, model_bytes=model_bytes, bops=bops)
+    attack = PGDConfig(eps=eps, step_size=2.5 * eps / 10, steps=10, restarts=1, seed=seed)
+    calib = make_calibration(graph, data.x_train[:calib_samples], data.y_train[:calib_samples], attack, model=model)
+    scfg = SearchConfig(seed=seed, refine=(not plain) if refine is None else refine)
+    plan = _run(search_plan, method, graph, calib, budget, scfg)
+    atomic_write_text(Path(out), plan.to_json())
+    layers = ", ".join(f"{k}:{v.bits}b/c{v.clip:g}" for k, v in plan.layers.items())
+    click.echo(f"wrote {out}: {method} {layers}; spend {plan.meta.get('spend_avg_bits', '?')} avg bits; "
+               f"search {plan.meta.get('search_time_s', '?')} s")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(), default=None,
+              help="CIFAR-10 directory: run the ResNet-20 / eps=8/255 experiment instead of MNIST-5k.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma list of seeds (>= 3 for claims).")
+@click.option("--avg-bits", default=4.0, show_default=True, help="Budget: average weight bits.")
+@click.option("--quick", is_flag=True, help="Seconds-long smoke version (sklearn digits, tiny CNN, 1 seed).")
+@click.option("--out", "out", default="results/experiment", show_default=True, type=click.Path())
+def experiment(data_dir, seeds, avg_bits, quick, out) -> None:
+    """Plain vs PGD-AT model x {fp32, uniform-8/4, MSE, Hessian, sensitivity, LAAQ, random} x {clean, PGD}.
+
+    Answers F1 (does the AT model lose more under uniform low-bit quantization?) and F2 (does LAAQ beat
+    every baseline on PGD accuracy at equal budget?) in a CSV, a markdown table and a plot. Evaluated
+    on the bit-exact twin of each quantized model (the same integers the compiled artefact computes).
+    """
+    from laaq.experiment import ExperimentConfig, run_experiment
+
+    if quick:
+        cfg = ExperimentConfig.quick()
+    elif data_dir:
+        cfg = ExperimentConfig.cifar(data_dir)
+    else:
+        cfg = ExperimentConfig()
+    cfg = replace(cfg, budget_bits=avg_bits,
+                  seeds=cfg.seeds if quick else tuple(int(s) for s in seeds.split(",") if s.strip()))
+    _, summary = _run(run_experiment, cfg, out)
+    click.echo(summary)
+    click.echo(f"\nresults: {out}")
+
+
+@main.command()
 def targets() -> None:
     """List the targets (files in targets/) and how each is reached."""
     from harness.targets import available_targets, load_target
