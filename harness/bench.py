@@ -26,14 +26,14 @@ import torch
 from harness import energy
 from harness.compile import compile_module
 from harness.devices import open_device
-from harness.gpu import is_not_run, lower_float16, not_run_row
 from harness.fast_int8 import lower_integer_for, wants_fast_int8
+from harness.gpu import is_not_run, lower_float16, not_run_row
 from harness.lower import lower_float
 from harness.measure import LatencyProtocol, latency, outputs
 from harness.results import RunStore
-from harness.tune import default_key
 from harness.sensors import measured_energy_uj
 from harness.targets import Target, load_target
+from harness.tune import default_key
 from laaq.attacks import PGDConfig, pgd
 from laaq.data import Split, load_dataset
 from laaq.quant.integer import logits_from_int, run_integer
@@ -269,7 +269,7 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
         "threads": target.threads, "warmup": cfg.latency.warmup,
         "number": cfg.latency.number, "repeat": cfg.latency.repeat,
         "compile_s": round(sum(a_.compile_s for a_ in arts.values()), 2),
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     for tag, b in (("small", small), ("large", large)):
         s = lat[b]
@@ -296,7 +296,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     log(f"model: {ckpt} ({'cached' if cached else f'trained in {time.perf_counter() - t0:.0f} s'})")
     folder = cfg.folder()
     store = RunStore(folder, COLUMNS, LAYER_COLUMNS)
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     run_info = {"config": asdict(cfg), "target": asdict(target), "environment": environment(),
                 "checkpoint": str(ckpt), "latency_protocol": cfg.latency.describe(), "started": started,
                 "energy_source": energy.SOURCE}
@@ -332,7 +332,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     if not_run:
         log(f"NOTE: {'; '.join(not_run)}. The libraries were compiled, exported and verified, but no latency, "
             "accuracy or measured energy exists for those rows (left empty, never estimated).")
-    run_info["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    run_info["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     store.write_json("run.json", run_info)
     from harness.report import write_run_report
 

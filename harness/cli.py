@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -91,7 +90,8 @@ def train(dataset, data_dir, arch, epochs, lr, plain, eps, seed) -> None:
     cfg, _ = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
     data = _run(load_dataset, dataset, seed, data_dir)
     model, path, cached = _run(train_or_load, data, cfg)
-    click.echo(f"{'loaded' if cached else 'trained'} {path}  clean test accuracy {accuracy(model, data.x_test, data.y_test):.4f}")
+    acc = accuracy(model, data.x_test, data.y_test)
+    click.echo(f"{'loaded' if cached else 'trained'} {path}  clean test accuracy {acc:.4f}")
 
 
 @main.command()
@@ -101,10 +101,10 @@ def train(dataset, data_dir, arch, epochs, lr, plain, eps, seed) -> None:
 @click.option("--out", "out", type=click.Path(), required=True, help="Plan JSON to write.")
 def quantize(dataset, data_dir, arch, epochs, lr, plain, eps, seed, bits, clip, out) -> None:
     """Write a uniform quantization plan (JSON) for a model; `search` writes searched ones."""
+    from harness.results import atomic_write_text
     from laaq.data import load_dataset
     from laaq.quant.plan import QuantPlan
     from laaq.train import train_or_load
-    from harness.results import atomic_write_text
 
     cfg, _ = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
     data = _run(load_dataset, dataset, seed, data_dir)

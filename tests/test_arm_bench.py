@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 import harness.bench as bench_mod
 from harness.bench import BenchConfig, run_bench
+from harness.cli import main
 from harness.devices.base import DeviceError
 from harness.measure import LatencyProtocol
-from harness.cli import main
 from laaq.attacks import PGDConfig
 from laaq.train import TrainConfig
 

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from harness.bench import COLUMNS
 from harness.cli import main
 
-TINY = ["--dataset", "digits", "--arch", "tinycnn", "--epochs", "6", "--lr", "0.01", "--eps", "0.1", "--eval-samples", "200",
+TINY = ["--dataset", "digits", "--arch", "tinycnn", "--epochs", "6", "--lr", "0.01", "--eps", "0.1",
+        "--eval-samples", "200",
         "--batch-large", "16", "--repeat", "3", "--number", "3", "--warmup", "1", "--pgd-steps", "5", "--quiet"]
 
 

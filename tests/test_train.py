@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from laaq.models import build_model
 from laaq.train import CheckpointError, TrainConfig, load_checkpoint, train_or_load
@@ -21,7 +21,7 @@ def test_cache_key_covers_hyper_parameters(digits) -> None:
 def test_second_call_loads_from_cache(digits, tiny_model, private_cache) -> None:
     model, path, cached = train_or_load(digits, TINY_TRAIN, cache_dir=private_cache, progress=False)
     assert cached and path.exists()
-    for a, b in zip(model.state_dict().values(), tiny_model.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), tiny_model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
