@@ -47,7 +47,8 @@ def test_requantize_matches_exact_rational_rounding() -> None:
     acc = rng.integers(-(2**24), 2**24, size=(64, 5)).astype(np.int32)
     M, shift = fixed_point(rng.uniform(1e-4, 0.2, size=5))
     got = requantize(acc, M, shift, -128, 127)
-    want = np.array([[max(-128, min(127, (int(a) * int(m) + (1 << (shift - 1))) >> shift)) for a, m in zip(row, M, strict=True)]
+    half = 1 << (shift - 1)
+    want = np.array([[max(-128, min(127, (int(a) * int(m) + half) >> shift)) for a, m in zip(row, M, strict=True)]
                      for row in acc])
     assert np.array_equal(got, want)
     # ties round up (towards +inf), also for negative values
