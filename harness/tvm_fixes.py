@@ -131,6 +131,7 @@ def _ensure_light_package() -> str:
         pkg.__path__ = list(spec.submodule_search_locations)  # type: ignore[arg-type]
         pkg.__file__ = spec.origin
         pkg.__package__ = name
+        pkg.__spec__ = spec  # importlib.util.find_spec(name) must keep working on the stand-in
         pkg.__laaq_light__ = True  # type: ignore[attr-defined]
         sys.modules[name] = pkg
         import tvm.s_tir
