@@ -26,6 +26,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, topi
 
+from harness.lower import requantize_expr
 from laaq.quant.quantizers import QNode, QuantizedGraph
 
 OC_BLOCK = 16  # output channels per vpdpbusd (16 int32 lanes of a zmm register)
@@ -111,14 +112,7 @@ def _requant(bb: relax.BlockBuilder, acc: relax.Expr, q: QNode, shape: tuple[int
              residual: relax.Expr | None) -> relax.Expr:
     m = q.mult.astype(np.int64)
     mult = (m if m.size == 1 else _pad_vec(m, width, np.int64)).reshape(shape if m.size > 1 else (1,) * len(shape))
-    t = bb.emit(relax.op.multiply(relax.op.astype(acc, "int64"), _const(mult)))
-    if residual is not None:
-        r = relax.op.multiply(relax.op.astype(residual, "int64"), _const(np.array(q.res_mult, dtype=np.int64)))
-        t = bb.emit(relax.op.add(t, r))
-    t = bb.emit(relax.op.add(t, _const(np.array(1 << (q.shift - 1), dtype=np.int64))))
-    t = bb.emit(relax.op.right_shift(t, _const(np.array(q.shift, dtype=np.int64))))
-    t = bb.emit(relax.op.clip(t, q.lo, q.hi))
-    return bb.emit(relax.op.astype(t, "int8" if q.out_signed else "uint8"))
+    return requantize_expr(bb, acc, mult, q, residual)
 
 
 def lower_integer_nchwc(qg: QuantizedGraph, batch: int) -> tvm.IRModule:

@@ -25,10 +25,14 @@ def _const(a: np.ndarray) -> relax.Constant:
     return relax.const(tvm.runtime.tensor(np.ascontiguousarray(a)))
 
 
-def _requant(bb: relax.BlockBuilder, acc: relax.Expr, q: QNode, ndim: int,
-             residual: relax.Expr | None) -> relax.Expr:
-    shape = (1, -1) + (1,) * (ndim - 2)
-    t = bb.emit(relax.op.multiply(relax.op.astype(acc, "int64"), _const(q.mult.astype(np.int64).reshape(shape))))
+def requantize_expr(bb: relax.BlockBuilder, acc: relax.Expr, mult: np.ndarray, q: QNode,
+                    residual: relax.Expr | None) -> relax.Expr:
+    """``clamp((acc·M + q_res·M_res + 2^(sh−1)) >> sh, lo, hi)`` in int64, cast to the output dtype.
+
+    ``mult`` is the per-channel multiplier already shaped to broadcast against ``acc`` (layouts differ
+    between the NCHW and the blocked lowering); everything else is shared so they cannot drift apart.
+    """
+    t = bb.emit(relax.op.multiply(relax.op.astype(acc, "int64"), _const(mult.astype(np.int64))))
     if residual is not None:
         r = relax.op.multiply(relax.op.astype(residual, "int64"), _const(np.array(q.res_mult, dtype=np.int64)))
         t = bb.emit(relax.op.add(t, r))
@@ -36,6 +40,11 @@ def _requant(bb: relax.BlockBuilder, acc: relax.Expr, q: QNode, ndim: int,
     t = bb.emit(relax.op.right_shift(t, _const(np.array(q.shift, dtype=np.int64))))
     t = bb.emit(relax.op.clip(t, q.lo, q.hi))
     return bb.emit(relax.op.astype(t, "int8" if q.out_signed else "uint8"))
+
+
+def _requant(bb: relax.BlockBuilder, acc: relax.Expr, q: QNode, ndim: int,
+             residual: relax.Expr | None) -> relax.Expr:
+    return requantize_expr(bb, acc, q.mult.reshape((1, -1) + (1,) * (ndim - 2)), q, residual)
 
 
 def lower_integer(qg: QuantizedGraph, batch: int) -> tvm.IRModule:
