@@ -34,7 +34,7 @@ from harness.results import RunStore
 from harness.sensors import measured_energy_uj
 from harness.targets import Target, load_target
 from harness.tune import default_key
-from laaq.attacks import PGDConfig, pgd
+from laaq.attacks import PGDConfig, pgd, square_attack
 from laaq.data import Split, load_dataset
 from laaq.quant.integer import logits_from_int, run_integer
 from laaq.quant.plan import QuantPlan
@@ -47,7 +47,8 @@ COLUMNS = [
     "target", "measured_as", "device", "variant", "kind", "plan", "avg_weight_bits", "act_bits",
     "batch_small", "lat_small_median_ms", "lat_small_p90_ms", "lat_small_mean_ms", "lat_small_std_ms",
     "thr_small_ips", "batch_large", "lat_large_median_ms", "lat_large_p90_ms", "lat_large_mean_ms",
-    "lat_large_std_ms", "thr_large_ips", "clean_acc", "pgd_acc", "agreement", "bitexact", "max_abs_diff",
+    "lat_large_std_ms", "thr_large_ips", "clean_acc", "pgd_acc", "square_acc",
+    "gradient_masking", "agreement", "bitexact", "max_abs_diff",
     "n_eval", "attack", "macs", "bops", "weight_bytes", "artefact_bytes", "energy_proxy_uj",
     "energy_measured_uj", "threads", "warmup", "number", "repeat", "compile_s", "timestamp",
 ]
@@ -73,6 +74,10 @@ class BenchConfig:
     eval_samples: int = 1000
     calib_samples: int = 256
     latency: LatencyProtocol = field(default_factory=LatencyProtocol)
+    # gradient-free Square attack run against the compiled artefact itself on the first samples:
+    # if it finds markedly lower accuracy than PGD on the twin, PGD was fooled (gradient masking)
+    square_samples: int = 100
+    square_queries: int = 200
     seed: int = 0
     results_dir: str = "results"
     run_id: str = ""
@@ -245,6 +250,21 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
         agree += int((logits.argmax(1) == ref.argmax(1)).sum())
         stats[f"{tag}_acc"] = float((logits.argmax(1) == y.numpy()).mean())
 
+    sq_acc, masking = "", ""
+    if cfg.square_samples > 0:
+        m = min(cfg.square_samples, n)
+
+        def predict(t: torch.Tensor) -> torch.Tensor:  # the artefact as a black box, logits out
+            out = outputs(loaded[large], to_device(t), large)
+            return torch.as_tensor(out if v.kind == "float" else logits_from_int(v.qg, out), dtype=torch.float32)
+
+        x_sq = square_attack(predict, x[:m], y[:m], cfg.attack.eps, queries=cfg.square_queries, seed=cfg.attack.seed)
+        sq = float((predict(x_sq).argmax(1) == y[:m]).float().mean())
+        with torch.no_grad():
+            pgd_sub = float((torch.as_tensor(predict(x_adv[:m])).argmax(1) == y[:m]).float().mean())
+        sq_acc = round(sq, 4)
+        masking = "suspected" if sq < pgd_sub - 0.05 else "no"
+
     lat = {b: latency(loaded[b], to_device(x[:b] if b <= n else x[:1].repeat(b, 1, 1, 1)), cfg.latency)
            for b in (small, large)}
     graph = v.qg.graph if v.qg else model.to_graph()
@@ -258,6 +278,7 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
         if v.plan else (16 if v.name == "fp16" else 32), "act_bits": 8 if v.plan else (16 if v.name == "fp16" else 32),
         "batch_small": small, "batch_large": large, "n_eval": n,
         "clean_acc": round(stats["clean_acc"], 4), "pgd_acc": round(stats["pgd_acc"], 4),
+        "square_acc": sq_acc, "gradient_masking": masking,
         "agreement": round(agree / (2 * n), 4), "bitexact": round(bitexact / (2 * n), 4) if v.kind == "int" else "",
         "max_abs_diff": f"{max_diff:.3g}",
         "attack": f"PGD-Linf eps={a.eps:g} step={a.step_size:g} steps={a.steps} restarts={a.restarts} "

@@ -28,20 +28,21 @@ from harness import plots
 from harness.results import ResultsError, atomic_write_bytes, atomic_write_text
 
 SUMMARY_COLUMNS = ["target", "measured_as", "variant", "avg_weight_bits", "lat_small_median_ms", "lat_small_p90_ms",
-                   "lat_large_median_ms", "thr_large_ips", "clean_acc", "pgd_acc", "agreement", "bitexact",
-                   "energy_proxy_uj", "weight_bytes"]
+                   "lat_large_median_ms", "thr_large_ips", "clean_acc", "pgd_acc", "square_acc", "gradient_masking",
+                   "agreement", "bitexact", "energy_proxy_uj", "weight_bytes"]
 
 COMPARISON_COLUMNS = ["target", "measured_as", "device", "variant", "avg_weight_bits", "lat_small_median_ms",
                       "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips", "energy_proxy_uj",
-                      "energy_measured_uj", "weight_bytes", "artefact_bytes", "clean_acc", "pgd_acc", "agreement",
-                      "run"]
+                      "energy_measured_uj", "weight_bytes", "artefact_bytes", "clean_acc", "pgd_acc", "square_acc",
+                      "gradient_masking", "agreement", "run"]
 
 # Figures that only a run on the device can produce: always empty in a table for a row not run, so a stale or
 # placeholder number can never pass for a measurement. Figures that need no device (sizes, op counts, the energy
 # proxy, compile time) are kept: they are as true for a row not run as for any other.
 MEASURED_COLUMNS = {"lat_small_median_ms", "lat_small_p90_ms", "lat_small_mean_ms", "lat_small_std_ms", "thr_small_ips",
                     "lat_large_median_ms", "lat_large_p90_ms", "lat_large_mean_ms", "lat_large_std_ms", "thr_large_ips",
-                    "clean_acc", "pgd_acc", "agreement", "bitexact", "max_abs_diff", "n_eval", "energy_measured_uj"}
+                    "clean_acc", "pgd_acc", "square_acc", "gradient_masking", "agreement", "bitexact", "max_abs_diff",
+                    "n_eval", "energy_measured_uj"}
 
 RUN_PLOTS_DIR = "plots"
 COMPARISON_PLOTS_DIR = "comparison-plots"

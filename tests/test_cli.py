@@ -37,6 +37,8 @@ def test_bench_writes_every_result_file(bench_run) -> None:
     assert int8.clean_acc > 0.5
     assert int8.pgd_acc < int8.clean_acc
     assert int8.measured_as == "native"
+    # the gradient-free check ran against the artefact itself and gives a verdict
+    assert 0.0 <= int8.square_acc <= 1.0 and int8.gradient_masking in ("no", "suspected")
     for col in ("lat_small_median_ms", "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips"):
         assert (df[col] > 0).all(), col
     fp32 = df.set_index("variant").loc["fp32"]
