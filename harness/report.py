@@ -350,6 +350,16 @@ def write_comparison(root: Path) -> Path:
             blocks += _plot_blocks([plots.latency_vs_pgd(g, str(model), f"{slug}-latency_vs_pgd"),
                                     plots.energy_vs_pgd(g, str(model), f"{slug}-energy_vs_pgd")],
                                    "(no measured rows for this model: nothing to plot)")
+    for perf in sorted(root.glob("perf-*/perf.csv")):  # `make perf` output for a target, if any
+        p = pd.read_csv(perf, dtype=str, keep_default_na=False)
+        cols = [c for c in ("model", "batch", "peer", "median_ms", "p90_ms", "ratio_to_fastest", "gmac_s",
+                            "frac_int8_peak", "threads", "note") if c in p.columns]
+        blocks += [Block("h2", f"Peers timed side by side: {perf.parent.name.removeprefix('perf-')}"),
+                   Block("p", "From `make perf` (benchmarks/peers.py): same weights, inputs and threads, peers timed "
+                              "in interleaved rounds on this machine (native); `ratio_to_fastest` is against the "
+                              "fastest peer at that model and batch, `frac_int8_peak` against the target file's "
+                              "`peak_int8_gmacs`."),
+                   Block("table", p[cols])]
     blocks.append(Block("p", "Columns: results/README.md. Regenerate with `laaq-bench report <results dir>` "
                              "(or `make report`)."))
     out = root / "comparison.md"

@@ -35,7 +35,7 @@ from click.testing import CliRunner
 from harness import plots
 from harness.bench import COLUMNS, LAYER_COLUMNS
 from harness.cli import main
-from harness.report import collect, latest_rows, write_run_report
+from harness.report import collect, latest_rows, write_comparison, write_run_report
 from harness.results import ResultsError, RunStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -442,3 +442,17 @@ def test_results_readme_documents_every_column() -> None:
     text = (REPO / "results" / "README.md").read_text()
     missing = [c for c in [*COLUMNS, *LAYER_COLUMNS, "lipschitz"] if f"`{c}`" not in text]
     assert missing == [], f"undocumented columns: {missing}"
+
+
+def test_comparison_includes_peer_timings(tmp_path) -> None:
+    """`make perf` output for a target lands in the cross-run comparison, table and all."""
+    perf = tmp_path / "perf-x86"
+    perf.mkdir()
+    (perf / "perf.csv").write_text(
+        "model,batch,peer,median_ms,p90_ms,ratio_to_fastest,gmac_s,frac_int8_peak,threads,note\n"
+        "smallcnn,1,ort-int8-qdq,0.04,0.05,1.0,10.3,0.027,2,\n"
+        "smallcnn,1,tvm-int8,0.24,0.25,6.0,1.7,0.004,2,untuned; bit-exact\n")
+    write_comparison(tmp_path)
+    md = (tmp_path / "comparison.md").read_text()
+    assert "Peers timed side by side: x86" in md and "| smallcnn | 1 | tvm-int8 | 0.24 |" in md
+    assert "tvm-int8" in (tmp_path / "comparison.html").read_text()
