@@ -78,7 +78,7 @@ class Result:
 def build_model(name: str):
     import torch
 
-    from laaq.models import ResNet20, build_model, tiny_cnn
+    from laaq.models import ResNet20, build_model, randomize_bn_stats, tiny_cnn
 
     torch.manual_seed({"tiny": 0, "smallcnn": 1, "resnet20": 2}[name])
     if name == "tiny":
@@ -87,12 +87,7 @@ def build_model(name: str):
         model, shape = build_model("smallcnn", (1, 28, 28), 10), (1, 28, 28)
     else:
         model, shape = ResNet20(image=32), (3, 32, 32)
-    for m in model.modules():  # non-trivial BN statistics so folding and fp16 BN matter
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
+    randomize_bn_stats(model)  # non-trivial BN: folding matters
     return model.eval(), shape
 
 

@@ -64,16 +64,11 @@ import torch  # noqa: E402
 
 # ------------------------------------------------------------------------------------ models
 def make_model(arch: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
-    from laaq.models import ResNet20, SmallCNN
+    from laaq.models import ResNet20, SmallCNN, randomize_bn_stats
 
     torch.manual_seed(0)
     model, shape = (ResNet20(), (3, 32, 32)) if arch == "resnet20" else (SmallCNN(), (1, 28, 28))
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
+    randomize_bn_stats(model)  # non-trivial BN: folding matters
     return model.eval(), shape
 
 

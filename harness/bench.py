@@ -158,6 +158,11 @@ def float_bits(v: Variant) -> int:
     return 16 if v.name == "fp16" else 32
 
 
+def variant_bits(v: Variant, graph) -> dict[str, int]:
+    """Weight bits per weighted layer: the plan's for integer variants, the float width otherwise."""
+    return {n.name: (v.plan.setting(n.name).bits if v.plan else float_bits(v)) for n in graph.weighted()}
+
+
 def build_variants(cfg: BenchConfig, model: torch.nn.Module, data: Split, progress: bool) -> list[Variant]:
     graph = model.to_graph()
     names = [n.name for n in graph.weighted()]
@@ -186,7 +191,7 @@ def build_variants(cfg: BenchConfig, model: torch.nn.Module, data: Split, progre
 
 def _layer_rows(target: str, v: Variant, model: torch.nn.Module, overrides: dict[str, float]) -> list[dict]:
     graph = v.qg.graph if v.qg else model.to_graph()
-    bits = {n.name: (v.plan.setting(n.name).bits if v.plan else float_bits(v)) for n in graph.weighted()}
+    bits = variant_bits(v, graph)
     rows = []
     for c in energy.layer_costs(graph, bits, 8, overrides):
         q = v.qg.qnodes[c.name] if v.qg else None
@@ -268,7 +273,7 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
     lat = {b: latency(loaded[b], to_device(x[:b] if b <= n else x[:1].repeat(b, 1, 1, 1)), cfg.latency)
            for b in (small, large)}
     graph = v.qg.graph if v.qg else model.to_graph()
-    bits = {nd.name: (v.plan.setting(nd.name).bits if v.plan else float_bits(v)) for nd in graph.weighted()}
+    bits = variant_bits(v, graph)
     totals = energy.model_totals(energy.layer_costs(graph, bits, 8, target.energy))
     a = cfg.attack
     row = {

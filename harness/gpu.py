@@ -563,10 +563,10 @@ def not_run_row(cfg, target: Target, session: Any, v, model, arts: dict[int, Any
     Only figures that do not need the device are filled (sizes, op counts, the energy *proxy*,
     compile time); latency, accuracy, agreement and measured energy stay empty."""
     from harness import energy
-    from harness.bench import float_bits
+    from harness.bench import variant_bits
 
     graph = v.qg.graph if v.qg else model.to_graph()
-    bits = {nd.name: (v.plan.setting(nd.name).bits if v.plan else float_bits(v)) for nd in graph.weighted()}
+    bits = variant_bits(v, graph)
     totals = energy.model_totals(energy.layer_costs(graph, bits, 8, target.energy))
     small, large = min(arts), max(arts)
     fp16 = v.name == "fp16"

@@ -138,6 +138,21 @@ class ResNet20(nn.Module):
         return Graph(nodes, self.in_shape, self.num_classes)
 
 
+def randomize_bn_stats(model: nn.Module) -> nn.Module:
+    """Give every batch-norm non-trivial statistics and affine parameters (global torch RNG), in place.
+
+    Why: a freshly built BN is the identity, so folding, fp16 BN and integer exactness would be tested on
+    the one case where they cannot go wrong. Tests and benchmarks with untrained weights call this.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return model
+
+
 def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Model by name for a data set's input shape."""
     c, h, _ = in_shape

@@ -10,7 +10,7 @@ from tvm import relax
 
 from harness.lower import lower_float, lower_integer
 from laaq.graph import run_float
-from laaq.models import ResNet20
+from laaq.models import ResNet20, randomize_bn_stats
 from laaq.quant.integer import run_integer
 from laaq.quant.plan import LayerSetting, QuantPlan
 from laaq.quant.quantizers import quantize_graph, quantize_input
@@ -51,12 +51,7 @@ def test_twin_reference_tvm_agree_on_eval_set(tiny_model, digits) -> None:
 def test_random_inputs_and_resnet_residuals_exact() -> None:
     torch.manual_seed(0)
     model = ResNet20(image=16).eval()
-    for m in model.modules():  # non-trivial BN statistics so folding matters
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
+    randomize_bn_stats(model)  # non-trivial BN: folding matters
     graph = model.to_graph()
     assert any(n.residual for n in graph.nodes)
     qg = quantize_graph(graph, _mixed_plan(graph), torch.rand(32, 3, 16, 16))

@@ -14,7 +14,7 @@ from tvm import relax
 
 from harness.fast_int8 import compile_fast, lower_integer_for, lower_integer_nchwc, pack_kernel, wants_fast_int8
 from harness.targets import load_target
-from laaq.models import ResNet20
+from laaq.models import ResNet20, randomize_bn_stats
 from laaq.quant.integer import conv2d_int, run_integer
 from laaq.quant.plan import LayerSetting, QuantPlan
 from laaq.quant.quantizers import quantize_graph, quantize_input
@@ -37,12 +37,7 @@ def _run(ex, x: np.ndarray) -> np.ndarray:
 def resnet_qg():
     torch.manual_seed(0)
     model = ResNet20(image=16).eval()
-    for m in model.modules():  # non-trivial BN statistics, as in test_exactness
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
+    randomize_bn_stats(model)  # non-trivial BN: folding matters
     graph = model.to_graph()
     return quantize_graph(graph, _mixed_plan(graph), torch.rand(32, 3, 16, 16))
 
