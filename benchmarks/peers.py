@@ -214,6 +214,7 @@ def load_avg() -> str:
 
 def main(a: argparse.Namespace) -> int:
     from harness import tune
+    from harness.bench import int8_pattern
     from harness.fast_int8 import lower_integer_for
     from harness.lower import lower_float
     from harness.results import atomic_write_text
@@ -278,8 +279,7 @@ def main(a: argparse.Namespace) -> int:
                     continue
                 try:
                     mod = lower_float(model, shape, b) if qg is None else lower_integer_for(qg, b, target)
-                    kind = "fp32" if name == "tvm-fp32" else ("int8-nchwc" if "conv2d_NCHWc_int8" in mod.script()
-                                                              else "int8")
+                    kind = "fp32" if name == "tvm-fp32" else int8_pattern(target)
                     key = tune.default_key(arch, shape, b, kind)
                     fn, set_input, notes[name] = tvm_peer(mod, target, key, a.trials, log)
                     if name == "tvm-fp32":

@@ -26,7 +26,7 @@ import torch
 from harness import energy
 from harness.compile import compile_module
 from harness.devices import open_device
-from harness.fast_int8 import lower_integer_for, wants_fast_int8
+from harness.fast_int8 import lower_integer_for, scheme_for
 from harness.gpu import is_not_run, lower_float16, not_run_row
 from harness.lower import lower_float
 from harness.measure import LatencyProtocol, latency, outputs
@@ -205,6 +205,12 @@ def _layer_rows(target: str, v: Variant, model: torch.nn.Module, overrides: dict
     return rows
 
 
+def int8_pattern(target: Target) -> str:
+    """Tuning-key part for integer variants: kernels differ by lowering scheme, not by bit width."""
+    scheme = scheme_for(target)
+    return "int8" if scheme is None else f"int8-{scheme.name}"
+
+
 def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, model: torch.nn.Module,
                     data: Split, folder: Path, progress: bool) -> tuple[dict[str, Any], list[dict]]:
     """Compile one variant at both batch sizes, run it on the device and measure everything."""
@@ -215,7 +221,7 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
     for b in (small, large):
         lower_f = lower_float16 if v.name == "fp16" else lower_float
         mod = lower_f(model, shape, b) if v.kind == "float" else lower_integer_for(v.qg, b, target)
-        pattern = v.name if v.kind == "float" else ("int8-nchwc" if wants_fast_int8(target) else "int8")
+        pattern = v.name if v.kind == "float" else int8_pattern(target)
         arts[b] = compile_module(mod, target, art_dir / f"{target.name}-{v.name.replace(':', '_')}-b{b}.so", v.name, b,
                                  tuning_key=default_key(cfg.train.arch, shape, b, pattern), trials=cfg.trials,
                                  tune=cfg.tune)

@@ -1,26 +1,43 @@
-"""A blocked-layout integer lowering for CPUs with integer dot-product instructions.
+"""A blocked-layout integer lowering for CPUs with integer dot-product (or multiply-add) instructions.
 
 Same computation as :func:`harness.lower.lower_integer` (and :mod:`laaq.quant.integer`), bit for
 bit, but convolutions are written as ``topi.nn.conv2d_NCHWc_int8``: activations live in
-``[N, C/16, H, W, 16]`` (the first layer's input in ``[N, C/4, H, W, 4]``), kernels are pre-packed
-in numpy as ``[O/16, C/cb, kh, kw, cb/4, 16, 4]`` and channel counts are padded with zeros to the
-block sizes (padded channels carry exact zeros through requantization and are sliced off before a
-flatten / global pool). uint8 activations × int8 weights → int32 is the operand pattern of x86
-``vpdpbusd`` (AVX-512 VNNI); the innermost 16 output channels × 4 input channels are tensorized
-with the ``dot_16x4_vnni`` intrinsic (re-registered by :mod:`harness.tvm_fixes` for LLVM 22).
+``[N, C/cb, H, W, cb]``, kernels are pre-packed in numpy as ``[O/ob, C/cb, kh, kw, cb/k, ob, k]``
+and channel counts are padded with zeros to the block sizes (padded channels carry exact zeros
+through requantization and are sliced off before a flatten / global pool). The innermost
+``ob`` output channels × ``k`` input channels are tensorized with one instruction pattern, chosen
+per target by a :class:`Scheme`:
 
-Two ways to schedule:
+=============  ==========================  =====================  ==============================
+scheme         instruction                 operands               exact because
+=============  ==========================  =====================  ==============================
+nchwc_vnni     ``vpdpbusd`` (AVX-512 VNNI)  u8 act × s8 w, 16×4    32-bit accumulate, no int16 step
+nchwc_avx2     ``vpmaddwd`` (AVX2)         s16 act × s16 w, 8×2   16×16→32-bit products, no
+                                                                  saturation (``vpmaddubsw``
+                                                                  would saturate for 8-bit w)
+nchwc_sdot     ``sdot`` (Armv8.2 dotprod)  s8 act × s8 w, 4×4     act stored as ``u8 − 128``; the
+                                                                  ``128·Σw`` it removes is added
+                                                                  back through the bias
+nchwc_neon     ``smull``+``saddlp`` (NEON)  s8 act × s8 w, 4×4     as sdot (s8×s8 fits int16)
+=============  ==========================  =====================  ==============================
 
-* :func:`vnni_schedule_pass` — a fixed hand schedule (no tuning, deterministic): tensorize,
-  register-block the output width, parallelize over (n, oc chunk, oh), requantization fused into
-  the tile. This is what ``compile_fast`` uses when no tuning database covers a kernel.
-* MetaSchedule (``harness.tune``), whose x86 rules tensorize with the same intrinsic when the
-  target's ``mcpu`` has VNNI. Its measurements must run on a VNNI CPU.
+The ``−128`` offset of the Arm schemes: ``conv(a, w) = conv(a − 128, w) + 128·Σ_{c,kh,kw} w[o]``
+holds exactly when the *padded* input is ``a = 0`` too, so convolutions pad with the stored value
+of zero (``−128``), not with 0, and the per-channel constant goes into the int32 bias.
 
-Selected by ``int8_layout = "nchwc_vnni"`` in a target file (see :func:`wants_fast_int8`).
+:func:`schedule_blocked` is a fixed hand schedule (no tuning, deterministic): tensorize,
+register-block the output width, parallelize over (n, oc chunk, oh), requantization fused into the
+tile. MetaSchedule's x86 rules know ``dot_16x4_vnni`` (so tuned VNNI kernels replace the hand
+schedule); for the other schemes the hand schedule is applied *before* the tuning database, so
+tuning only ever touches the kernels around the convolutions (dense, pooling, packing).
+
+Selected by ``int8_layout`` in a target file (``""`` = automatic from ``mcpu``/``mattr``,
+``"nchw"`` = the plain lowering); see :func:`scheme_for`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -29,40 +46,98 @@ from tvm import relax, te, topi
 from harness.lower import requantize_expr
 from laaq.quant.quantizers import QNode, QuantizedGraph
 
-OC_BLOCK = 16  # output channels per vpdpbusd (16 int32 lanes of a zmm register)
-K_BLOCK = 4  # u8×s8 products summed per lane
-LAYOUT_NAME = "nchwc_vnni"
 CONV_BLOCK = "conv2d_NCHWc_int8"
 VNNI_MCPUS = ("cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake", "alderlake",
               "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5")
+AVX2_MCPUS = ("x86-64-v3", "x86-64-v4", "haswell", "broadwell", "skylake", "skylake-avx512", "znver1", "znver2",
+              "znver3", "alderlake") + VNNI_MCPUS
+DOTPROD_MCPUS = ("cortex-a55", "cortex-a75", "cortex-a76", "cortex-a77", "cortex-a78", "cortex-x1", "neoverse-n1",
+                 "neoverse-v1", "neoverse-n2", "apple-m1", "apple-m2")
 
 
-def wants_fast_int8(target) -> bool:
-    """Does ``target`` (a :class:`harness.targets.Target`) get this lowering?
+@dataclass(frozen=True)
+class Scheme:
+    """How one family of CPUs gets its int8 convolutions: block sizes, storage dtypes, instruction."""
 
-    ``int8_layout`` field (once ``Target`` has it): ``"nchwc_vnni"`` → yes, ``"nchw"`` → no,
-    ``""``/absent → automatic: yes when the target's ``mcpu``/``mattr`` has AVX-512 VNNI
-    (e.g. ``targets/x86-vnni.toml``).
-    """
-    layout = getattr(target, "int8_layout", "") or ""
-    if layout:
-        return layout == LAYOUT_NAME
-    return target.tvm.get("kind") == "llvm" and target_has_vnni(tvm.target.Target(dict(target.tvm)))
+    name: str  # the target file's ``int8_layout`` value
+    oc_block: int  # output channels per instruction (vector lanes of int32)
+    k_block: int  # input channels summed per lane by one instruction
+    act_dtype: str  # dtype activations are stored in as conv inputs
+    act_offset: int  # stored = true value + act_offset for unsigned (uint8) activations
+    weight_dtype: str
+    intrin: str  # registered TensorIntrin name
+    first_cb: int  # channel block of the network input (3 channels → padded to this)
+    metaschedule_tensorizes: bool = False  # MetaSchedule's own rules use ``intrin`` (VNNI only)
+
+    @property
+    def instruction(self) -> str:
+        """What to grep for in the disassembly of a compiled library."""
+        return {"nchwc_vnni": "vpdpbusd", "nchwc_avx2": "vpmaddwd", "nchwc_sdot": "sdot",
+                "nchwc_neon": "smull"}[self.name]
 
 
-def lower_integer_for(qg: QuantizedGraph, batch: int, target) -> tvm.IRModule:
-    """The integer module for ``target``: blocked VNNI layout where the target asks for it, else NCHW."""
-    if wants_fast_int8(target):
-        return lower_integer_nchwc(qg, batch)
-    from harness.lower import lower_integer
+VNNI = Scheme("nchwc_vnni", 16, 4, "uint8", 0, "int8", "dot_16x4_vnni", 4, metaschedule_tensorizes=True)
+AVX2 = Scheme("nchwc_avx2", 8, 2, "int16", 0, "int16", "laaq_dot_8x2_i16_avx2", 2)
+SDOT = Scheme("nchwc_sdot", 4, 4, "int8", -128, "int8", "dot_4x4_i8i8s32_sdot", 4)
+NEON = Scheme("nchwc_neon", 4, 4, "int8", -128, "int8", "dot_4x4_i8i8s32_neon", 4)
+SCHEMES = {s.name: s for s in (VNNI, AVX2, SDOT, NEON)}
+PLAIN = "nchw"
 
-    return lower_integer(qg, batch)
+
+def _attrs(tvm_target: tvm.target.Target) -> tuple[str, list[str], str]:
+    mcpu = str(tvm_target.attrs.get("mcpu", ""))
+    mattr = [str(a) for a in tvm_target.attrs.get("mattr", [])]
+    triple = str(tvm_target.attrs.get("mtriple", ""))
+    return mcpu, mattr, triple
 
 
 def target_has_vnni(tvm_target: tvm.target.Target) -> bool:
-    mcpu = str(tvm_target.attrs.get("mcpu", ""))
-    mattr = [str(a) for a in tvm_target.attrs.get("mattr", [])]
+    mcpu, mattr, _ = _attrs(tvm_target)
     return mcpu in VNNI_MCPUS or "+avx512vnni" in mattr
+
+
+def auto_scheme(tvm_target: tvm.target.Target) -> Scheme | None:
+    """The scheme a TVM target's CPU features allow (None: none — plain NCHW lowering)."""
+    if tvm_target.kind.name != "llvm":
+        return None
+    mcpu, mattr, triple = _attrs(tvm_target)
+    if triple.startswith(("aarch64", "arm64")):
+        if "+dotprod" in mattr or mcpu in DOTPROD_MCPUS:
+            return SDOT
+        return NEON
+    if triple and not triple.startswith("x86_64"):
+        return None
+    if target_has_vnni(tvm_target):
+        return VNNI
+    if mcpu in AVX2_MCPUS or "+avx2" in mattr:
+        return AVX2
+    return None
+
+
+def scheme_for(target) -> Scheme | None:
+    """The scheme for ``target`` (a :class:`harness.targets.Target`): its ``int8_layout`` field, or
+    automatic from the CPU features its ``[tvm]`` table names."""
+    layout = getattr(target, "int8_layout", "") or ""
+    if layout == PLAIN:
+        return None
+    if layout:
+        return SCHEMES[layout]  # validated against harness.targets.INT8_LAYOUTS when the file was loaded
+    return auto_scheme(tvm.target.Target(dict(target.tvm)))
+
+
+def wants_fast_int8(target) -> bool:
+    """Does ``target`` get the blocked lowering (some :class:`Scheme`)?"""
+    return scheme_for(target) is not None
+
+
+def lower_integer_for(qg: QuantizedGraph, batch: int, target) -> tvm.IRModule:
+    """The integer module for ``target``: its blocked scheme where it has one, else NCHW."""
+    scheme = scheme_for(target)
+    if scheme is not None:
+        return lower_integer_nchwc(qg, batch, scheme)
+    from harness.lower import lower_integer
+
+    return lower_integer(qg, batch)
 
 
 def _const(a: np.ndarray) -> relax.Constant:
@@ -73,15 +148,21 @@ def _ceil(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-def pack_kernel(w: np.ndarray, cb: int) -> np.ndarray:
-    """int8 ``[O, C, kh, kw]`` → ``[Op/16, Cp/cb, kh, kw, cb/4, 16, 4]`` (zero-padded O and C)."""
+def pack_kernel(w: np.ndarray, cb: int, scheme: Scheme = VNNI) -> np.ndarray:
+    """int8 ``[O, C, kh, kw]`` → ``[Op/ob, Cp/cb, kh, kw, cb/k, ob, k]`` (zero-padded O and C)."""
+    ob, kb = scheme.oc_block, scheme.k_block
     o, c, kh, kw = w.shape
-    op, cp = _ceil(o, OC_BLOCK), _ceil(c, cb)
-    wp = np.zeros((op, cp, kh, kw), dtype=np.int8)
+    op, cp = _ceil(o, ob), _ceil(c, cb)
+    wp = np.zeros((op, cp, kh, kw), dtype=scheme.weight_dtype)
     wp[:o, :c] = w
-    # input channel = ic_outer*cb + ic_f_inner*4 + ic_s_inner (topi's data indexing)
-    wp = wp.reshape(op // OC_BLOCK, OC_BLOCK, cp // cb, cb // K_BLOCK, K_BLOCK, kh, kw)
+    # input channel = ic_outer*cb + ic_f_inner*k + ic_s_inner (topi's data indexing)
+    wp = wp.reshape(op // ob, ob, cp // cb, cb // kb, kb, kh, kw)
     return np.ascontiguousarray(wp.transpose(0, 2, 5, 6, 3, 1, 4))
+
+
+def offset_bias(b_q: np.ndarray, w_q: np.ndarray, offset: int) -> np.ndarray:
+    """Bias that undoes a stored-input offset: ``conv(a + off, w) − off·Σw = conv(a, w)``."""
+    return (b_q.astype(np.int64) - offset * w_q.reshape(len(w_q), -1).astype(np.int64).sum(1)).astype(np.int32)
 
 
 def _pad_vec(v: np.ndarray, n: int, dtype) -> np.ndarray:
@@ -90,13 +171,35 @@ def _pad_vec(v: np.ndarray, n: int, dtype) -> np.ndarray:
     return out
 
 
-def _pack_input(x: te.Tensor, cb: int) -> te.Tensor:
+def _store(v: te.Tensor | tvm.tirx.PrimExpr, offset: int, dtype: str):
+    """A true activation value → its stored form (offset, then narrowed to the scheme's dtype)."""
+    if offset:
+        return (v.astype("int16") + tvm.tirx.const(offset, "int16")).astype(dtype)
+    return v.astype(dtype)
+
+
+def _pack_input(x: te.Tensor, cb: int, offset: int = 0, dtype: str = "uint8") -> te.Tensor:
+    """uint8 NCHW network input → stored ``[N, C/cb, H, W, cb]`` (padded channels = stored zero)."""
     n, c, h, w = (int(s) for s in x.shape)
     cp = _ceil(c, cb)
     return te.compute((n, cp // cb, h, w, cb),
-                      lambda i, co, y, z, ci: tvm.tirx.if_then_else(co * cb + ci < c, x[i, co * cb + ci, y, z],
-                                                                    tvm.tirx.const(0, x.dtype)),
+                      lambda i, co, y, z, ci: tvm.tirx.if_then_else(
+                          co * cb + ci < c, _store(x[i, co * cb + ci, y, z], offset, dtype),
+                          tvm.tirx.const(offset, dtype)),
                       name="pack_input")
+
+
+def _to_stored(a: te.Tensor, offset: int, dtype: str) -> te.Tensor:
+    return te.compute(a.shape, lambda *i: _store(a(*i), offset, dtype), name="to_stored")
+
+
+def conv_block(data: te.Tensor, kernel: te.Tensor, stride, padding: tuple[int, int], pad_value: int,
+               n_elems: int) -> te.Tensor:
+    """Pad with the stored value of zero (``pad_value``), then ``conv2d_NCHWc_int8`` without padding."""
+    ph, pw = padding
+    if ph or pw:
+        data = topi.nn.pad(data, (0, 0, ph, pw, 0), (0, 0, ph, pw, 0), pad_value=pad_value, name="data_pad")
+    return topi.nn.conv2d_NCHWc_int8(data, kernel, stride, 0, 1, "", "", "int32", n_elems=n_elems)
 
 
 def _to_nchw(bb: relax.BlockBuilder, a: relax.Expr, channels: int) -> relax.Expr:
@@ -115,41 +218,59 @@ def _requant(bb: relax.BlockBuilder, acc: relax.Expr, q: QNode, shape: tuple[int
     return requantize_expr(bb, acc, mult, q, residual)
 
 
-def lower_integer_nchwc(qg: QuantizedGraph, batch: int) -> tvm.IRModule:
-    """``main(x: uint8[batch, C, H, W]) -> int32[batch, classes]``, convolutions in NCHW[x]c int8."""
+def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI) -> tvm.IRModule:
+    """``main(x: uint8[batch, C, H, W]) -> int32[batch, classes]``, convolutions in NCHW[x]c blocks.
+
+    Between layers activations hold their *true* values (uint8 / int8, as in the reference), so
+    residual adds, pooling and flatten are unchanged; a conv input is converted to the scheme's
+    stored form just before the conv (an element-wise op that fuses into the producer).
+    """
+    ob = scheme.oc_block
     bb = relax.BlockBuilder()
     c_in = qg.graph.input_shape[0]
     x = relax.Var("x", relax.TensorType((batch, *qg.graph.input_shape), "uint8"))
+    signed = {"input": False}
     with bb.function("main", [x]):
         with bb.dataflow():
-            # env: name -> (expr, layout "nchwc" | "flat", true channel count)
+            # env: name -> (expr, layout "nchwc" | "stored" | "flat", true channel count)
             env: dict[str, tuple[relax.Expr, str, int]] = {
-                "input": (bb.emit_te(_pack_input, x, K_BLOCK, primfunc_name_hint="pack_input"), "nchwc", c_in)}
+                "input": (bb.emit_te(_pack_input, x, scheme.first_cb, scheme.act_offset, scheme.act_dtype,
+                                     primfunc_name_hint="pack_input"), "stored", c_in)}
             for n in qg.graph.nodes:
                 q = qg.qnodes[n.name]
+                signed[n.name] = q.out_signed
                 a, layout, ch = env[n.inputs[0]]
                 if n.op == "flatten":
+                    assert layout != "stored", "flatten of the network input is not supported"
                     t = _to_nchw(bb, a, ch) if layout == "nchwc" else a
                     env[n.name] = (bb.emit(relax.op.reshape(t, (batch, -1))), "flat", 0)
                     continue
                 if n.op == "gap":
-                    s = bb.emit(relax.op.sum(relax.op.astype(a, "int32"), axis=[2, 3]))  # [N, C/16, 16]
+                    assert layout == "nchwc"
+                    s = bb.emit(relax.op.sum(relax.op.astype(a, "int32"), axis=[2, 3]))  # [N, C/ob, ob]
                     s = bb.emit(relax.op.reshape(s, (batch, -1)))
                     if int(s.ty.shape[1]) != ch:
                         s = bb.emit(relax.op.strided_slice(s, axes=[1], begin=[0], end=[ch]))
                     env[n.name] = (_requant(bb, s, q, (1, -1), ch, None), "flat", ch)
                     continue
                 if n.op == "conv":
-                    assert layout == "nchwc", "a conv after a flatten is not supported"
+                    assert layout in ("nchwc", "stored"), "a conv after a flatten is not supported"
+                    offset = 0 if signed[n.inputs[0]] else scheme.act_offset
+                    if signed[n.inputs[0]] and scheme.act_dtype == "uint8":
+                        raise ValueError(f"{scheme.name}: layer {n.name!r} takes signed activations; "
+                                         "this scheme multiplies unsigned activations only")
+                    if layout == "nchwc":
+                        a = bb.emit_te(_to_stored, a, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
                     cb = int(a.ty.shape[4])
                     o = q.w_q.shape[0]
-                    op = _ceil(o, OC_BLOCK)
-                    w = _const(pack_kernel(q.w_q, cb))
-                    acc = bb.emit_te(topi.nn.conv2d_NCHWc_int8, a, w, n.stride, n.padding, 1, f"NCHW{cb}c",
-                                     f"NCHW{OC_BLOCK}c", "int32", primfunc_name_hint="conv2d_nchwc_int8")
-                    bshape = (1, op // OC_BLOCK, 1, 1, OC_BLOCK)
-                    acc = bb.emit(relax.op.add(acc, _const(_pad_vec(q.b_q.astype(np.int32), op, np.int32)
-                                                           .reshape(bshape))))
+                    op = _ceil(o, ob)
+                    w = _const(pack_kernel(q.w_q, cb, scheme))
+                    pad = n.padding if isinstance(n.padding, (tuple, list)) else (n.padding, n.padding)
+                    acc = bb.emit_te(conv_block, a, w, n.stride, tuple(pad), offset, scheme.k_block,
+                                     primfunc_name_hint="conv2d_nchwc_int8")
+                    bshape = (1, op // ob, 1, 1, ob)
+                    bias = offset_bias(q.b_q, q.w_q, offset)
+                    acc = bb.emit(relax.op.add(acc, _const(_pad_vec(bias, op, np.int32).reshape(bshape))))
                     if q.final:
                         env[n.name] = (_to_nchw(bb, acc, o), "nchw", o)
                         continue
@@ -178,11 +299,11 @@ def _pick(extent: int, options=(8, 7, 4, 2, 1)) -> int:
     return 1
 
 
-def schedule_vnni(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni") -> tvm.tirx.PrimFunc | None:
+def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni") -> tvm.tirx.PrimFunc | None:
     """Hand schedule for a (fused) PrimFunc holding a ``conv2d_NCHWc_int8`` block; None if not one.
 
     Loops (n, oc_chunk, oh, ow, oc_block | ic_outer, kh, kw, ic_f_inner, ic_s_inner) become
-    ``parallel(n·oc_chunk·oh) · ow_o · ic_outer · kh · kw · ic_f_inner · unroll(ow_i) · [16×4 vnni]``;
+    ``parallel(n·oc_chunk·oh) · ow_o · ic_outer · kh · kw · ic_f_inner · unroll(ow_i) · [ob×k intrin]``;
     element-wise consumers are inlined into one epilogue computed per (ow_o) tile, vectorized.
     """
     from tvm import s_tir
@@ -228,17 +349,33 @@ def schedule_vnni(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni") -> tvm
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def vnni_schedule_pass(intrin: str = "dot_16x4_vnni") -> tvm.transform.Pass:
-    """Module pass: hand-schedule every not-yet-scheduled conv2d_NCHWc_int8 function."""
-    from harness.tvm_fixes import fix_vnni_intrinsic
+schedule_vnni = schedule_blocked  # the name tests and notes used before there were other schemes
 
-    @tvm.transform.module_pass(opt_level=0, name="LaaqVNNISchedule")
+
+def ensure_intrinsic(scheme: Scheme) -> None:
+    """Register ``scheme.intrin`` (TVM's own, re-registered VNNI fix, or ours)."""
+    from harness import tvm_fixes
+
+    if scheme is VNNI:
+        tvm_fixes.fix_vnni_intrinsic()
+    elif scheme is AVX2:
+        from harness.intrinsics import register_avx2
+
+        register_avx2()
+    else:
+        tvm_fixes.light_tensor_intrin("arm")
+
+
+def blocked_schedule_pass(scheme: Scheme) -> tvm.transform.Pass:
+    """Module pass: hand-schedule every not-yet-scheduled conv2d_NCHWc_int8 function."""
+
+    @tvm.transform.module_pass(opt_level=0, name="LaaqBlockedInt8Schedule")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        fix_vnni_intrinsic()
+        ensure_intrinsic(scheme)
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs and func.attrs.get("tirx.is_scheduled"):
                 continue
-            new = schedule_vnni(func.with_attr("global_symbol", gv.name_hint), intrin)
+            new = schedule_blocked(func.with_attr("global_symbol", gv.name_hint), scheme.intrin)
             if new is not None:
                 mod[gv] = new
         return mod
@@ -246,18 +383,29 @@ def vnni_schedule_pass(intrin: str = "dot_16x4_vnni") -> tvm.transform.Pass:
     return _pass
 
 
-def fast_pipeline(tvm_target: tvm.target.Target, database_dir: str | None = None) -> tvm.transform.Pass:
-    """The CPU default pipeline with (optional) tuning database + the VNNI hand schedule after fusion."""
+def vnni_schedule_pass() -> tvm.transform.Pass:
+    return blocked_schedule_pass(VNNI)
+
+
+def fast_pipeline(tvm_target: tvm.target.Target, database_dir: str | None = None,
+                  scheme: Scheme | None = None) -> tvm.transform.Pass:
+    """The CPU default pipeline with (optional) tuning database + the blocked hand schedule.
+
+    VNNI: database first (MetaSchedule tensorizes with the same intrinsic), hand schedule for what
+    it lacks. Other schemes: hand schedule first, so tuning records never replace a tensorized conv
+    with a plain-loop one.
+    """
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    scheme = scheme if scheme is not None else auto_scheme(tvm_target)
 
     @tvm.transform.module_pass(opt_level=0, name="LaaqFastInt8Pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         passes = ([relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
                   + cpu_generic.library_dispatch_passes(tvm_target) + cpu_generic.legalize_passes(tvm_target))
-        if database_dir is not None:
-            passes.append(relax.transform.MetaScheduleApplyDatabase(database_dir))
-        if target_has_vnni(tvm_target):
-            passes.append(vnni_schedule_pass())
+        db = [relax.transform.MetaScheduleApplyDatabase(database_dir)] if database_dir is not None else []
+        hand = [blocked_schedule_pass(scheme)] if scheme is not None else []
+        passes += db + hand if scheme is None or scheme.metaschedule_tensorizes else hand + db
         passes += cpu_generic.dataflow_lower_passes(tvm_target) + cpu_generic.finalize_passes(tvm_target)
         with tvm_target:
             return tvm.transform.Sequential(passes)(mod)
@@ -265,9 +413,10 @@ def fast_pipeline(tvm_target: tvm.target.Target, database_dir: str | None = None
     return _pipeline
 
 
-def compile_fast(mod: tvm.IRModule, tvm_target: tvm.target.Target, database_dir: str | None = None):
+def compile_fast(mod: tvm.IRModule, tvm_target: tvm.target.Target, database_dir: str | None = None,
+                 scheme: Scheme | None = None):
     """``tvm.compile`` through :func:`fast_pipeline` → a VM executable (``export_library`` as usual)."""
     from harness.tvm_fixes import light_tensor_intrin, target_arch
 
     light_tensor_intrin(target_arch(tvm_target))
-    return tvm.compile(mod, target=tvm_target, relax_pipeline=fast_pipeline(tvm_target, database_dir))
+    return tvm.compile(mod, target=tvm_target, relax_pipeline=fast_pipeline(tvm_target, database_dir, scheme))

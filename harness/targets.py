@@ -27,6 +27,7 @@ def targets_dir() -> Path:
 DEVICE_KINDS = ("local", "rpc", "tracker", "emulated", "cuda")
 ACCELERATORS = ("cpu", "cuda")  # which device of the (local or remote) machine runs the kernels
 GPU_CODE = ("", "source", "fatbin", "ptx")  # CUDA device code in the library (harness/gpu.py)
+INT8_LAYOUTS = ("", "nchw", "nchwc_vnni", "nchwc_avx2", "nchwc_sdot", "nchwc_neon")  # harness/fast_int8.py
 
 
 class TargetError(ValueError):
@@ -60,6 +61,9 @@ class Target:
     peak_fp32_gmacs: float = 0.0
     energy: dict[str, float] = field(default_factory=dict)  # per-op / per-byte overrides (pJ)
     gpu_code: str = ""  # CUDA targets: "fatbin" (default) | "ptx" | "source" — see harness/gpu.py
+    # int8 convolution lowering (harness/fast_int8.py): "" = automatic from mcpu/mattr; "nchw" = plain;
+    # "nchwc_vnni" | "nchwc_avx2" | "nchwc_sdot" | "nchwc_neon" = that blocked scheme
+    int8_layout: str = ""
     path: str = ""
 
     @property
@@ -112,7 +116,7 @@ def _read(name: str, directory: Path, seen: tuple[str, ...]) -> dict[str, Any]:
 
 
 _FIELDS = {"name", "description", "tvm", "threads", "device", "cross_compiler", "arch", "peak_int8_gmacs",
-           "peak_fp32_gmacs", "energy", "gpu_code", "path"}
+           "peak_fp32_gmacs", "energy", "gpu_code", "int8_layout", "path"}
 
 
 def load_target(name: str, directory: Path | None = None) -> Target:
@@ -152,6 +156,9 @@ def load_target(name: str, directory: Path | None = None) -> Target:
                           f"with accelerator {device.accelerator!r} (CUDA code runs on accelerator = \"cuda\")")
     if data.get("gpu_code", "") not in GPU_CODE:
         raise TargetError(f"{path}: key 'gpu_code' must be one of {GPU_CODE[1:]}, got {data['gpu_code']!r}")
+    if data.get("int8_layout", "") not in INT8_LAYOUTS:
+        raise TargetError(f"{path}: key 'int8_layout' must be one of {INT8_LAYOUTS[1:]} (or absent = automatic), "
+                          f"got {data['int8_layout']!r}")
     for key in ("peak_int8_gmacs", "peak_fp32_gmacs"):
         if key in data and not isinstance(data[key], (int, float)):
             raise TargetError(f"{path}: key {key!r} must be a number")

@@ -120,6 +120,9 @@ def light_tensor_intrin(arch: str = "x86") -> None:
         importlib.import_module(f"{name}.{sub}")
     if arch == "x86":
         fix_vnni_intrinsic()
+        from harness.intrinsics import register_avx2
+
+        register_avx2()
 
 
 def _ensure_light_package() -> str:

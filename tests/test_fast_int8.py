@@ -1,5 +1,6 @@
-"""The blocked-layout VNNI int8 path: bit-exact with the integer reference, and vpdpbusd really
-in the compiled library (disassembled). The run on a VNNI CPU is skipped where the host lacks it."""
+"""The blocked-layout int8 paths: every scheme bit-exact with the integer reference, and its
+instruction really in the compiled library (disassembled). AVX2 (``vpmaddwd``) runs on this host;
+the VNNI run is skipped where the host lacks it; the Arm schemes run in tests/test_fast_int8_arm.py."""
 
 from __future__ import annotations
 
@@ -12,8 +13,20 @@ import torch
 import tvm
 from tvm import relax
 
-from harness.fast_int8 import compile_fast, lower_integer_for, lower_integer_nchwc, pack_kernel, wants_fast_int8
-from harness.targets import load_target
+from harness.fast_int8 import (
+    AVX2,
+    NEON,
+    SCHEMES,
+    SDOT,
+    compile_fast,
+    lower_integer_for,
+    lower_integer_nchwc,
+    offset_bias,
+    pack_kernel,
+    scheme_for,
+)
+from harness.fast_int8 import VNNI as VNNI_SCHEME
+from harness.targets import TargetError, load_target
 from laaq.models import ResNet20, randomize_bn_stats
 from laaq.quant.integer import conv2d_int, run_integer
 from laaq.quant.plan import LayerSetting, QuantPlan
@@ -52,28 +65,71 @@ def test_kernel_packing_matches_reference_conv() -> None:
     assert p[1, 1, 2, 0, 0, 4, 1] == 0 and p[0, 1, 0, 0, 0, 0, 3] == 0  # zero padding (O 20→32, C 6→8)
 
 
-def test_tiny_model_bit_exact(tiny_model, digits) -> None:
+def test_avx2_packing_is_int16_8x2() -> None:
+    w = np.random.default_rng(0).integers(-128, 128, (10, 6, 3, 3), dtype=np.int8)
+    p = pack_kernel(w, 8, AVX2)
+    assert p.dtype == np.int16 and p.shape == (2, 1, 3, 3, 4, 8, 2)
+    assert p[1, 0, 1, 2, 2, 1, 1] == w[9, 5, 1, 2] and p[1, 0, 0, 0, 0, 2, 0] == 0  # O 10→16, C 6→8
+
+
+def test_offset_bias_undoes_stored_offset() -> None:
+    """conv(a − 128, w) + (b + 128·Σw) == conv(a, w) + b, with the padded border stored as −128."""
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (1, 5, 6, 6), dtype=np.uint8)
+    w = rng.integers(-128, 128, (7, 5, 3, 3), dtype=np.int8)
+    b = rng.integers(-1000, 1000, 7).astype(np.int32)
+    shifted = np.pad(a.astype(np.int32) - 128, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-128)
+    got = conv2d_int(shifted, w, 1, 0) + offset_bias(b, w, -128).reshape(1, -1, 1, 1)
+    assert np.array_equal(got, conv2d_int(a, w, 1, 1) + b.reshape(1, -1, 1, 1))
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES.values()), ids=list(SCHEMES))
+def test_tiny_model_bit_exact(tiny_model, digits, scheme) -> None:
+    """Layouts, padding values and offsets of every scheme, compiled as plain loops for this host."""
     graph = tiny_model.to_graph()
     qg = quantize_graph(graph, _mixed_plan(graph), digits.x_train[:128])
     x = digits.x_test[:64]
     xq = quantize_input(x).numpy()
-    out = _run(tvm.compile(lower_integer_nchwc(qg, len(x)), target=HOST), xq)
+    out = _run(tvm.compile(lower_integer_nchwc(qg, len(x), scheme), target=HOST), xq)
     assert out.dtype == np.int32 and np.array_equal(out, run_integer(qg, xq))
 
 
-def test_resnet20_residuals_bit_exact(resnet_qg) -> None:
+@pytest.mark.parametrize("scheme", list(SCHEMES.values()), ids=list(SCHEMES))
+def test_resnet20_residuals_bit_exact(resnet_qg, scheme) -> None:
     x = quantize_input(torch.rand(4, 3, 16, 16)).numpy()
-    out = _run(tvm.compile(lower_integer_nchwc(resnet_qg, 4), target=HOST), x)
+    out = _run(tvm.compile(lower_integer_nchwc(resnet_qg, 4, scheme), target=HOST), x)
     assert np.array_equal(out, run_integer(resnet_qg, x))
 
 
-def test_vnni_target_selects_fast_path(resnet_qg) -> None:
-    assert wants_fast_int8(VNNI) and not wants_fast_int8(load_target("x86"))
+def test_targets_select_schemes(resnet_qg, tmp_path: Path) -> None:
+    expected = {"x86": AVX2, "x86-vnni": VNNI_SCHEME, "rpi4": NEON, "arm": NEON, "rpi5": SDOT, "cuda": None}
+    assert {name: scheme_for(load_target(name)) for name in expected} == expected
     assert "conv2d_NCHWc_int8" in lower_integer_for(resnet_qg, 1, VNNI).script()
+    (tmp_path / "plain.toml").write_text('extends = "x86"\nint8_layout = "nchw"\n')
+    (tmp_path / "x86.toml").write_text((Path(VNNI.path).parent / "x86.toml").read_text())
+    assert scheme_for(load_target("plain", tmp_path)) is None
+    assert "conv2d_NCHWc_int8" not in lower_integer_for(resnet_qg, 1, load_target("plain", tmp_path)).script()
+    (tmp_path / "bad.toml").write_text('extends = "x86"\nint8_layout = "nhwc_magic"\n')
+    with pytest.raises(TargetError, match="int8_layout"):
+        load_target("bad", tmp_path)
+
+
+def test_avx2_vpmaddwd_in_library_and_exact(resnet_qg, tmp_path: Path) -> None:
+    """The default x86 target: every conv tensorized with vpmaddwd, run here, bit-exact."""
+    ex = compile_fast(lower_integer_nchwc(resnet_qg, 2, AVX2), load_target("x86").tvm_target(), scheme=AVX2)
+    so = tmp_path / "resnet20-avx2.so"
+    ex.export_library(str(so))
+    asm = subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True, check=True).stdout
+    assert asm.count("vpmaddwd") >= 19, "every convolution should be tensorized with vpmaddwd"
+    assert "vpmaddubsw" not in asm, "the saturating u8×s8 multiply-add must not appear (not exact)"
+    x = quantize_input(torch.rand(2, 3, 16, 16)).numpy()
+    lib = tvm.runtime.load_module(str(so))
+    out = relax.VirtualMachine(lib, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(out, run_integer(resnet_qg, x))
 
 
 def test_vpdpbusd_in_library_and_exact_on_vnni_host(resnet_qg, tmp_path: Path) -> None:
-    ex = compile_fast(lower_integer_nchwc(resnet_qg, 2), VNNI.tvm_target())
+    ex = compile_fast(lower_integer_nchwc(resnet_qg, 2, VNNI_SCHEME), VNNI.tvm_target())
     so = tmp_path / "resnet20-vnni.so"
     ex.export_library(str(so))
     asm = subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True, check=True).stdout
