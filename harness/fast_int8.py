@@ -12,7 +12,7 @@ per target by a :class:`Scheme`:
 scheme         instruction                 operands               exact because
 =============  ==========================  =====================  ==============================
 nchwc_vnni     ``vpdpbusd`` (AVX-512 VNNI)  u8 act × s8 w, 16×4    32-bit accumulate, no int16 step
-nchwc_avx2     ``vpmaddwd`` (AVX2)         s16 act × s16 w, 8×2   16×16→32-bit products, no
+nchwc_avx2     ``vpmaddwd`` (AVX2)         s16 act × s16 w, 16×2  16×16→32-bit products, no
                                                                   saturation (``vpmaddubsw``
                                                                   would saturate for 8-bit w)
 nchwc_sdot     ``sdot`` (Armv8.2 dotprod)  s8 act × s8 w, 4×4     act stored as ``u8 − 128``; the
@@ -68,6 +68,9 @@ class Scheme:
     intrin: str  # registered TensorIntrin name
     first_cb: int  # channel block of the network input (3 channels → padded to this)
     metaschedule_tensorizes: bool = False  # MetaSchedule's own rules use ``intrin`` (VNNI only)
+    # output-width register blocking the hand schedule may pick (accumulators = ow × oc_block lanes)
+    ow_options: tuple[int, ...] = (8, 7, 4, 2, 1)
+    pad_per_row: bool = False  # parallel over (n, oh) with the padded input rows built per task
 
     @property
     def instruction(self) -> str:
@@ -77,7 +80,10 @@ class Scheme:
 
 
 VNNI = Scheme("nchwc_vnni", 16, 4, "uint8", 0, "int8", "dot_16x4_vnni", 4, metaschedule_tensorizes=True)
-AVX2 = Scheme("nchwc_avx2", 8, 2, "int16", 0, "int16", "laaq_dot_8x2_i16_avx2", 2)
+# 16 lanes = 2 ymm accumulators per output pixel; 4 pixels → 8 accumulators + 2 weight registers + 1
+# broadcast of the 16 ymm registers (ow = 8 spills)
+AVX2 = Scheme("nchwc_avx2", 16, 2, "int16", 0, "int16", "laaq_dot_16x2_i16_avx2", 2, ow_options=(4, 2, 1),
+              pad_per_row=True)
 SDOT = Scheme("nchwc_sdot", 4, 4, "int8", -128, "int8", "dot_4x4_i8i8s32_sdot", 4)
 NEON = Scheme("nchwc_neon", 4, 4, "int8", -128, "int8", "dot_4x4_i8i8s32_neon", 4)
 SCHEMES = {s.name: s for s in (VNNI, AVX2, SDOT, NEON)}
@@ -299,7 +305,9 @@ def _pick(extent: int, options=(8, 7, 4, 2, 1)) -> int:
     return 1
 
 
-def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni") -> tvm.tirx.PrimFunc | None:
+def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
+                     ow_options: tuple[int, ...] = (8, 7, 4, 2, 1), pad_per_row: bool = False
+                     ) -> tvm.tirx.PrimFunc | None:
     """Hand schedule for a (fused) PrimFunc holding a ``conv2d_NCHWc_int8`` block; None if not one.
 
     Loops (n, oc_chunk, oh, ow, oc_block | ic_outer, kh, kw, ic_f_inner, ic_s_inner) become
@@ -318,9 +326,19 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni") -> 
         return None
     n, occ, oh, ow, ocb, ico, kh, kw, icf, ics = loops
     ow_ext = int(sch.get(ow).extent)
-    ow_o, ow_i = sch.split(ow, [None, _pick(ow_ext)])
-    sch.reorder(n, occ, oh, ow_o, ico, kh, kw, icf, ow_i, ocb, ics)
-    sch.parallel(sch.fuse(n, occ, oh))  # before tensorize: parallel needs a plain reduction block below
+    ow_o, ow_i = sch.split(ow, [None, _pick(ow_ext, ow_options)])
+    if pad_per_row:
+        sch.reorder(n, oh, occ, ow_o, ico, kh, kw, icf, ow_i, ocb, ics)
+        row = sch.fuse(n, oh)
+        sch.parallel(row)
+        for b in sch.get_producers(conv):
+            if sch.get(b).name_hint.startswith("data_pad"):
+                sch.compute_at(b, row)  # pad only the input rows this output row reads, while in cache
+                sch.vectorize(sch.get_loops(b)[-1])
+    else:
+        sch.reorder(n, occ, oh, ow_o, ico, kh, kw, icf, ow_i, ocb, ics)
+        row = None
+        sch.parallel(sch.fuse(n, occ, oh))  # before tensorize: parallel needs a plain reduction block below
     # everything else: inline element-wise stages (bias, requant chain), keep padding separate
     blocks = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint != CONV_BLOCK]
     out_block = None
@@ -343,6 +361,8 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni") -> 
     sch.unroll(ow_i)
     for b in sch.get_child_blocks(sch.get_sblock("root")):
         if sch.get(b).name_hint.startswith(("data_pad", "pad")):
+            if row is not None and sch.get(b).name_hint.startswith("data_pad"):
+                continue  # already under the row loop
             ls = sch.get_loops(b)
             sch.parallel(sch.fuse(*ls[:3]))
             sch.vectorize(ls[-1])
@@ -375,7 +395,8 @@ def blocked_schedule_pass(scheme: Scheme) -> tvm.transform.Pass:
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs and func.attrs.get("tirx.is_scheduled"):
                 continue
-            new = schedule_blocked(func.with_attr("global_symbol", gv.name_hint), scheme.intrin)
+            new = schedule_blocked(func.with_attr("global_symbol", gv.name_hint), scheme.intrin, scheme.ow_options,
+                                   scheme.pad_per_row)
             if new is not None:
                 mod[gv] = new
         return mod

@@ -1,31 +1,35 @@
 """Tensor intrinsics of our own (TVM ships VNNI, AVX-512 ``vpmaddubsw``, NEON and ``sdot`` ones).
 
-``laaq_dot_8x2_i16_avx2``: 8 int32 lanes += Σ_{k<2} a[k]·b[lane, k] with int16 operands — one AVX2
-``vpmaddwd`` plus an add. TVM has no AVX2 int8 intrinsic; the obvious one (``vpmaddubsw`` on
-u8×s8, as TVM's AVX-512 fallback does) sums two products into a *saturating* int16, which is wrong
-for 8-bit weights (255·127·2 > 32767). Widening both operands to int16 keeps every product and
-pair-sum exact, so int8 artefacts stay bit-exact with the reference at any bit width.
+``laaq_dot_16x2_i16_avx2``: 16 int32 lanes += Σ_{k<2} a[k]·b[lane, k] with int16 operands — one
+broadcast of the activation pair feeding two AVX2 ``vpmaddwd`` (8 lanes each) plus two adds.
+TVM has no AVX2 int8 intrinsic; the obvious one (``vpmaddubsw`` on u8×s8, as TVM's AVX-512
+fallback does) sums two products into a *saturating* int16, which is wrong for 8-bit weights
+(255·127·2 > 32767). Widening both operands to int16 keeps every product and pair-sum exact, so
+int8 artefacts stay bit-exact with the reference at any bit width.
 """
 
 from __future__ import annotations
 
-AVX2_DOT_8x2 = "laaq_dot_8x2_i16_avx2"
 _registered: set[str] = set()
 
 
-def _avx2_dot_8x2():
+AVX2_DOT_16x2 = "laaq_dot_16x2_i16_avx2"
+
+
+def _avx2_dot_16x2():
+    """16 lanes from one broadcast of the activation pair: two ``vpmaddwd`` share it."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(
         A: T.Buffer((2,), "int16", offset_factor=1),
-        B: T.Buffer((8, 2), "int16", offset_factor=1),
-        C: T.Buffer((8,), "int32", offset_factor=1),
+        B: T.Buffer((16, 2), "int16", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            for i in T.serial(0, 8):
+            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
                 for k in T.serial(0, 2):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
@@ -34,26 +38,29 @@ def _avx2_dot_8x2():
     @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer((2,), "int16", offset_factor=1),
-        B: T.Buffer((8, 2), "int16", offset_factor=1),
-        C: T.Buffer((8,), "int32", offset_factor=1),
+        B: T.Buffer((16, 2), "int16", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
+            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+            T.writes(C[0:16])
             a_pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
             a_x16 = T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16")
-            b_x16 = B.vload([0, 0], dtype="int16x16")
             C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_x16, b_x16, dtype="int32x8")
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_x16, B.vload([0, 0], dtype="int16x16"),
+                dtype="int32x8")
+            C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_x16, B.vload([8, 0], dtype="int16x16"),
+                dtype="int32x8")
 
     return desc, impl
 
 
 def register_avx2() -> None:
-    """Register :data:`AVX2_DOT_8x2` (idempotent; also in MetaSchedule builder workers)."""
-    if AVX2_DOT_8x2 in _registered:
+    """Register :data:`AVX2_DOT_16x2` (idempotent; also in MetaSchedule builder workers)."""
+    if AVX2_DOT_16x2 in _registered:
         return
     from tvm.s_tir import TensorIntrin
 
-    TensorIntrin.register(AVX2_DOT_8x2, *_avx2_dot_8x2(), override=True)
-    _registered.add(AVX2_DOT_8x2)
+    TensorIntrin.register(AVX2_DOT_16x2, *_avx2_dot_16x2(), override=True)
+    _registered.add(AVX2_DOT_16x2)

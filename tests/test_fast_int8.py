@@ -65,11 +65,11 @@ def test_kernel_packing_matches_reference_conv() -> None:
     assert p[1, 1, 2, 0, 0, 4, 1] == 0 and p[0, 1, 0, 0, 0, 0, 3] == 0  # zero padding (O 20→32, C 6→8)
 
 
-def test_avx2_packing_is_int16_8x2() -> None:
-    w = np.random.default_rng(0).integers(-128, 128, (10, 6, 3, 3), dtype=np.int8)
+def test_avx2_packing_is_int16_16x2() -> None:
+    w = np.random.default_rng(0).integers(-128, 128, (20, 6, 3, 3), dtype=np.int8)
     p = pack_kernel(w, 8, AVX2)
-    assert p.dtype == np.int16 and p.shape == (2, 1, 3, 3, 4, 8, 2)
-    assert p[1, 0, 1, 2, 2, 1, 1] == w[9, 5, 1, 2] and p[1, 0, 0, 0, 0, 2, 0] == 0  # O 10→16, C 6→8
+    assert p.dtype == np.int16 and p.shape == (2, 1, 3, 3, 4, 16, 2)
+    assert p[1, 0, 1, 2, 2, 3, 1] == w[19, 5, 1, 2] and p[1, 0, 0, 0, 0, 4, 0] == 0  # O 20→32, C 6→8
 
 
 def test_offset_bias_undoes_stored_offset() -> None:
