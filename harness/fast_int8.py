@@ -166,6 +166,18 @@ def pack_kernel(w: np.ndarray, cb: int, scheme: Scheme = VNNI) -> np.ndarray:
     return np.ascontiguousarray(wp.transpose(0, 2, 5, 6, 3, 1, 4))
 
 
+def blocked_dense_weight(w: np.ndarray, c: int, h: int, w_: int, cb: int) -> np.ndarray:
+    """Dense weights ``[O, C·H·W]`` (torch's NCHW flatten order) → 1×1-conv weights ``[O, Kp, 1, 1]``
+    whose columns follow the blocked activation order ``(c // cb, h, w, c % cb)``; columns of padded
+    channels are zero. Lets a dense read the blocked activation as is (no transpose back to NCHW)."""
+    o = w.shape[0]
+    cp = _ceil(c, cb)
+    full = np.zeros((o, cp, h, w_), dtype=w.dtype)
+    full[:, :c] = w.reshape(o, c, h, w_)
+    blocked = full.reshape(o, cp // cb, cb, h, w_).transpose(0, 1, 3, 4, 2).reshape(o, -1)
+    return np.ascontiguousarray(blocked.reshape(o, -1, 1, 1))
+
+
 def offset_bias(b_q: np.ndarray, w_q: np.ndarray, offset: int) -> np.ndarray:
     """Bias that undoes a stored-input offset: ``conv(a + off, w) − off·Σw = conv(a, w)``."""
     return (b_q.astype(np.int64) - offset * w_q.reshape(len(w_q), -1).astype(np.int64).sum(1)).astype(np.int32)
@@ -248,8 +260,10 @@ def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI) -
                 a, layout, ch = env[n.inputs[0]]
                 if n.op == "flatten":
                     assert layout != "stored", "flatten of the network input is not supported"
-                    t = _to_nchw(bb, a, ch) if layout == "nchwc" else a
-                    env[n.name] = (bb.emit(relax.op.reshape(t, (batch, -1))), "flat", 0)
+                    # blocked input: nothing to do — the dense after it reads the blocks directly
+                    # (its weight columns are permuted to the blocked order, see blocked_dense_weight)
+                    env[n.name] = (a, layout, ch) if layout == "nchwc" else (
+                        bb.emit(relax.op.reshape(a, (batch, -1))), "flat", 0)
                     continue
                 if n.op == "gap":
                     assert layout == "nchwc"
@@ -283,7 +297,30 @@ def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI) -
                     res = env[n.residual][0] if n.residual else None
                     env[n.name] = (_requant(bb, acc, q, bshape, op, res), "nchwc", o)
                     continue
-                # dense: small, stays a plain int32 matmul
+                if layout == "nchwc":  # dense on blocked activations: a 1×1 conv over [N, K/ob, 1, 1, ob]
+                    offset = 0 if signed[n.inputs[0]] else scheme.act_offset
+                    _, cblocks, h, w_, cbk = (int(s_) for s_ in a.ty.shape)
+                    kp = cblocks * h * w_ * cbk
+                    t = bb.emit(relax.op.reshape(a, (batch, kp // ob, 1, 1, ob)))
+                    t = bb.emit_te(_to_stored, t, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
+                    o = q.w_q.shape[0]
+                    op = _ceil(o, ob)
+                    wk = blocked_dense_weight(q.w_q, ch, h, w_, cbk)
+                    acc = bb.emit_te(conv_block, t, _const(pack_kernel(wk, ob, scheme)), 1, (0, 0), offset,
+                                     scheme.k_block, primfunc_name_hint="conv2d_nchwc_int8")
+                    bshape = (1, op // ob, 1, 1, ob)
+                    acc = bb.emit(relax.op.add(acc, _const(_pad_vec(offset_bias(q.b_q, q.w_q, offset), op, np.int32)
+                                                           .reshape(bshape))))
+                    if q.final:
+                        flat = bb.emit(relax.op.reshape(acc, (batch, op)))
+                        if op != o:
+                            flat = bb.emit(relax.op.strided_slice(flat, axes=[1], begin=[0], end=[o]))
+                        env[n.name] = (flat, "flat", o)
+                        continue
+                    res = env[n.residual][0] if n.residual else None
+                    env[n.name] = (_requant(bb, acc, q, bshape, op, res), "nchwc", o)
+                    continue
+                # dense on a flat (true-layout) input, e.g. after a global pool: small, a plain matmul
                 assert layout == "flat", "dense layers take a flattened input"
                 acc = bb.emit(relax.op.matmul(a, relax.op.permute_dims(_const(q.w_q)), out_dtype="int32"))
                 acc = bb.emit(relax.op.add(acc, _const(q.b_q.astype(np.int32).reshape(1, -1))))

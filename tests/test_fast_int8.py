@@ -18,6 +18,7 @@ from harness.fast_int8 import (
     NEON,
     SCHEMES,
     SDOT,
+    blocked_dense_weight,
     compile_fast,
     lower_integer_for,
     lower_integer_nchwc,
@@ -81,6 +82,31 @@ def test_offset_bias_undoes_stored_offset() -> None:
     shifted = np.pad(a.astype(np.int32) - 128, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-128)
     got = conv2d_int(shifted, w, 1, 0) + offset_bias(b, w, -128).reshape(1, -1, 1, 1)
     assert np.array_equal(got, conv2d_int(a, w, 1, 1) + b.reshape(1, -1, 1, 1))
+
+
+def test_blocked_dense_weight_reads_blocked_activations() -> None:
+    """A dense on the blocked activation with permuted columns == the dense on torch's NCHW flatten."""
+    rng = np.random.default_rng(5)
+    n, c, h, w, cb = 2, 20, 3, 3, 16
+    a = rng.integers(0, 256, (n, c, h, w)).astype(np.int64)
+    wd = rng.integers(-128, 128, (7, c * h * w)).astype(np.int8)
+    blocked = np.zeros((n, 2 * cb, h, w), dtype=np.int64)
+    blocked[:, :c] = a
+    blocked = blocked.reshape(n, 2, cb, h, w).transpose(0, 1, 3, 4, 2).reshape(n, -1)  # [N, C/cb, H, W, cb]
+    wk = blocked_dense_weight(wd, c, h, w, cb)
+    assert wk.shape == (7, 2 * cb * h * w, 1, 1)
+    assert np.array_equal(blocked @ wk[:, :, 0, 0].T.astype(np.int64), a.reshape(n, -1) @ wd.T.astype(np.int64))
+
+
+def test_tiny_model_tensorized_on_host_exact(tiny_model, digits) -> None:
+    """conv → flatten → dense → dense through the x86 (AVX2) scheme with the hand schedule, run here."""
+    graph = tiny_model.to_graph()
+    assert [n.op for n in graph.nodes].count("dense") >= 1
+    qg = quantize_graph(graph, _mixed_plan(graph), digits.x_train[:128])
+    xq = quantize_input(digits.x_test[:50]).numpy()
+    x86 = load_target("x86")
+    ex = compile_fast(lower_integer_for(qg, len(xq), x86), x86.tvm_target(), scheme=scheme_for(x86))
+    assert np.array_equal(_run(ex, xq), run_integer(qg, xq))
 
 
 @pytest.mark.parametrize("scheme", list(SCHEMES.values()), ids=list(SCHEMES))
