@@ -170,7 +170,7 @@ def tvm_peer(mod, target, key: str, trials: int, log) -> tuple[Peer, Callable[[n
     t0 = time.perf_counter()
     ex = tune.build(mod, target, key, trials=trials, progress=True, log=log)
     dt = time.perf_counter() - t0
-    db = tune.database_dir(target.name, key)
+    db = tune.database_dir(tune.database_name(target), key)
     note = f"{'tuned DB' if (db / 'database_workload.json').exists() else 'untuned'}; compile {dt:.0f} s"
     vm = relax.VirtualMachine(ex, tvm.cpu())
     f = vm["main"]

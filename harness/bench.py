@@ -211,6 +211,17 @@ def int8_pattern(target: Target) -> str:
     return "int8" if scheme is None else f"int8-{scheme.name}"
 
 
+def lower_variant(v: Variant, model: torch.nn.Module, shape: tuple[int, ...], batch: int, target: Target):
+    """The Relax module of one variant at one batch size, for ``target``'s int8 scheme."""
+    if v.kind == "float":
+        return (lower_float16 if v.name == "fp16" else lower_float)(model, shape, batch)
+    return lower_integer_for(v.qg, batch, target)
+
+
+def tuning_key(cfg: BenchConfig, target: Target, v: Variant, shape: tuple[int, ...], batch: int) -> str:
+    return default_key(cfg.train.arch, shape, batch, v.name if v.kind == "float" else int8_pattern(target))
+
+
 def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, model: torch.nn.Module,
                     data: Split, folder: Path, progress: bool) -> tuple[dict[str, Any], list[dict]]:
     """Compile one variant at both batch sizes, run it on the device and measure everything."""
@@ -219,12 +230,9 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
     small, large = 1, cfg.batch_large
     arts = {}
     for b in (small, large):
-        lower_f = lower_float16 if v.name == "fp16" else lower_float
-        mod = lower_f(model, shape, b) if v.kind == "float" else lower_integer_for(v.qg, b, target)
-        pattern = v.name if v.kind == "float" else int8_pattern(target)
-        arts[b] = compile_module(mod, target, art_dir / f"{target.name}-{v.name.replace(':', '_')}-b{b}.so", v.name, b,
-                                 tuning_key=default_key(cfg.train.arch, shape, b, pattern), trials=cfg.trials,
-                                 tune=cfg.tune)
+        arts[b] = compile_module(lower_variant(v, model, shape, b, target), target,
+                                 art_dir / f"{target.name}-{v.name.replace(':', '_')}-b{b}.so", v.name, b,
+                                 tuning_key=tuning_key(cfg, target, v, shape, b), trials=cfg.trials, tune=cfg.tune)
     if not getattr(session, "available", True):  # e.g. no CUDA device: compiled and verified, nothing measured
         return not_run_row(cfg, target, session, v, model, arts), _layer_rows(target.name, v, model, target.energy)
     loaded = {b: session.load(a.path) for b, a in arts.items()}
@@ -318,6 +326,26 @@ class BenchResult:
     skipped: list[str]
 
 
+def pretune(cfg: BenchConfig, target: Target, variants: list[Variant], model: torch.nn.Module,
+            shape: tuple[int, ...], log) -> None:
+    """Tune every (variant kind, batch) key *before* the bench opens the device: the RPC runner
+    measures on the same board, and a TVM RPC server serves one session at a time."""
+    from harness import tune
+
+    if target.tvm.get("kind") != "llvm":
+        return
+    done: set[str] = set()
+    for v in variants:
+        for b in (1, cfg.batch_large):
+            key = tuning_key(cfg, target, v, shape, b)
+            if key in done:
+                continue
+            done.add(key)
+            rep = tune.tune(lower_variant(v, model, shape, b, target), target, key, cfg.trials, log=log)
+            if rep.note:
+                log(f"tuning {target.name}/{key}: {rep.note}")
+
+
 def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, flush=True)) -> BenchResult:
     """Run (or resume) a benchmark; returns the run folder and its rows."""
     target = resolve_target(cfg)  # fail on a bad target before any expensive work
@@ -347,6 +375,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
                 from harness.results import atomic_write_text
 
                 atomic_write_text(folder / "plans" / f"{plan_v.name.replace(':', '_')}.json", plan_v.plan.to_json())
+        if cfg.tune and cfg.trials > 0:
+            pretune(cfg, target, variants, model, data.input_shape, log)
         with open_device(target, progress=progress) as session:
             log(f"device: {session.where} ({session.measured_as})")
             for v in variants:

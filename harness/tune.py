@@ -20,6 +20,7 @@ database, compile) or, for a module to hand to ``tvm.compile`` yourself, :func:`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -46,6 +47,21 @@ def default_key(arch: str, input_shape: tuple[int, ...], batch: int, pattern: st
 
 def database_dir(target_name: str, key: str) -> Path:
     return cache_root() / target_name / key
+
+
+def database_name(target) -> str:
+    """Folder name of a target's databases: records tuned under QEMU rank candidates by their
+    emulated speed, so they live apart (``<name>-emulated``) and never reach a real board's build."""
+    return f"{target.name}-emulated" if getattr(target, "emulated", False) else target.name
+
+
+def hand_scheduled(task_name: str, target) -> bool:
+    """Is this kernel a convolution the target's blocked int8 scheme hand-schedules *over* any
+    tuning record (schemes MetaSchedule cannot tensorize)? Then tuning it would waste trials."""
+    from harness.fast_int8 import scheme_for
+
+    scheme = scheme_for(target)
+    return scheme is not None and not scheme.metaschedule_tensorizes and "conv2d_nchwc_int8" in task_name
 
 
 def tvm_target_of(target) -> tvm.target.Target:
@@ -122,7 +138,8 @@ def host_can_run(tvm_target: tvm.target.Target) -> tuple[bool, str]:
     if tvm_target.kind.name != "llvm":
         return False, f"{tvm_target.kind.name} needs an RPC runner"
     if tvm_fixes.target_arch(tvm_target) != "x86" or os.uname().machine != "x86_64":
-        return False, "cross target: tune through an RPC runner on the board (not implemented here)"
+        return False, ("cross target: the local runner cannot execute it (tune() measures it through the RPC "
+                       "runner on the target's device, harness.tune_rpc)")
     if target_has_vnni(tvm_target):
         flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
         if "avx512_vnni" not in flags:
@@ -139,54 +156,94 @@ def tune(mod: tvm.IRModule, target, key: str, trials: int, progress: bool = True
     again (a second call costs nothing). ``op_names``: only kernels whose name contains one of
     these. ``quick``: random sampling, no cost model (tests); otherwise evolutionary search with
     the XGBoost cost model (needs ``xgboost-cpu``). Returns what was done.
-    """
-    from tvm.s_tir import meta_schedule as ms
 
+    A cross target (aarch64 from this x86 host) is built with its ``cross_compiler`` and measured by
+    MetaSchedule's RPC runner on its device (:mod:`harness.tune_rpc`): the board at ``--rpc`` /
+    ``--rpc-tracker``, or an emulated board started for the tuning; ``tuned.json`` and the returned
+    note then say how the candidates were measured (emulated timings are not board performance).
+    """
     tvm_fixes.check_ffi_json()
     tvm_target = tvm_target_of(target)
     tvm_fixes.light_tensor_intrin(tvm_fixes.target_arch(tvm_target))
-    work_dir = database_dir(target.name, key)
+    work_dir = database_dir(database_name(target), key)
     fused = fused if fused is not None else fuse(mod, tvm_target)
     tasks = missing_tasks(fused, tvm_target, work_dir)
     if op_names:
         tasks = [t for t in tasks if any(o in t.task_name for o in op_names)]
+    tasks = [t for t in tasks if not hand_scheduled(t.task_name, target)]
     if not tasks or trials <= 0:
         return TuneReport(str(work_dir), False, note="all kernels in database" if not tasks else "no trials")
-    ok, why = host_can_run(tvm_target)
-    if not ok:
-        return TuneReport(str(work_dir), False, note=f"not tuned: {why}")
+    from harness import tune_rpc
+
+    if tune_rpc.is_cross(target, tvm_target):  # cross-built candidates, measured on the target's device
+        measuring = tune_rpc.rpc_measurer(target, tvm_target, progress=progress)
+    else:
+        ok, why = host_can_run(tvm_target)
+        if not ok:
+            return TuneReport(str(work_dir), False, note=f"not tuned: {why}")
+        measuring = contextlib.nullcontext(tune_rpc.local_measurer(tvm_target))
     per_task = per_task or max(1, trials // len(tasks))
+    try:
+        with measuring as m:
+            dt = _tune_tasks(tasks, target, key, trials, per_task, work_dir, m, progress, log, quick)
+    except tune_rpc.TuneDeviceUnavailable as e:
+        return TuneReport(str(work_dir), False, note=f"not tuned: {e}")
+    from harness.results import atomic_write_text
+
+    meta = {"target": target.name, "tvm_target": str(tvm_target), "key": key, "trials": trials,
+            "tasks": [t.task_name for t in tasks], "workload_digest": workload_digest(fused),
+            "seconds": round(dt, 1), "measured": m.measured, "runner": m.where, "tvm": tvm.__version__,
+            "host": os.uname().nodename}
+    atomic_write_text(work_dir / "tuned.json", json.dumps(meta, indent=1))
+    if progress:
+        log(f"tuned {len(tasks)} kernel(s) in {dt:.0f} s, measured {m.measured}")
+    return TuneReport(str(work_dir), True, trials, [t.task_name for t in tasks], dt,
+                      note=m.measured if m.where != "local" else "")
+
+
+@contextlib.contextmanager
+def _unnamed_log_handlers_detached(logger: logging.Logger):
+    """MetaSchedule's ``create_loggers`` re-lists the handlers already on its logger *by name* in a
+    ``dictConfig`` and fails (``'NoneType' object has no attribute 'format'``) on an unnamed one —
+    such as the capture handler pytest attaches to every non-propagating logger, which the first
+    tuning in a process makes this one. Keep those off the logger while it configures, then put them back."""
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for h in unnamed:
+        logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in unnamed:
+            logger.addHandler(h)
+
+
+def _tune_tasks(tasks: list, target, key: str, trials: int, per_task: int, work_dir: Path, m, progress: bool,
+                log, quick: bool) -> float:
+    """``ms.tune_tasks`` with the measurer's builder and runner; returns the seconds it took."""
+    from tvm.s_tir import meta_schedule as ms
+
     if progress:
         log(f"tuning {len(tasks)} kernel(s) for {target.name}/{key}: {trials} trials "
-            f"(≤{per_task} per kernel) → {work_dir}")
+            f"(≤{per_task} per kernel) on {m.where} → {work_dir}")
+        if m.where != "local":
+            log(f"measured: {m.measured}")
     ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
     old_level = ms_log.level
     ms_log.setLevel(logging.INFO if progress else logging.WARNING)
     strategy = (ms.search_strategy.ReplayTrace() if quick else
                 ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32))
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        tasks, str(work_dir), strategy=strategy, seed=0)
+    with _unnamed_log_handlers_detached(ms_log):
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, str(work_dir), strategy=strategy, seed=0)
     t0 = time.perf_counter()
     try:
         ms.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
             max_trials_per_task=per_task, num_trials_per_iter=min(64, max(4, per_task)),
-            builder=tvm_fixes.local_builder(tvm_target),
-            runner=ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
-                number=5, repeat=1, min_repeat_ms=20, enable_cpu_cache_flush=False)),
-            database=_open_db(work_dir), cost_model="random" if quick else "xgb")
+            builder=m.builder, runner=m.runner, database=_open_db(work_dir), cost_model="random" if quick else "xgb")
     finally:
         ms_log.setLevel(old_level)
-    dt = time.perf_counter() - t0
-    from harness.results import atomic_write_text
-
-    meta = {"target": target.name, "tvm_target": str(tvm_target), "key": key, "trials": trials,
-            "tasks": [t.task_name for t in tasks], "workload_digest": workload_digest(fused),
-            "seconds": round(dt, 1), "tvm": tvm.__version__, "host": os.uname().nodename}
-    atomic_write_text(work_dir / "tuned.json", json.dumps(meta, indent=1))
-    if progress:
-        log(f"tuned {len(tasks)} kernel(s) in {dt:.0f} s")
-    return TuneReport(str(work_dir), True, trials, [t.task_name for t in tasks], dt)
+    return time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------- apply / build
@@ -202,7 +259,7 @@ def apply_database(mod: tvm.IRModule, target, key: str) -> tvm.IRModule:
     schedule (zero tuning cost). Kernels not in the database stay untuned."""
     tvm_target = tvm_target_of(target)
     tvm_fixes.light_tensor_intrin(tvm_fixes.target_arch(tvm_target))
-    return _apply(fuse(mod, tvm_target), tvm_target, database_dir(target.name, key))
+    return _apply(fuse(mod, tvm_target), tvm_target, database_dir(database_name(target), key))
 
 
 def maybe_apply_tuning(mod: tvm.IRModule, target, key: str, trials: int = 0, tune_enabled: bool = True,
@@ -210,9 +267,10 @@ def maybe_apply_tuning(mod: tvm.IRModule, target, key: str, trials: int = 0, tun
     """Tune what is missing (if ``tune_enabled`` and ``trials`` > 0), then apply the database.
 
     Returns a module that ``tvm.compile(mod, target=...)`` takes as usual; VNNI conv kernels not in
-    the database get the fixed hand schedule of :mod:`harness.fast_int8`.
+    the database (or, for schemes MetaSchedule cannot tensorize, all of them) get the fixed hand
+    schedule of :mod:`harness.fast_int8`.
     """
-    from harness.fast_int8 import target_has_vnni, vnni_schedule_pass
+    from harness.fast_int8 import blocked_schedule_pass, scheme_for
 
     tvm_target = tvm_target_of(target)
     tvm_fixes.light_tensor_intrin(tvm_fixes.target_arch(tvm_target))
@@ -221,31 +279,37 @@ def maybe_apply_tuning(mod: tvm.IRModule, target, key: str, trials: int = 0, tun
         rep = tune(mod, target, key, trials, progress=progress, fused=fused, log=log)
         if progress and rep.note:
             log(f"tuning {target.name}/{key}: {rep.note}")
-    out = _apply(fused, tvm_target, database_dir(target.name, key))
-    if target_has_vnni(tvm_target):
+    scheme = scheme_for(target)
+    hand = blocked_schedule_pass(scheme) if scheme is not None else None
+    if hand is not None and not scheme.metaschedule_tensorizes:
         with tvm_target:
-            out = vnni_schedule_pass()(out)
+            fused = hand(fused)  # tensorized convs first: database records never replace them
+    out = _apply(fused, tvm_target, database_dir(database_name(target), key))
+    if hand is not None and scheme.metaschedule_tensorizes:
+        with tvm_target:
+            out = hand(out)
     return out
 
 
 def build(mod: tvm.IRModule, target, key: str | None, trials: int = 0, tune_enabled: bool = True,
           progress: bool = True, log=print):
     """Drop-in for ``tvm.compile(mod, target=target.tvm_target())`` with tuning (key None → no DB)."""
-    from harness.fast_int8 import compile_fast
+    from harness.fast_int8 import compile_fast, scheme_for
 
     if target.tvm.get("kind") != "llvm":  # GPU targets: their own default pipeline, untouched
         return tvm.compile(mod, target=target.tvm_target())
     tvm_target = tvm_target_of(target)
     tvm_fixes.light_tensor_intrin(tvm_fixes.target_arch(tvm_target))
+    scheme = scheme_for(target)
     if key is None:
-        return compile_fast(mod, tvm_target)
+        return compile_fast(mod, tvm_target, scheme=scheme)
     if tune_enabled and trials > 0:
         rep = tune(mod, target, key, trials, progress=progress, log=log)
         if progress and rep.note:
             log(f"tuning {target.name}/{key}: {rep.note}")
-    work_dir = database_dir(target.name, key)
+    work_dir = database_dir(database_name(target), key)
     has_db = (work_dir / "database_workload.json").exists()
-    return compile_fast(mod, tvm_target, str(work_dir) if has_db else None)
+    return compile_fast(mod, tvm_target, str(work_dir) if has_db else None, scheme=scheme)
 
 
 def report_dict(r: TuneReport) -> dict:

@@ -72,3 +72,13 @@ def test_vnni_target_not_tuned_on_host_without_vnni(monkeypatch) -> None:
     has = "avx512_vnni" in Path("/proc/cpuinfo").read_text()
     assert ok == has and (has or "avx512_vnni" in why)
     assert not tune.host_can_run(tune.tvm_target_of(load_target("rpi4")))[0]
+
+
+def test_hand_scheduled_convs_not_tuned_and_emulated_records_apart() -> None:
+    x86, vnni, arm = load_target("x86"), load_target("x86-vnni"), load_target("arm")
+    conv = "fused_conv2d_nchwc_int8_add_cast_multiply"
+    assert tune.hand_scheduled(conv, x86) and tune.hand_scheduled(conv, arm)  # AVX2 / NEON: hand schedule wins
+    assert not tune.hand_scheduled(conv, vnni)  # MetaSchedule tensorizes VNNI itself: worth tuning
+    assert not tune.hand_scheduled("fused_matmul_add", x86)
+    assert tune.database_name(x86) == "x86" and tune.database_name(arm) == "arm-emulated"
+    assert tune.database_name(arm.with_device(kind="rpc", host="10.0.0.2", port=9090)) == "arm"

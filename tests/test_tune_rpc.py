@@ -1,0 +1,201 @@
+"""MetaSchedule tuning of a cross target through the RPC runner, on the emulated Raspberry Pi.
+
+Candidates are cross-compiled here (aarch64 .so) and measured over TVM RPC on an emulated board that
+``tune()`` starts and stops itself; the database then builds an artefact that runs on the (emulated)
+board bit-exact with the integer reference. Same skip rule as the other emulated-board tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+
+from harness import tune, tune_rpc
+from harness.compile import compile_module
+from harness.devices import open_device
+from harness.lower import lower_integer
+from harness.targets import load_target
+from laaq.quant.integer import run_integer
+from laaq.quant.plan import QuantPlan
+from laaq.quant.quantizers import quantize_graph, quantize_input
+
+
+def emulated(f):
+    f = pytest.mark.emulated(f)
+    return pytest.mark.skipif(
+        platform.system() != "Linux" or os.geteuid() != 0 or bool(os.environ.get("LAAQ_SKIP_EMULATED")),
+        reason="the emulated board needs Linux and root (qemu-user + chroot)")(f)
+
+
+ARM = load_target("arm")
+
+
+def _records(work: Path) -> list[list[float] | None]:
+    """run_secs of every tuning record in the JSON database (None: the candidate failed)."""
+    lines = (work / "database_tuning_record.json").read_text().splitlines()
+    return [json.loads(line)[1][1] for line in lines if line.strip()]
+
+
+@emulated
+def test_cross_target_tuned_on_emulated_board(tiny_model, digits, private_cache: Path, tmp_path: Path) -> None:
+    assert ARM.emulated and tune_rpc.is_cross(ARM, tune.tvm_target_of(ARM))
+    graph = tiny_model.to_graph()
+    qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 8), digits.x_train[:64])
+    mod = lower_integer(qg, 1)
+    key = tune.default_key("tinycnn", digits.input_shape, 1, "int8")
+
+    # one kernel (the second conv), a handful of random candidates, each measured on the emulated board
+    logs: list[str] = []
+    rep = tune.tune(mod, ARM, key, trials=4, progress=True, log=logs.append, op_names=("conv2d1",), quick=True)
+    work = Path(rep.work_dir)
+    assert rep.tuned, rep.note
+    assert work.is_relative_to(private_cache / "tuning" / "arm-emulated")  # apart from real-board records
+    runs = _records(work)
+    measured = [r for r in runs if r is not None and all(0 < s < 1e9 for s in r)]
+    assert measured, f"no candidate was measured on the board: {runs}"
+    meta = json.loads((work / "tuned.json").read_text())
+    assert meta["measured"] == tune_rpc.EMULATED_NOTE and "emulated" in meta["runner"]
+    assert meta["trials"] == 4 and any("conv2d1" in t for t in meta["tasks"])
+    assert any(tune_rpc.EMULATED_NOTE in m for m in logs), logs
+    assert tune_rpc.EMULATED_NOTE in rep.note
+
+    # second call: the kernel is in the database → nothing tuned, no board started
+    rep2 = tune.tune(mod, ARM, key, trials=4, progress=False, op_names=("conv2d1",), quick=True)
+    assert not rep2.tuned and rep2.trials == 0
+    applied = tune.apply_database(mod, ARM, key)
+    scheduled = [gv.name_hint for gv, f in applied.functions.items()
+                 if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled")]
+    assert any("conv2d1" in s for s in scheduled)
+
+    # the artefact built with the database (cross-compiled) runs on the emulated board bit-exact
+    art = compile_module(mod, ARM, tmp_path / "tuned-int8-b1.so", "int8", 1, tuning_key=key)
+    assert open(art.path, "rb").read(20)[18] == 183, "aarch64 ELF expected"
+    x = quantize_input(digits.x_test[:1]).numpy()
+    with open_device(ARM, progress=False) as session:
+        assert session.measured_as == "emulated"
+        out = session.load(art.path).run(x)
+    assert np.array_equal(out, run_integer(qg, x))
+
+
+def test_cross_target_without_device_is_not_tuned(tiny_model, digits) -> None:
+    """A cross target whose device is `local` has nowhere to measure: a note, no trials, no error."""
+    from dataclasses import replace
+
+    local_arm = replace(ARM, device=replace(ARM.device, kind="local"))
+    graph = tiny_model.to_graph()
+    qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 8), digits.x_train[:64])
+    rep = tune.tune(lower_integer(qg, 1), local_arm, "no-device", trials=2, progress=False,
+                    op_names=("conv2d1",), quick=True)
+    assert not rep.tuned and "not tuned" in rep.note and "--rpc" in rep.note
+
+
+@emulated
+def test_emulated_board_torn_down_when_tuning_fails(tiny_model, digits, monkeypatch) -> None:
+    import harness.devices.emulated as emu
+
+    started: list = []
+    real_enter = emu.EmulatedRPCServer.__enter__
+
+    def enter(self):
+        started.append(self)
+        return real_enter(self)
+
+    def boom(*_a, **_k):
+        assert started and started[0].alive, "the board runs while tuning"
+        raise RuntimeError("tuning failed")
+
+    monkeypatch.setattr(emu.EmulatedRPCServer, "__enter__", enter)
+    monkeypatch.setattr(tune, "_tune_tasks", boom)
+    graph = tiny_model.to_graph()
+    qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 8), digits.x_train[:64])
+    with pytest.raises(RuntimeError, match="tuning failed"):
+        tune.tune(lower_integer(qg, 1), ARM, "fails", trials=2, progress=False, op_names=("conv2d1",), quick=True)
+    (server,) = started
+    assert not server.alive
+    assert server.pids and not [pid for pid in server.pids if _running(pid)], "server processes left behind"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_real_board_path_through_a_tracker(tiny_model, digits, monkeypatch) -> None:
+    """The tracker route a real Pi takes (`--rpc-tracker --rpc-key`), with this machine as the "board":
+    an in-process tracker and a local RPC server registered under a key. A key nobody serves costs one
+    bounded wait and a note."""
+    import socket
+    import time
+    from dataclasses import replace
+
+    pytest.importorskip("tornado", reason="TVM's RPC tracker server needs tornado (not a project dependency)")
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    graph = tiny_model.to_graph()
+    qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 8), digits.x_train[:64])
+    mod = lower_integer(qg, 1)
+    monkeypatch.setattr(tune_rpc, "is_cross", lambda *_: True)  # measure the x86 kernels "remotely"
+    x86 = load_target("x86")
+    tp, sp = free_port(), free_port()
+    tracker = Tracker("127.0.0.1", port=tp, port_end=tp + 1, silent=True)
+    server = rpc.Server("127.0.0.1", port=sp, port_end=sp + 1, tracker_addr=("127.0.0.1", tracker.port),
+                        key="laaq-test", silent=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "laaq-test" not in rpc.connect_tracker("127.0.0.1", tracker.port).text_summary():
+            assert time.monotonic() < deadline, "the server never registered with the tracker"
+            time.sleep(0.5)
+        board = x86.with_device(kind="tracker", host="127.0.0.1", port=tracker.port, key="laaq-test")
+        rep = tune.tune(mod, board, "tracker", trials=2, progress=False, op_names=("conv2d1",), quick=True)
+        assert rep.tuned, rep.note
+        meta = json.loads((Path(rep.work_dir) / "tuned.json").read_text())
+        assert meta["measured"] == f"native (tracker 127.0.0.1:{tracker.port} key laaq-test)"
+        assert [r for r in _records(Path(rep.work_dir)) if r is not None and all(0 < s < 1e9 for s in r)]
+
+        nobody = replace(board, device=replace(board.device, key="nobody", connect_timeout_s=2.0))
+        rep2 = tune.tune(mod, nobody, "nobody", trials=2, progress=False, op_names=("conv2d1",), quick=True)
+        assert not rep2.tuned and "not tuned" in rep2.note and "'nobody'" in rep2.note
+    finally:
+        server.terminate()
+        tracker.terminate()
+
+
+def test_busy_direct_server_is_a_bounded_wait(tiny_model, digits, monkeypatch) -> None:
+    """The `--rpc host:port` route (the emulated test above measures through the same direct session
+    code): a server busy with another client's session — the bench's own, for a single board — costs
+    one bounded wait and a note, not a hang."""
+    import socket
+
+    from tvm import rpc
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    graph = tiny_model.to_graph()
+    qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 8), digits.x_train[:64])
+    monkeypatch.setattr(tune_rpc, "is_cross", lambda *_: True)  # as if the x86 kernels ran on a board
+    server = rpc.Server("127.0.0.1", port=port, port_end=port + 1, silent=True)
+    try:
+        board = load_target("x86").with_device(kind="rpc", host="127.0.0.1", port=server.port, connect_timeout_s=2.0)
+        holder = rpc.connect("127.0.0.1", server.port, session_timeout=60)
+        rep = tune.tune(lower_integer(qg, 1), board, "busy", trials=2, progress=False, op_names=("conv2d1",),
+                        quick=True)
+        assert not rep.tuned and "not tuned" in rep.note and "one session at a time" in rep.note, rep.note
+        del holder
+    finally:
+        server.terminate()
