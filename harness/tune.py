@@ -264,7 +264,8 @@ def apply_database(mod: tvm.IRModule, target, key: str) -> tvm.IRModule:
 
 def maybe_apply_tuning(mod: tvm.IRModule, target, key: str, trials: int = 0, tune_enabled: bool = True,
                        progress: bool = True, log=print) -> tvm.IRModule:
-    """Tune what is missing (if ``tune_enabled`` and ``trials`` > 0), then apply the database.
+    """Tune what is missing (if ``tune_enabled`` and ``trials`` > 0), then apply the database
+    (not at all when ``tune_enabled`` is False).
 
     Returns a module that ``tvm.compile(mod, target=...)`` takes as usual; VNNI conv kernels not in
     the database (or, for schemes MetaSchedule cannot tensorize, all of them) get the fixed hand
@@ -284,7 +285,7 @@ def maybe_apply_tuning(mod: tvm.IRModule, target, key: str, trials: int = 0, tun
     if hand is not None and not scheme.metaschedule_tensorizes:
         with tvm_target:
             fused = hand(fused)  # tensorized convs first: database records never replace them
-    out = _apply(fused, tvm_target, database_dir(database_name(target), key))
+    out = _apply(fused, tvm_target, database_dir(database_name(target), key)) if tune_enabled else fused
     if hand is not None and scheme.metaschedule_tensorizes:
         with tvm_target:
             out = hand(out)
@@ -301,7 +302,7 @@ def build(mod: tvm.IRModule, target, key: str | None, trials: int = 0, tune_enab
     tvm_target = tvm_target_of(target)
     tvm_fixes.light_tensor_intrin(tvm_fixes.target_arch(tvm_target))
     scheme = scheme_for(target)
-    if key is None:
+    if key is None or not tune_enabled:  # --no-tune: neither tune nor apply a database
         return compile_fast(mod, tvm_target, scheme=scheme)
     if tune_enabled and trials > 0:
         rep = tune(mod, target, key, trials, progress=progress, log=log)

@@ -48,6 +48,9 @@ def test_database_persisted_and_reused(tiny_model, digits, private_cache: Path) 
     scheduled = [gv.name_hint for gv, f in applied.functions.items()
                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled")]
     assert any("conv2d1" in s for s in scheduled)
+    off = tune.maybe_apply_tuning(mod, X86, key, tune_enabled=False)  # --no-tune: the database is ignored
+    assert not any(isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled")
+                   for f in off.functions.values())
 
     # compiled with the database: same outputs as the integer reference and as the untuned build
     x = quantize_input(digits.x_test[:1]).numpy()
