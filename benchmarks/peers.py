@@ -41,12 +41,14 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--plan", default="", help="LAAQ plan JSON (default: a fixed mixed 4/6/8-bit plan)")
     p.add_argument("--repeat", type=int, default=15, help="interleaved rounds")
     p.add_argument("--min-round-ms", type=float, default=50.0, help="time per peer per round")
+    p.add_argument("--settle-ms", type=float, default=300.0,
+                   help="pause before each peer's slot (lets other runtimes' spinning threads sleep)")
     p.add_argument("--peers", default="", help="comma list to restrict (e.g. torch-fp32,tvm-int8)")
     p.add_argument("--out", default="", help="default results/perf-<target>")
     p.add_argument("--quick", action="store_true", help="smoke test: smallcnn, batch 1 and 4, 3 rounds")
     a = p.parse_args()
     if a.quick:
-        a.models, a.batches, a.repeat, a.min_round_ms = "smallcnn", "1,4", 3, 5.0
+        a.models, a.batches, a.repeat, a.min_round_ms, a.settle_ms = "smallcnn", "1,4", 3, 5.0, 20.0
     return a
 
 
@@ -184,8 +186,15 @@ def tvm_peer(mod, target, key: str, trials: int, log) -> tuple[Peer, Callable[[n
 
 
 # ------------------------------------------------------------------------------------ timing
-def interleaved(peers: dict[str, Peer], repeat: int, min_round_ms: float) -> dict[str, list[float]]:
-    """Per-call latency (ms) per round; each round runs every peer for ≥ min_round_ms, in turn."""
+def interleaved(peers: dict[str, Peer], repeat: int, min_round_ms: float,
+                settle_ms: float = 300.0) -> dict[str, list[float]]:
+    """Per-call latency (ms) per round; each round runs every peer for ≥ min_round_ms, in turn.
+
+    Before each peer's slot: a ``settle_ms`` pause and one untimed call. Runtimes keep their worker
+    threads spinning after a call (OpenMP's KMP_BLOCKTIME is 200 ms, TVM's pool spins too); without
+    the pause the previous peer's spinning threads steal the cores from the next one, which made
+    sub-0.1 ms TVM models look 50-100x slower after a PyTorch slot on a 2-core machine.
+    """
     number = {}
     for name, fn in peers.items():  # warm up and size the inner loop
         fn()
@@ -198,6 +207,8 @@ def interleaved(peers: dict[str, Peer], repeat: int, min_round_ms: float) -> dic
         order = list(peers) if r % 2 == 0 else list(reversed(peers))
         for name in order:
             fn, n = peers[name], number[name]
+            time.sleep(settle_ms / 1e3)
+            fn()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -296,7 +307,7 @@ def main(a: argparse.Namespace) -> int:
                     notes[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
                     log(f"  {name}: {notes[name]}")
             log(f"[{arch} b{b}] timing {len(peers)} peers interleaved, {a.repeat} rounds (load {load_avg()}) ...")
-            lat = interleaved(peers, a.repeat, a.min_round_ms)
+            lat = interleaved(peers, a.repeat, a.min_round_ms, a.settle_ms)
             med = {k: statistics.median(v) for k, v in lat.items()}
             best = min(med.values()) if med else float("nan")
             fastest = min(med, key=med.get) if med else ""
@@ -330,7 +341,8 @@ def main(a: argparse.Namespace) -> int:
     atomic_write_text(out_dir / "perf.csv", buf.getvalue())
     md = [f"# Peers on {target.name}", "",
           f"Host: {cpu} (avx512_vnni: {vnni}); TVM target {target.tvm}; {threads} threads; "
-          f"load average at end {load_avg()}; {a.repeat} interleaved rounds; weights random but fixed (seed 0).",
+          f"load average at end {load_avg()}; {a.repeat} interleaved rounds of ≥ {a.min_round_ms:g} ms per peer, "
+          f"each after a {a.settle_ms:g} ms pause + 1 untimed call; weights random but fixed (seed 0).",
           f"Roofline: peak_int8_gmacs = {target.peak_int8_gmacs} from {target.path}.", "",
           "| model | batch | peer | median ms | × fastest | GMAC/s | of int8 peak | note |",
           "|---|---|---|---|---|---|---|---|"]
