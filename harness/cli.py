@@ -287,13 +287,18 @@ def experiment(data_dir, seeds, avg_bits, quick, out) -> None:
 
 @main.command()
 def targets() -> None:
-    """List the targets (files in targets/) and how each is reached."""
+    """List the targets (files in targets/): how each is reached and which int8 convolution scheme
+    (instruction) it compiles to."""
+    from harness.fast_int8 import scheme_for
     from harness.targets import available_targets, load_target
 
     for name in available_targets():
         try:
             t = load_target(name)
-            click.echo(f"{name:14s} {t.device.kind:9s} {t.description}")
+            scheme = scheme_for(t)
+            int8 = f"{scheme.name}/{scheme.instruction}" if scheme else ("gpu" if t.tvm.get("kind") != "llvm"
+                                                                         else "nchw")
+            click.echo(f"{name:14s} {t.device.kind:9s} {int8:20s} {t.description}")
         except Exception as e:  # a broken file must not hide the others
             click.echo(f"{name:14s} BROKEN    {e}")
 

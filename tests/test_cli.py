@@ -80,3 +80,11 @@ def test_missing_data_dir_says_what_it_expected(tmp_path) -> None:
 def test_help_explains() -> None:
     r = CliRunner().invoke(main, ["bench", "--help"])
     assert r.exit_code == 0 and "resume" in r.output.lower()
+
+
+def test_targets_lists_int8_scheme_per_target() -> None:
+    out = CliRunner().invoke(main, ["targets"])
+    assert out.exit_code == 0, out.output
+    lines = {ln.split()[0]: ln for ln in out.output.splitlines() if ln.strip()}
+    assert "nchwc_avx2/vpmaddwd" in lines["x86"] and "nchwc_sdot/sdot" in lines["rpi5"]
+    assert "nchwc_neon/smull" in lines["rpi4"] and " gpu " in lines["cuda"]
