@@ -131,10 +131,6 @@ def scheme_for(target) -> Scheme | None:
     return auto_scheme(tvm.target.Target(dict(target.tvm)))
 
 
-def wants_fast_int8(target) -> bool:
-    """Does ``target`` get the blocked lowering (some :class:`Scheme`)?"""
-    return scheme_for(target) is not None
-
 
 def lower_integer_for(qg: QuantizedGraph, batch: int, target) -> tvm.IRModule:
     """The integer module for ``target``: its blocked scheme where it has one, else NCHW."""
@@ -236,6 +232,28 @@ def _requant(bb: relax.BlockBuilder, acc: relax.Expr, q: QNode, shape: tuple[int
     return requantize_expr(bb, acc, mult, q, residual)
 
 
+def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in: bool, name: str,
+                 w4d: np.ndarray, q: QNode, stride, padding: tuple[int, int], scheme: Scheme
+                 ) -> tuple[relax.Expr, tuple[int, ...]]:
+    """One tensorized conv (a dense is a 1×1 one) on a blocked input: convert the input to the
+    scheme's stored form unless it already is, pack ``w4d`` ``[O, C, kh, kw]``, add the bias corrected
+    for the storage offset. Returns the int32 accumulator ``[N, Op/ob, OH, OW, ob]`` and the shape
+    per-channel constants broadcast with."""
+    offset = 0 if signed_in else scheme.act_offset
+    if signed_in and scheme.act_dtype == "uint8":
+        raise ValueError(f"{scheme.name}: layer {name!r} takes signed activations; "
+                         "this scheme multiplies unsigned activations only")
+    if not stored:
+        a = bb.emit_te(_to_stored, a, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
+    ob = scheme.oc_block
+    op = _ceil(q.w_q.shape[0], ob)
+    acc = bb.emit_te(conv_block, a, _const(pack_kernel(w4d, int(a.ty.shape[4]), scheme)), stride, padding, offset,
+                     scheme.k_block, primfunc_name_hint="conv2d_nchwc_int8")
+    bshape = (1, op // ob, 1, 1, ob)
+    bias = _pad_vec(offset_bias(q.b_q, q.w_q, offset), op, np.int32).reshape(bshape)
+    return bb.emit(relax.op.add(acc, _const(bias))), bshape
+
+
 def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI) -> tvm.IRModule:
     """``main(x: uint8[batch, C, H, W]) -> int32[batch, classes]``, convolutions in NCHW[x]c blocks.
 
@@ -273,52 +291,28 @@ def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI) -
                         s = bb.emit(relax.op.strided_slice(s, axes=[1], begin=[0], end=[ch]))
                     env[n.name] = (_requant(bb, s, q, (1, -1), ch, None), "flat", ch)
                     continue
-                if n.op == "conv":
-                    assert layout in ("nchwc", "stored"), "a conv after a flatten is not supported"
-                    offset = 0 if signed[n.inputs[0]] else scheme.act_offset
-                    if signed[n.inputs[0]] and scheme.act_dtype == "uint8":
-                        raise ValueError(f"{scheme.name}: layer {n.name!r} takes signed activations; "
-                                         "this scheme multiplies unsigned activations only")
-                    if layout == "nchwc":
-                        a = bb.emit_te(_to_stored, a, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
-                    cb = int(a.ty.shape[4])
-                    o = q.w_q.shape[0]
-                    op = _ceil(o, ob)
-                    w = _const(pack_kernel(q.w_q, cb, scheme))
-                    pad = n.padding if isinstance(n.padding, (tuple, list)) else (n.padding, n.padding)
-                    acc = bb.emit_te(conv_block, a, w, n.stride, tuple(pad), offset, scheme.k_block,
-                                     primfunc_name_hint="conv2d_nchwc_int8")
-                    bshape = (1, op // ob, 1, 1, ob)
-                    bias = offset_bias(q.b_q, q.w_q, offset)
-                    acc = bb.emit(relax.op.add(acc, _const(_pad_vec(bias, op, np.int32).reshape(bshape))))
-                    if q.final:
+                if n.op == "conv" or layout == "nchwc":  # a dense on blocked activations is a 1×1 conv
+                    if n.op == "conv":
+                        assert layout in ("nchwc", "stored"), "a conv after a flatten is not supported"
+                        pad = n.padding if isinstance(n.padding, (tuple, list)) else (n.padding, n.padding)
+                        inp, w4d, stride, pad = a, q.w_q, n.stride, tuple(pad)
+                    else:  # [N, C/cb, H, W, cb] read as [N, K/ob, 1, 1, ob], weight columns permuted to match
+                        _, cblocks, h, w_, cbk = (int(s_) for s_ in a.ty.shape)
+                        inp = bb.emit(relax.op.reshape(a, (batch, cblocks * h * w_ * cbk // ob, 1, 1, ob)))
+                        w4d, stride, pad = blocked_dense_weight(q.w_q, ch, h, w_, cbk), 1, (0, 0)
+                    acc, bshape = _blocked_acc(bb, inp, layout == "stored", signed[n.inputs[0]], n.name, w4d, q,
+                                               stride, pad, scheme)
+                    o, op = q.w_q.shape[0], bshape[1] * ob
+                    if q.final and n.op == "conv":
                         env[n.name] = (_to_nchw(bb, acc, o), "nchw", o)
-                        continue
-                    res = env[n.residual][0] if n.residual else None
-                    env[n.name] = (_requant(bb, acc, q, bshape, op, res), "nchwc", o)
-                    continue
-                if layout == "nchwc":  # dense on blocked activations: a 1×1 conv over [N, K/ob, 1, 1, ob]
-                    offset = 0 if signed[n.inputs[0]] else scheme.act_offset
-                    _, cblocks, h, w_, cbk = (int(s_) for s_ in a.ty.shape)
-                    kp = cblocks * h * w_ * cbk
-                    t = bb.emit(relax.op.reshape(a, (batch, kp // ob, 1, 1, ob)))
-                    t = bb.emit_te(_to_stored, t, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
-                    o = q.w_q.shape[0]
-                    op = _ceil(o, ob)
-                    wk = blocked_dense_weight(q.w_q, ch, h, w_, cbk)
-                    acc = bb.emit_te(conv_block, t, _const(pack_kernel(wk, ob, scheme)), 1, (0, 0), offset,
-                                     scheme.k_block, primfunc_name_hint="conv2d_nchwc_int8")
-                    bshape = (1, op // ob, 1, 1, ob)
-                    acc = bb.emit(relax.op.add(acc, _const(_pad_vec(offset_bias(q.b_q, q.w_q, offset), op, np.int32)
-                                                           .reshape(bshape))))
-                    if q.final:
+                    elif q.final:
                         flat = bb.emit(relax.op.reshape(acc, (batch, op)))
                         if op != o:
                             flat = bb.emit(relax.op.strided_slice(flat, axes=[1], begin=[0], end=[o]))
                         env[n.name] = (flat, "flat", o)
-                        continue
-                    res = env[n.residual][0] if n.residual else None
-                    env[n.name] = (_requant(bb, acc, q, bshape, op, res), "nchwc", o)
+                    else:
+                        res = env[n.residual][0] if n.residual else None
+                        env[n.name] = (_requant(bb, acc, q, bshape, op, res), "nchwc", o)
                     continue
                 # dense on a flat (true-layout) input, e.g. after a global pool: small, a plain matmul
                 assert layout == "flat", "dense layers take a flattened input"
@@ -406,8 +400,6 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-schedule_vnni = schedule_blocked  # the name tests and notes used before there were other schemes
-
 
 def ensure_intrinsic(scheme: Scheme) -> None:
     """Register ``scheme.intrin`` (TVM's own, re-registered VNNI fix, or ours)."""
@@ -441,18 +433,20 @@ def blocked_schedule_pass(scheme: Scheme) -> tvm.transform.Pass:
     return _pass
 
 
-def vnni_schedule_pass() -> tvm.transform.Pass:
-    return blocked_schedule_pass(VNNI)
+
+def schedule_passes(scheme: Scheme | None, database_dir: str | None) -> list[tvm.transform.Pass]:
+    """Tuning database and hand schedule, in the order that lets the better one win: VNNI records
+    first (MetaSchedule tensorizes with the same intrinsic), otherwise the hand schedule first, so a
+    plain-loop record never replaces a tensorized convolution."""
+    db = [relax.transform.MetaScheduleApplyDatabase(database_dir)] if database_dir is not None else []
+    hand = [blocked_schedule_pass(scheme)] if scheme is not None else []
+    return db + hand if scheme is None or scheme.metaschedule_tensorizes else hand + db
 
 
 def fast_pipeline(tvm_target: tvm.target.Target, database_dir: str | None = None,
                   scheme: Scheme | None = None) -> tvm.transform.Pass:
-    """The CPU default pipeline with (optional) tuning database + the blocked hand schedule.
-
-    VNNI: database first (MetaSchedule tensorizes with the same intrinsic), hand schedule for what
-    it lacks. Other schemes: hand schedule first, so tuning records never replace a tensorized conv
-    with a plain-loop one.
-    """
+    """The CPU default pipeline with (optional) tuning database + the blocked hand schedule
+    (:func:`schedule_passes`) after legalization and fusion."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     scheme = scheme if scheme is not None else auto_scheme(tvm_target)
@@ -461,9 +455,7 @@ def fast_pipeline(tvm_target: tvm.target.Target, database_dir: str | None = None
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         passes = ([relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
                   + cpu_generic.library_dispatch_passes(tvm_target) + cpu_generic.legalize_passes(tvm_target))
-        db = [relax.transform.MetaScheduleApplyDatabase(database_dir)] if database_dir is not None else []
-        hand = [blocked_schedule_pass(scheme)] if scheme is not None else []
-        passes += db + hand if scheme is None or scheme.metaschedule_tensorizes else hand + db
+        passes += schedule_passes(scheme, database_dir)
         passes += cpu_generic.dataflow_lower_passes(tvm_target) + cpu_generic.finalize_passes(tvm_target)
         with tvm_target:
             return tvm.transform.Sequential(passes)(mod)

@@ -247,11 +247,18 @@ def _tune_tasks(tasks: list, target, key: str, trials: int, per_task: int, work_
 
 
 # ------------------------------------------------------------------------------- apply / build
-def _apply(fused: tvm.IRModule, tvm_target: tvm.target.Target, work_dir: Path) -> tvm.IRModule:
-    if not (work_dir / "database_workload.json").exists():
-        return fused
-    with tvm_target:
-        return relax.transform.MetaScheduleApplyDatabase(str(work_dir))(fused)
+def _existing_db(target, key: str) -> str | None:
+    """The database folder for (target, key) if it holds records, else None."""
+    work_dir = database_dir(database_name(target), key)
+    return str(work_dir) if (work_dir / "database_workload.json").exists() else None
+
+
+def _tune_first(mod: tvm.IRModule, target, key: str, trials: int, tune_enabled: bool, progress: bool, log,
+                fused: tvm.IRModule | None = None) -> None:
+    if tune_enabled and trials > 0:
+        rep = tune(mod, target, key, trials, progress=progress, fused=fused, log=log)
+        if progress and rep.note:
+            log(f"tuning {target.name}/{key}: {rep.note}")
 
 
 def apply_database(mod: tvm.IRModule, target, key: str) -> tvm.IRModule:
@@ -259,7 +266,11 @@ def apply_database(mod: tvm.IRModule, target, key: str) -> tvm.IRModule:
     schedule (zero tuning cost). Kernels not in the database stay untuned."""
     tvm_target = tvm_target_of(target)
     tvm_fixes.light_tensor_intrin(tvm_fixes.target_arch(tvm_target))
-    return _apply(fuse(mod, tvm_target), tvm_target, database_dir(database_name(target), key))
+    fused, db = fuse(mod, tvm_target), _existing_db(target, key)
+    if db is None:
+        return fused
+    with tvm_target:
+        return relax.transform.MetaScheduleApplyDatabase(db)(fused)
 
 
 def maybe_apply_tuning(mod: tvm.IRModule, target, key: str, trials: int = 0, tune_enabled: bool = True,
@@ -267,29 +278,19 @@ def maybe_apply_tuning(mod: tvm.IRModule, target, key: str, trials: int = 0, tun
     """Tune what is missing (if ``tune_enabled`` and ``trials`` > 0), then apply the database
     (not at all when ``tune_enabled`` is False).
 
-    Returns a module that ``tvm.compile(mod, target=...)`` takes as usual; VNNI conv kernels not in
-    the database (or, for schemes MetaSchedule cannot tensorize, all of them) get the fixed hand
-    schedule of :mod:`harness.fast_int8`.
+    Returns a module that ``tvm.compile(mod, target=...)`` takes as usual; the target's blocked int8
+    convolutions get the hand schedule of :mod:`harness.fast_int8` where the database does not win
+    (:func:`harness.fast_int8.schedule_passes`).
     """
-    from harness.fast_int8 import blocked_schedule_pass, scheme_for
+    from harness.fast_int8 import schedule_passes, scheme_for
 
     tvm_target = tvm_target_of(target)
     tvm_fixes.light_tensor_intrin(tvm_fixes.target_arch(tvm_target))
     fused = fuse(mod, tvm_target)
-    if tune_enabled and trials > 0:
-        rep = tune(mod, target, key, trials, progress=progress, fused=fused, log=log)
-        if progress and rep.note:
-            log(f"tuning {target.name}/{key}: {rep.note}")
-    scheme = scheme_for(target)
-    hand = blocked_schedule_pass(scheme) if scheme is not None else None
-    if hand is not None and not scheme.metaschedule_tensorizes:
-        with tvm_target:
-            fused = hand(fused)  # tensorized convs first: database records never replace them
-    out = _apply(fused, tvm_target, database_dir(database_name(target), key)) if tune_enabled else fused
-    if hand is not None and scheme.metaschedule_tensorizes:
-        with tvm_target:
-            out = hand(out)
-    return out
+    _tune_first(mod, target, key, trials, tune_enabled, progress, log, fused=fused)
+    db = _existing_db(target, key) if tune_enabled else None
+    with tvm_target:
+        return tvm.transform.Sequential(schedule_passes(scheme_for(target), db))(fused)
 
 
 def build(mod: tvm.IRModule, target, key: str | None, trials: int = 0, tune_enabled: bool = True,
@@ -304,13 +305,8 @@ def build(mod: tvm.IRModule, target, key: str | None, trials: int = 0, tune_enab
     scheme = scheme_for(target)
     if key is None or not tune_enabled:  # --no-tune: neither tune nor apply a database
         return compile_fast(mod, tvm_target, scheme=scheme)
-    if tune_enabled and trials > 0:
-        rep = tune(mod, target, key, trials, progress=progress, log=log)
-        if progress and rep.note:
-            log(f"tuning {target.name}/{key}: {rep.note}")
-    work_dir = database_dir(database_name(target), key)
-    has_db = (work_dir / "database_workload.json").exists()
-    return compile_fast(mod, tvm_target, str(work_dir) if has_db else None, scheme=scheme)
+    _tune_first(mod, target, key, trials, tune_enabled, progress, log)
+    return compile_fast(mod, tvm_target, _existing_db(target, key), scheme=scheme)
 
 
 def report_dict(r: TuneReport) -> dict:

@@ -28,7 +28,6 @@ import functools
 import os
 import platform
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -81,41 +80,19 @@ def export_cross(mod, cross_compiler: str) -> str:
 
 
 def create_session(rpc_config, *, direct: bool, threads: int, wait_s: float):
-    """``f_create_session`` of the runner: a direct server (no tracker) or a tracker key, bounded.
-
-    ``rpc.connect`` has no timeout once TCP is up (a server busy with another session just does not
-    answer) and ``tracker.request`` blocks forever without a free server, so both run in a daemon
-    thread joined for ``wait_s``.
-    """
-    from tvm import rpc
-
-    from harness.devices.rpc import _probe, _tracker_request
+    """``f_create_session`` of the runner: a direct server (no tracker) or a tracker key, both bounded
+    by ``wait_s`` (:mod:`harness.devices.rpc`); a busy or absent board raises
+    :class:`TuneDeviceUnavailable`."""
+    from harness.devices.base import DeviceError
+    from harness.devices.rpc import _tracker_request, connect_direct
 
     host, port, key = rpc_config.tracker_host, int(rpc_config.tracker_port), rpc_config.tracker_key
     timeout = rpc_config.session_timeout_sec
-    if direct:
-        _probe(host, port, wait_s, "RPC server")
-        box: dict[str, Any] = {}
-
-        def connect() -> None:
-            try:
-                box["sess"] = rpc.connect(host, port, session_timeout=timeout)
-            except Exception as e:  # noqa: BLE001 - re-raised below with the address
-                box["err"] = e
-
-        th = threading.Thread(target=connect, daemon=True)
-        th.start()
-        th.join(wait_s)
-        if "sess" not in box:
-            if "err" in box:
-                why = (str(box["err"]).strip().splitlines() or [type(box["err"]).__name__])[0]
-            else:
-                why = (f"no answer within {wait_s:.0f} s (a TVM RPC server serves one session at a time: is "
-                       "another client holding it?)")
-            raise TuneDeviceUnavailable(f"RPC server {host}:{port}: {why}")
-        sess = box["sess"]
-    else:
-        sess = _tracker_request(host, port, key, timeout, wait_s)
+    try:
+        sess = (connect_direct(host, port, timeout, wait_s) if direct
+                else _tracker_request(host, port, key, timeout, wait_s))
+    except DeviceError as e:
+        raise TuneDeviceUnavailable(str(e)) from e
     sess.get_function("runtime.config_threadpool")(1, threads)
     return sess
 

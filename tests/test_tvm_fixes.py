@@ -17,7 +17,7 @@ import tvm
 from tvm import relax, topi
 
 from harness import tvm_fixes
-from harness.fast_int8 import pack_kernel, schedule_vnni
+from harness.fast_int8 import pack_kernel, schedule_blocked
 
 ZNVER4 = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})
 
@@ -72,7 +72,7 @@ def _conv_func(intrin: str) -> tvm.IRModule:
                                           primfunc_name_hint="conv"))
         bb.emit_func_output(y)
     mod = bb.get()
-    mod["conv"] = schedule_vnni(mod["conv"], intrin)
+    mod["conv"] = schedule_blocked(mod["conv"], intrin)
     return mod
 
 

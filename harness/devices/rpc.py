@@ -26,23 +26,44 @@ def _probe(host: str, port: int, timeout_s: float, what: str) -> None:
                           "address right?") from e
 
 
+def _within(call, wait_s: float):
+    """``call()`` in a daemon thread joined for ``wait_s``: (result, None), (None, error) or
+    (None, None) when it did not answer in time. TVM's ``rpc.connect`` has no timeout once TCP is up
+    (a server busy with another session just does not answer) and ``tracker.request`` blocks
+    forever without a free server."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["ok"] = call()
+        except Exception as e:  # handed back to the caller, which names the address
+            box["err"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(wait_s)
+    return box.get("ok"), box.get("err")
+
+
+def connect_direct(host: str, port: int, session_timeout_s: float, wait_s: float):
+    """A session with a direct ``host:port`` server, every step bounded by ``wait_s``."""
+    _probe(host, port, wait_s, "RPC server")
+    remote, err = _within(lambda: rpc.connect(host, port, session_timeout=session_timeout_s), wait_s)
+    if remote is not None:
+        return remote
+    why = ((str(err).strip().splitlines() or [type(err).__name__])[0] if err is not None else
+           f"no answer within {wait_s:.0f} s (a TVM RPC server serves one session at a time: is another "
+           "client holding it?)")
+    raise DeviceError(f"RPC server {host}:{port}: {why}")
+
+
 def _tracker_request(host: str, port: int, key: str, session_timeout_s: float, wait_s: float):
     _probe(host, port, wait_s, "RPC tracker")
     tracker = rpc.connect_tracker(host, port)
-    result: dict[str, object] = {}
-
-    def ask() -> None:
-        try:
-            result["remote"] = tracker.request(key, priority=1, session_timeout=session_timeout_s)
-        except Exception as e:  # surfaced below with the key named
-            result["error"] = e
-
-    t = threading.Thread(target=ask, daemon=True)
-    t.start()
-    t.join(wait_s)
-    if "remote" in result:
-        return result["remote"]
-    detail = f": {result['error']}" if "error" in result else f" within {wait_s:.0f} s"
+    remote, err = _within(lambda: tracker.request(key, priority=1, session_timeout=session_timeout_s), wait_s)
+    if remote is not None:
+        return remote
+    detail = f": {err}" if err is not None else f" within {wait_s:.0f} s"
     try:
         summary = tracker.text_summary()
     except Exception:
@@ -63,8 +84,7 @@ class RPCSession:
             if tracker:
                 self.remote = _tracker_request(host, port, key, session_timeout_s, connect_timeout_s)
             else:
-                _probe(host, port, connect_timeout_s, "RPC server")
-                self.remote = rpc.connect(host, port, session_timeout=session_timeout_s)
+                self.remote = connect_direct(host, port, session_timeout_s, connect_timeout_s)
         except DeviceError:
             raise
         except Exception as e:
