@@ -22,10 +22,11 @@ help:
 	@echo "make emu-device  build/cache the emulated Raspberry Pi (arm64 rootfs + TVM runtime)"
 	@echo "make perf        peers timed side by side (benchmarks/)"
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 

@@ -257,6 +257,7 @@ def run_bench_step(target, args, out: Path, budget_left: float) -> str:
     from harness.measure import LatencyProtocol
     from harness.report import summary_table
     from laaq.attacks import PGDConfig
+    from laaq.robustness import EvalConfig, get_preset
     from laaq.train import TrainConfig
 
     if budget_left < 90:
@@ -270,7 +271,7 @@ def run_bench_step(target, args, out: Path, budget_left: float) -> str:
         target=target.name, dataset="digits",
         train=TrainConfig(arch="tinycnn", epochs=3, batch_size=64, lr=5e-3, adversarial=True,
                           pgd=PGDConfig(eps=eps, step_size=0.03, steps=3)),
-        attack=PGDConfig(eps=eps, step_size=eps / 4, steps=10, restarts=1),
+        evaluation=EvalConfig(get_preset("quick"), eps),
         variants=("fp32", "fp16", "int8", "int4"), eval_samples=360, batch_large=args.batch_large,
         latency=LatencyProtocol(args.warmup, args.number, args.repeat), results_dir=str(out / "bench"))
     import pandas as pd

@@ -12,12 +12,9 @@ import statistics
 import time
 from dataclasses import replace
 
-import numpy as np
-import torch
-
 from laaq.data import load_dataset
 from laaq.experiment import ExperimentConfig
-from laaq.search import Budget, SearchConfig, make_calibration, search_plan
+from laaq.search import Budget, SearchConfig, search_plan
 from laaq.train import TrainConfig, train_or_load
 
 
@@ -33,23 +30,24 @@ def main() -> None:
                        seed=0)
     model, _, _ = train_or_load(data, tcfg)
     graph = model.to_graph()
-    idx = torch.as_tensor(np.random.default_rng(0).choice(len(data.x_train), cfg.n_calib, replace=False))
-    x, y = data.x_train[idx], data.y_train[idx]
     budget = Budget(avg_bits=cfg.budget_bits)
     scfg = replace(SearchConfig(), refine=not args.no_refine)
-    calib = make_calibration(graph, x, y, cfg.calib_pgd, model)
+    def make_calib():
+        return cfg.calibration.make(graph, data.x_train, data.y_train, cfg.evaluation.eps, 0, model)
+
+    calib = make_calib()
     search_plan("laaq", graph, calib, budget, replace(scfg, refine=False))  # warm-up (imports, allocator)
     times: dict[str, list[float]] = {"laaq": [], "hessian": []}
     for r in range(args.repeats):
         t0 = time.perf_counter()
-        c = make_calibration(graph, x, y, cfg.calib_pgd, model)
+        c = make_calib()
         search_plan("laaq", graph, c, budget, replace(scfg, seed=r))
         times["laaq"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         search_plan("hessian", graph, calib, budget, replace(scfg, seed=r))
         times["hessian"].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"model {cfg.dataset}/{cfg.arch} (PGD-AT), {len(x)} calibration images, budget {budget.describe()}")
+    print(f"model {cfg.dataset}/{cfg.arch} (PGD-AT), {len(calib.x)} calibration images, budget {budget.describe()}")
     for k, v in times.items():
         print(f"  {k:8s} median {med[k]:7.2f} s  runs {[round(t, 2) for t in v]}")
     print(f"LAAQ / Hessian time ratio: {med['laaq'] / med['hessian']:.3f} (target <= 0.2)")

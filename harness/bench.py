@@ -34,12 +34,13 @@ from harness.results import RunStore
 from harness.sensors import measured_energy_uj
 from harness.targets import Target, load_target
 from harness.tune import default_key
-from laaq.attacks import PGDConfig, pgd, square_attack
 from laaq.data import Split, load_dataset
 from laaq.quant.integer import logits_from_int, run_integer
 from laaq.quant.plan import QuantPlan
 from laaq.quant.quantizers import QuantizedGraph, calibrate, quantize_graph, quantize_input
 from laaq.quant.twin import Twin
+from laaq.robustness import EvalConfig, RobustResult, evaluate
+from laaq.search import Calibration, CalibrationRecipe
 from laaq.train import TrainConfig, train_or_load
 
 # Every column of metrics.csv, in order; README.md documents each one.
@@ -47,9 +48,9 @@ COLUMNS = [
     "target", "measured_as", "device", "variant", "kind", "plan", "avg_weight_bits", "act_bits",
     "batch_small", "lat_small_median_ms", "lat_small_p90_ms", "lat_small_mean_ms", "lat_small_std_ms",
     "thr_small_ips", "batch_large", "lat_large_median_ms", "lat_large_p90_ms", "lat_large_mean_ms",
-    "lat_large_std_ms", "thr_large_ips", "clean_acc", "pgd_acc", "square_acc",
-    "gradient_masking", "agreement", "bitexact", "max_abs_diff",
-    "n_eval", "attack", "macs", "bops", "weight_bytes", "artefact_bytes", "energy_proxy_uj",
+    "lat_large_std_ms", "thr_large_ips", "clean_acc", "clean_ci_lo", "clean_ci_hi", "robust_acc", "robust_ci_lo",
+    "robust_ci_hi", "attack_preset", "per_attack", "gradient_masking", "sanity", "eps_curve", "agreement",
+    "bitexact", "max_abs_diff", "n_eval", "attack", "macs", "bops", "weight_bytes", "artefact_bytes", "energy_proxy_uj",
     "energy_measured_uj", "threads", "warmup", "number", "repeat", "compile_s", "timestamp",
 ]
 LAYER_COLUMNS = ["target", "variant", "layer", "kind", "shape", "macs", "weight_bits", "clip", "scale_min",
@@ -66,18 +67,15 @@ class BenchConfig:
     dataset: str = "mnist5k"
     data_dir: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
-    attack: PGDConfig = field(default_factory=lambda: PGDConfig(eps=0.3, step_size=0.025, steps=20, restarts=1))
+    # robust accuracy: the per-image worst case of an attack ensemble (laaq.robustness), default `standard`
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     variants: tuple[str, ...] = ("fp32", "int8", "laaq")
     plan_files: tuple[str, ...] = ()
     laaq_avg_bits: float = 4.0
     batch_large: int = 64
     eval_samples: int = 1000
-    calib_samples: int = 256
+    calibration: CalibrationRecipe = field(default_factory=CalibrationRecipe)
     latency: LatencyProtocol = field(default_factory=LatencyProtocol)
-    # gradient-free Square attack run against the compiled artefact itself on the first samples:
-    # if it finds markedly lower accuracy than PGD on the twin, PGD was fooled (gradient masking)
-    square_samples: int = 100
-    square_queries: int = 200
     seed: int = 0
     results_dir: str = "results"
     run_id: str = ""
@@ -141,13 +139,15 @@ class Variant:
     qg: QuantizedGraph | None = None
 
 
-def laaq_plan(model: torch.nn.Module, graph, data: Split, cfg: BenchConfig) -> QuantPlan:
-    """The LAAQ plan at the run's average-bit budget, on adversarial calibration data (laaq.search)."""
-    from laaq.search import Budget, SearchConfig, make_calibration, search_plan
+def calibration(cfg: BenchConfig, model: torch.nn.Module, graph, data: Split) -> Calibration:
+    """The run's calibration set (one recipe for bench, search, compile and experiment)."""
+    return cfg.calibration.make(graph, data.x_train, data.y_train, cfg.evaluation.eps, cfg.seed, model=model)
 
-    n = cfg.calib_samples
-    calib_attack = replace(cfg.attack, steps=10, step_size=2.5 * cfg.attack.eps / 10, restarts=1)
-    calib = make_calibration(graph, data.x_train[:n], data.y_train[:n], calib_attack, model=model)
+
+def laaq_plan(graph, calib: Calibration, cfg: BenchConfig) -> QuantPlan:
+    """The LAAQ plan at the run's average-bit budget, on the run's adversarial calibration data (laaq.search)."""
+    from laaq.search import Budget, SearchConfig, search_plan
+
     # refinement optimises the adversarial loss: meaningless (and harmful) for a plainly trained model
     scfg = SearchConfig(seed=cfg.seed, refine=cfg.train.adversarial)
     return search_plan("laaq", graph, calib, Budget(avg_bits=cfg.laaq_avg_bits), scfg)
@@ -166,8 +166,8 @@ def variant_bits(v: Variant, graph) -> dict[str, int]:
 def build_variants(cfg: BenchConfig, model: torch.nn.Module, data: Split, progress: bool) -> list[Variant]:
     graph = model.to_graph()
     names = [n.name for n in graph.weighted()]
-    calib_x = data.x_train[: cfg.calib_samples]
-    scales = calibrate(graph, calib_x)
+    calib = calibration(cfg, model, graph, data)
+    scales = calibrate(graph, calib.all_x)  # clean + adversarial inputs, the same for every plan
     out: list[Variant] = []
     plans: list[tuple[str, QuantPlan]] = []
     for v in cfg.variants:
@@ -177,7 +177,7 @@ def build_variants(cfg: BenchConfig, model: torch.nn.Module, data: Split, progre
             bits = int(v[3:])
             plans.append((v, QuantPlan.uniform(names, bits, name=f"uniform-w{bits}")))
         elif v == "laaq":
-            plans.append(("laaq", laaq_plan(model, graph, data, cfg)))
+            plans.append(("laaq", laaq_plan(graph, calib, cfg)))
         else:
             raise ValueError(f"unknown variant {v!r}; built-in variants are {BUILTIN_VARIANTS} "
                              "(add plans with --plan FILE)")
@@ -185,8 +185,31 @@ def build_variants(cfg: BenchConfig, model: torch.nn.Module, data: Split, progre
         plan = QuantPlan.from_file(p)
         plans.append((f"plan:{plan.name}", plan))
     for name, plan in plans:
-        out.append(Variant(name, "int", plan, quantize_graph(graph, plan, calib_x, act_scales=scales)))
+        out.append(Variant(name, "int", plan, quantize_graph(graph, plan, calib.all_x, act_scales=scales)))
     return out
+
+
+def robust_columns(rob: RobustResult) -> dict[str, Any]:
+    """The accuracy columns of a row: figures with Wilson 95 % intervals, members, checks, ε-curve."""
+    (c_lo, c_hi), (r_lo, r_hi) = rob.interval("clean"), rob.interval("robust")
+    return {"clean_acc": round(rob.clean_acc, 4), "clean_ci_lo": round(c_lo, 4), "clean_ci_hi": round(c_hi, 4),
+            "robust_acc": round(rob.robust_acc, 4), "robust_ci_lo": round(r_lo, 4), "robust_ci_hi": round(r_hi, 4),
+            "attack_preset": rob.config.preset.name, "per_attack": rob.members_str(),
+            "gradient_masking": rob.gradient_masking, "sanity": rob.checks_str(), "eps_curve": rob.curve_str()}
+
+
+def write_per_image(folder: Path, tag: str, labels: np.ndarray, rob: RobustResult) -> Path:
+    """Per-image outcomes (1 = correct) so that any two variants can be compared later (McNemar)."""
+    from harness.results import atomic_write_text
+
+    cols = {"index": np.arange(rob.n), "label": labels, "clean": rob.clean.astype(int)}
+    cols.update({k: v.astype(int) for k, v in rob.cumulative.items()})
+    cols["robust"] = rob.robust.astype(int)
+    import pandas as pd
+
+    path = folder / "per_image" / f"{tag}.csv"
+    atomic_write_text(path, pd.DataFrame(cols).to_csv(index=False))
+    return path
 
 
 def _layer_rows(target: str, v: Variant, model: torch.nn.Module, overrides: dict[str, float]) -> list[dict]:
@@ -245,14 +268,23 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
     else:
         host_model = Twin(v.qg)
         to_device = lambda t: quantize_input(t).numpy()  # noqa: E731
-    gen = torch.Generator().manual_seed(cfg.attack.seed)
-    x_adv = torch.cat([pgd(host_model, x[i : i + 500], y[i : i + 500], cfg.attack, generator=gen)
-                       for i in range(0, n, 500)])
 
-    stats: dict[str, Any] = {}
+    def predict(t: torch.Tensor) -> torch.Tensor:  # the artefact: logits from its own outputs
+        out = outputs(loaded[large], to_device(t), large)
+        return torch.as_tensor(out if v.kind == "float" else logits_from_int(v.qg, out), dtype=torch.float32)
+
+    tag = f"{target.name}-{v.name.replace(':', '_')}"
+    t_att = time.perf_counter()
+    rob = evaluate(host_model, x, y, cfg.evaluation, deployed=predict,
+                   transfer_source=model if v.kind == "int" else None,
+                   state_path=folder / "attack_state" / f"{tag}.npz", state_tag=tag,
+                   log=(lambda m: print(f"[{tag}] {m}", flush=True)) if progress else None)
+    attack_s = time.perf_counter() - t_att
+    write_per_image(folder, tag, y.numpy(), rob)
+
     agree = bitexact = 0
     max_diff = 0.0
-    for tag, inp in (("clean", x), ("pgd", x_adv)):
+    for inp in (x, rob.x_worst):  # the artefact against the host reference on clean and worst-case inputs
         dev_out = outputs(loaded[large], to_device(inp), large)
         if v.kind == "float":
             with torch.no_grad():
@@ -267,41 +299,24 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
             logits = logits_from_int(v.qg, dev_out)
             ref = logits_from_int(v.qg, ref_int)
         agree += int((logits.argmax(1) == ref.argmax(1)).sum())
-        stats[f"{tag}_acc"] = float((logits.argmax(1) == y.numpy()).mean())
-
-    sq_acc, masking = "", ""
-    if cfg.square_samples > 0:
-        m = min(cfg.square_samples, n)
-
-        def predict(t: torch.Tensor) -> torch.Tensor:  # the artefact as a black box, logits out
-            out = outputs(loaded[large], to_device(t), large)
-            return torch.as_tensor(out if v.kind == "float" else logits_from_int(v.qg, out), dtype=torch.float32)
-
-        x_sq = square_attack(predict, x[:m], y[:m], cfg.attack.eps, queries=cfg.square_queries, seed=cfg.attack.seed)
-        sq = float((predict(x_sq).argmax(1) == y[:m]).float().mean())
-        with torch.no_grad():
-            pgd_sub = float((torch.as_tensor(predict(x_adv[:m])).argmax(1) == y[:m]).float().mean())
-        sq_acc = round(sq, 4)
-        masking = "suspected" if sq < pgd_sub - 0.05 else "no"
 
     lat = {b: latency(loaded[b], to_device(x[:b] if b <= n else x[:1].repeat(b, 1, 1, 1)), cfg.latency)
            for b in (small, large)}
     graph = v.qg.graph if v.qg else model.to_graph()
     bits = variant_bits(v, graph)
     totals = energy.model_totals(energy.layer_costs(graph, bits, 8, target.energy))
-    a = cfg.attack
     row = {
         "target": target.name, "measured_as": session.measured_as, "device": session.where, "variant": v.name,
         "kind": v.kind, "plan": v.plan.name if v.plan else ("float16" if v.name == "fp16" else "float32"),
         "avg_weight_bits": round(v.plan.avg_bits({nd.name: nd.weight.size for nd in graph.weighted()}), 3)
         if v.plan else (16 if v.name == "fp16" else 32), "act_bits": 8 if v.plan else (16 if v.name == "fp16" else 32),
         "batch_small": small, "batch_large": large, "n_eval": n,
-        "clean_acc": round(stats["clean_acc"], 4), "pgd_acc": round(stats["pgd_acc"], 4),
-        "square_acc": sq_acc, "gradient_masking": masking,
+        **robust_columns(rob),
         "agreement": round(agree / (2 * n), 4), "bitexact": round(bitexact / (2 * n), 4) if v.kind == "int" else "",
         "max_abs_diff": f"{max_diff:.3g}",
-        "attack": f"PGD-Linf eps={a.eps:g} step={a.step_size:g} steps={a.steps} restarts={a.restarts} "
-                  f"on {'float model' if v.kind == 'float' else 'bit-exact twin'}",
+        "attack": f"{cfg.evaluation.describe()}; white-box on the "
+                  f"{'float model' if v.kind == 'float' else 'bit-exact twin'}"
+                  f", every example judged on the artefact's outputs ({attack_s:.0f} s)",
         "macs": totals["macs"], "bops": totals["bops"], "weight_bytes": totals["weight_bytes"],
         "artefact_bytes": arts[small].size_bytes, "energy_proxy_uj": round(totals["energy_proxy_uj"], 4),
         "energy_measured_uj": measured_energy_uj(session, loaded[large], to_device(x[:large] if large <= n else
@@ -359,6 +374,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     run_info = {"config": asdict(cfg), "target": asdict(target), "environment": environment(),
                 "checkpoint": str(ckpt), "latency_protocol": cfg.latency.describe(), "started": started,
+                "attack_preset": cfg.evaluation.preset.name, "attack": cfg.evaluation.describe(),
                 "energy_source": energy.SOURCE}
     store.write_json("run.json", run_info)
     todo = [v for v in cfg.variants] + [f"plan:{QuantPlan.from_file(p).name}" for p in cfg.plan_files]
@@ -384,11 +400,14 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
                 log(f"[{target.name}] {v.name}: compile, run, attack, time ...")
                 row, layer_rows = measure_variant(cfg, target, session, v, model, data, folder, progress)
                 store.add(row, layer_rows)
+                # the row is safe: its resumable attack state is no longer needed
+                (folder / "attack_state" / f"{target.name}-{v.name.replace(':', '_')}.npz").unlink(missing_ok=True)
                 if is_not_run(row):
                     log(f"[{target.name}] {v.name}: {row['measured_as'].upper()} — compiled, exported and verified "
                         f"only, nothing measured ({time.perf_counter() - t1:.0f} s)")
                     continue
-                log(f"[{target.name}] {v.name}: clean {row['clean_acc']:.3f} pgd {row['pgd_acc']:.3f} "
+                log(f"[{target.name}] {v.name}: clean {row['clean_acc']:.3f} robust {row['robust_acc']:.3f} "
+                    f"[{row['robust_ci_lo']:.3f}, {row['robust_ci_hi']:.3f}] ({row['attack_preset']}) "
                     f"b1 {row['lat_small_median_ms']:.3f} ms ({time.perf_counter() - t1:.0f} s)")
     not_run = sorted({str(r["measured_as"]) for r in store.rows if is_not_run(r)})
     if not_run:

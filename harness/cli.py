@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from laaq.attacks import PGDConfig
+from laaq.attacks import PGDConfig, pgd_step
 from laaq.train import TrainConfig
 
 DEFAULT_EPS = {"mnist5k": 0.3, "digits": 0.3, "cifar10": 8 / 255}
@@ -25,9 +25,10 @@ def _errors():
     from harness.results import ResultsError
     from harness.targets import TargetError
     from laaq.data import DataError
+    from laaq.robustness import AttackError
     from laaq.train import CheckpointError
 
-    return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, ValueError,
+    return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, AttackError, ValueError,
             FileNotFoundError, OverflowError)
 
 
@@ -65,8 +66,34 @@ def _train_config(dataset: str, arch: str | None, epochs: int, lr: float, plain:
     arch = arch or ("resnet20" if dataset == "cifar10" else "smallcnn")
     # Madry-style training attack, kept short for 2-core machines: 7 steps of 2.5·eps/7 from a random start
     # (explicit, no library defaults)
-    train_pgd = PGDConfig(eps=eps, step_size=2.5 * eps / 7, steps=7, restarts=1, random_start=True, seed=seed)
+    train_pgd = PGDConfig(eps=eps, step_size=pgd_step(eps, 7), steps=7, restarts=1, random_start=True, seed=seed)
     return TrainConfig(arch=arch, epochs=epochs, lr=lr, adversarial=not plain, pgd=train_pgd, seed=seed), eps
+
+
+def _attack_options(f):
+    from laaq.robustness import PRESETS
+
+    opts = [
+        click.option("--attack", default="standard", show_default=True, type=click.Choice(list(PRESETS)),
+                     help="Robust-accuracy preset. quick: PGD-20 + a short Square (smoke tests); standard: per-image "
+                          "worst case of PGD-20, APGD-CE, APGD-T (top-9 targets) and a 2,000-query Square run "
+                          "black-box on the artefact, with sanity checks; thorough: + restarts, FAB-T, 5,000-query "
+                          "Square (final tables)."),
+        click.option("--square-queries", type=int, default=None,
+                     help="Override the preset's Square query budget (>= 1)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _eval_config(attack: str, square_queries: int | None, eps: float, seed: int):
+    from laaq.robustness import EvalConfig, get_preset
+
+    preset = get_preset(attack)
+    if square_queries is not None:
+        preset = preset.with_square_queries(square_queries)
+    return EvalConfig(preset, eps, seed)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -125,21 +152,25 @@ def quantize(dataset, data_dir, arch, epochs, lr, plain, eps, seed, bits, clip, 
 def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_file, batch, out) -> None:  # noqa: A001
     """Compile a model (fp32, or the integer graph of a plan) for a target and export the library."""
     from harness.compile import compile_module
-    from harness.lower import lower_float, lower_integer
+    from harness.fast_int8 import lower_integer_for
+    from harness.lower import lower_float
     from harness.targets import load_target
     from laaq.data import load_dataset
     from laaq.quant.plan import QuantPlan
     from laaq.quant.quantizers import quantize_graph
+    from laaq.search import CalibrationRecipe
     from laaq.train import train_or_load
 
     tgt = _run(load_target, target)
-    cfg, _ = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
+    cfg, eps = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
     data = _run(load_dataset, dataset, seed, data_dir)
     model, _, _ = _run(train_or_load, data, cfg)
     if plan_file:
         plan = _run(QuantPlan.from_file, plan_file)
-        qg = _run(quantize_graph, model.to_graph(), plan, data.x_train[:256])
-        mod, variant = lower_integer(qg, batch), plan.name
+        graph = model.to_graph()
+        calib = CalibrationRecipe().make(graph, data.x_train, data.y_train, eps, seed, model=model)  # as bench does
+        qg = _run(quantize_graph, graph, plan, calib.all_x)
+        mod, variant = lower_integer_for(qg, batch, tgt), plan.name
     else:
         mod, variant = lower_float(model, data.input_shape, batch), "fp32"
     art = _run(compile_module, mod, tgt, Path(out), variant, batch)
@@ -155,8 +186,7 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 @click.option("--plan", "plan_files", multiple=True, type=click.Path(exists=True),
               help="Extra quantization plan JSON to measure (repeatable).")
 @click.option("--avg-bits", default=4.0, show_default=True, help="LAAQ budget: average weight bits.")
-@click.option("--pgd-steps", default=20, show_default=True, help="Evaluation PGD steps.")
-@click.option("--pgd-restarts", default=1, show_default=True, help="Evaluation PGD random restarts.")
+@_attack_options
 @click.option("--eval-samples", default=1000, show_default=True, help="Test samples (0 = all).")
 @click.option("--batch-large", default=64, show_default=True, help="Larger batch for throughput and eval.")
 @click.option("--repeat", default=20, show_default=True, help="time_evaluator repeats.")
@@ -173,8 +203,8 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 @click.option("--trials", default=0, show_default=True,
               help="Tuning trials to spend first on kernels the database lacks (0: only reuse).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variants, plan_files, avg_bits, pgd_steps,
-          pgd_restarts, eval_samples, batch_large, repeat, number, warmup, results_dir, run_id, rpc, rpc_tracker,
+def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variants, plan_files, avg_bits, attack,
+          square_queries, eval_samples, batch_large, repeat, number, warmup, results_dir, run_id, rpc, rpc_tracker,
           rpc_key, tune, trials, quiet) -> None:
     """Train/load, quantize, compile for TARGET, run on its device, and measure every variant.
 
@@ -187,9 +217,8 @@ def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variant
 
     _run(load_target, target)  # unknown target: fail before training anything
     tcfg, eps = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
-    attack = PGDConfig(eps=eps, step_size=2.5 * eps / max(pgd_steps, 1), steps=pgd_steps, restarts=pgd_restarts,
-                       random_start=True, seed=seed)
-    cfg = BenchConfig(target=target, dataset=dataset, data_dir=data_dir, train=tcfg, attack=attack,
+    evaluation = _run(_eval_config, attack, square_queries, eps, seed)
+    cfg = BenchConfig(target=target, dataset=dataset, data_dir=data_dir, train=tcfg, evaluation=evaluation,
                       variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
                       plan_files=tuple(plan_files), laaq_avg_bits=avg_bits, batch_large=batch_large,
                       eval_samples=eval_samples, latency=LatencyProtocol(warmup, number, repeat), seed=seed,
@@ -219,6 +248,24 @@ def report(results_dir) -> None:
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("variant_a")
+@click.argument("variant_b")
+@click.option("--target", default=None, help="Target of the two rows (needed only when the run holds several).")
+def compare(run_dir, variant_a, variant_b, target) -> None:
+    """Are two variants of one run distinguishable? McNemar's exact test on their per-image outcomes.
+
+    Uses RUN_DIR/per_image/*.csv, written by `bench` for every measured variant; prints the clean and
+    robust accuracies, the discordant counts and the p-value.
+    """
+    from harness.report import compare_variants
+
+    d = _run(compare_variants, Path(run_dir), variant_a, variant_b, target)
+    for r in d.itertuples():
+        click.echo(f"{r.on:6s} {variant_a} {r.acc_A:.4f} vs {variant_b} {r.acc_B:.4f} (n={r.n}): {r.verdict}")
+
+
+@main.command()
 @_train_options
 @click.option("--method", default="laaq", show_default=True,
               type=click.Choice(["laaq", "uniform", "mse", "sensitivity", "hessian", "random"]),
@@ -236,7 +283,7 @@ def search(dataset, data_dir, arch, epochs, lr, plain, eps, seed, method, avg_bi
     """Search a mixed-precision plan under a budget and write it as JSON (compile it with bench --plan)."""
     from harness.results import atomic_write_text
     from laaq.data import load_dataset
-    from laaq.search import Budget, SearchConfig, make_calibration, search_plan
+    from laaq.search import Budget, CalibrationRecipe, SearchConfig, search_plan
     from laaq.train import train_or_load
 
     cfg, eps = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
@@ -246,8 +293,7 @@ def search(dataset, data_dir, arch, epochs, lr, plain, eps, seed, method, avg_bi
     if avg_bits is None and model_bytes is None and bops is None:
         avg_bits = 4.0
     budget = Budget(avg_bits=avg_bits, model_bytes=model_bytes, bops=bops)
-    attack = PGDConfig(eps=eps, step_size=2.5 * eps / 10, steps=10, restarts=1, seed=seed)
-    calib = make_calibration(graph, data.x_train[:calib_samples], data.y_train[:calib_samples], attack, model=model)
+    calib = _run(CalibrationRecipe(samples=calib_samples).make, graph, data.x_train, data.y_train, eps, seed, model)
     scfg = SearchConfig(seed=seed, refine=(not plain) if refine is None else refine)
     plan = _run(search_plan, method, graph, calib, budget, scfg)
     atomic_write_text(Path(out), plan.to_json())
@@ -259,18 +305,27 @@ def search(dataset, data_dir, arch, epochs, lr, plain, eps, seed, method, avg_bi
 @main.command()
 @click.option("--data-dir", type=click.Path(), default=None,
               help="CIFAR-10 directory: run the ResNet-20 / eps=8/255 experiment instead of MNIST-5k.")
-@click.option("--seeds", default="0,1,2", show_default=True, help="Comma list of seeds (>= 3 for claims).")
+@click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Comma list of seeds (>= 5 for claims).")
 @click.option("--avg-bits", default=4.0, show_default=True, help="Budget: average weight bits.")
-@click.option("--quick", is_flag=True, help="Seconds-long smoke version (sklearn digits, tiny CNN, 1 seed).")
+@click.option("--attack", default="standard", show_default=True, type=click.Choice(["quick", "standard", "thorough"]),
+              help="Robust-accuracy preset (see `bench --help`); the sanity checks run in `bench`, not here.")
+@click.option("--n-eval", type=int, default=None, help="Test images (default 500 MNIST, 1000 CIFAR-10, 100 quick).")
+@click.option("--quick", is_flag=True,
+              help="Seconds-long smoke version (sklearn digits, tiny CNN, 2 seeds, quick attack).")
+@click.option("--combine", "combine_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Instead of running: merge earlier --out folders of disjoint seeds (e.g. run in parallel) "
+                   "into --out.")
 @click.option("--out", "out", default="results/experiment", show_default=True, type=click.Path())
-def experiment(data_dir, seeds, avg_bits, quick, out) -> None:
-    """Plain vs PGD-AT model x {fp32, uniform-8/4, MSE, Hessian, sensitivity, LAAQ, random} x {clean, PGD}.
+def experiment(data_dir, seeds, avg_bits, attack, n_eval, quick, combine_dirs, out) -> None:
+    """Plain vs PGD-AT model x {fp32, uniform-8/4, MSE, Hessian, sensitivity, LAAQ, random} x {clean, robust}.
 
     Answers F1 (does the AT model lose more under uniform low-bit quantization?) and F2 (does LAAQ beat
-    every baseline on PGD accuracy at equal budget?) in a CSV, a markdown table and a plot. Evaluated
-    on the bit-exact twin of each quantized model (the same integers the compiled artefact computes).
+    every baseline on robust accuracy at equal budget?) with 95 % intervals on every difference (paired
+    bootstrap over seeds x images), in CSVs, a markdown table and a plot. Evaluated on the bit-exact twin
+    of each quantized model (the same integers the compiled artefact computes) with the attack ensemble.
     """
-    from laaq.experiment import ExperimentConfig, run_experiment
+    from laaq.experiment import ExperimentConfig, combine, run_experiment
+    from laaq.robustness import get_preset
 
     if quick:
         cfg = ExperimentConfig.quick()
@@ -278,9 +333,14 @@ def experiment(data_dir, seeds, avg_bits, quick, out) -> None:
         cfg = ExperimentConfig.cifar(data_dir)
     else:
         cfg = ExperimentConfig()
-    cfg = replace(cfg, budget_bits=avg_bits,
-                  seeds=cfg.seeds if quick else tuple(int(s) for s in seeds.split(",") if s.strip()))
-    _, summary = _run(run_experiment, cfg, out)
+    if not quick:
+        cfg = replace(cfg, seeds=tuple(int(s) for s in seeds.split(",") if s.strip()),
+                      evaluation=replace(cfg.evaluation, preset=_run(get_preset, attack)))
+    cfg = replace(cfg, budget_bits=avg_bits, n_eval=n_eval or cfg.n_eval)
+    if combine_dirs:
+        _, summary = _run(combine, list(combine_dirs), cfg, out)
+    else:
+        _, summary = _run(run_experiment, cfg, out)
     click.echo(summary)
     click.echo(f"\nresults: {out}")
 

@@ -69,8 +69,8 @@ def plottable(df: pd.DataFrame) -> pd.DataFrame:
         if c not in out.columns:
             out[c] = ""
     out = out[out["measured_as"].map(measured_kind) != "not run"].copy()
-    for c in ("lat_small_median_ms", "lat_small_p90_ms", "thr_large_ips", "clean_acc", "pgd_acc",
-              "energy_proxy_uj", "energy_measured_uj", "avg_weight_bits"):
+    for c in ("lat_small_median_ms", "lat_small_p90_ms", "thr_large_ips", "clean_acc", "robust_acc", "robust_ci_lo",
+              "robust_ci_hi", "energy_proxy_uj", "energy_measured_uj", "avg_weight_bits"):
         out[c] = pd.to_numeric(out[c], errors="coerce") if c in out.columns else np.nan
     return out
 
@@ -114,10 +114,71 @@ def _log_if_wide(ax, values: np.ndarray) -> None:
         ax.set_xscale("log")
 
 
-def latency_vs_pgd(df: pd.DataFrame, context: str, name: str = "latency_vs_pgd") -> Plot | None:
-    """Batch-1 latency against PGD accuracy, one panel per measurement kind, Pareto front per target."""
+def _interval_bars(ax, xs: np.ndarray, g: pd.DataFrame, colour: str) -> None:
+    """Vertical Wilson 95 % interval of each point's robust accuracy, where the row has one."""
+    if "robust_ci_lo" not in g.columns:
+        return
+    lo, hi, acc = (g[c].to_numpy(float) for c in ("robust_ci_lo", "robust_ci_hi", "robust_acc"))
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if ok.any():
+        ax.errorbar(xs[ok], acc[ok], yerr=[acc[ok] - lo[ok], hi[ok] - acc[ok]], fmt="none", ecolor=colour,
+                    alpha=0.6, capsize=3, zorder=2)
+
+
+def parse_curve(text: str) -> list[tuple[float, float]]:
+    """``eps_curve`` cell ("0.075:0.885 0.15:0.790 ...") as (eps, accuracy) pairs; blank or bad -> []."""
+    out = []
+    for part in str(text).split():
+        try:
+            e, a = part.split(":")
+            out.append((float(e), float(a)))
+        except ValueError:
+            return []
+    return out
+
+
+def eps_curves(df: pd.DataFrame, context: str, n_curve: int | None = None, name: str = "eps_curve") -> Plot | None:
+    """Robust accuracy against ε per variant (Carlini et al.'s first sanity check: it must fall to ~0)."""
+    from laaq.stats import wilson
+
     rows = plottable(df)
-    rows = rows[np.isfinite(rows["lat_small_median_ms"]) & np.isfinite(rows["pgd_acc"])]
+    if "eps_curve" not in rows.columns:
+        return None
+    rows = rows[rows["eps_curve"].map(lambda t: len(parse_curve(t)) > 1)]
+    if rows.empty:
+        return None
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    plotted = []
+    for i, (_, r) in enumerate(rows.iterrows()):
+        pts = parse_curve(r["eps_curve"])
+        e = np.array([p[0] for p in pts])
+        a = np.array([p[1] for p in pts])
+        colour = _COLOURS[i % len(_COLOURS)]
+        label = f"{r['variant']} ({r['target']})"
+        ax.plot(e, a, marker="o", color=colour, label=label)
+        if n_curve:
+            ci = np.array([wilson(round(v * n_curve), n_curve) for v in a])
+            ax.fill_between(e, ci[:, 0], ci[:, 1], color=colour, alpha=0.12)
+        plotted.append(("curve", str(r["target"]), str(r["device"]), str(r["variant"])))
+    ax.set_xlabel("L-inf radius eps")
+    ax.set_ylabel("robust accuracy on the artefact")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"Robust accuracy vs eps — {context}", fontsize=11)
+    caption = ("Sanity check (Carlini et al. 2019): the white-box members at the curve's step budget, every example "
+               "judged on the artefact; accuracy must not rise with eps and must reach ~0 at the largest radius "
+               "(at half the data range every image can be moved to one constant image)."
+               + (f" Bands: Wilson 95 % intervals over the {n_curve} curve images." if n_curve else ""))
+    return Plot(name, f"Robust accuracy vs eps — {context}", caption, _png(fig), tuple(plotted))
+
+
+def latency_vs_robust(df: pd.DataFrame, context: str, name: str = "latency_vs_robust") -> Plot | None:
+    """Batch-1 latency against robust accuracy (with its 95 % interval), one panel per measurement kind,
+    Pareto front per target."""
+    rows = plottable(df)
+    rows = rows[np.isfinite(rows["lat_small_median_ms"]) & np.isfinite(rows["robust_acc"])]
     if rows.empty:
         return None
     kinds = [k for k in ("native", "emulated") if (rows["measured_as"].map(measured_kind) == k).any()]
@@ -133,9 +194,10 @@ def latency_vs_pgd(df: pd.DataFrame, context: str, name: str = "latency_vs_pgd")
             if g.empty:
                 continue
             colour = _COLOURS[gi % len(_COLOURS)]
-            lat, acc = g["lat_small_median_ms"].to_numpy(float), g["pgd_acc"].to_numpy(float)
+            lat, acc = g["lat_small_median_ms"].to_numpy(float), g["robust_acc"].to_numpy(float)
             ax.scatter(lat, acc, color=colour, marker=_MARKERS.get(kind, "^"), s=46, zorder=3,
                        label=_group_label(t, d))
+            _interval_bars(ax, lat, g, colour)
             for x, y, v in zip(lat, acc, g["variant"].astype(str), strict=True):
                 ax.annotate(v, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
                 plotted.append((kind, t, d, v))
@@ -146,25 +208,26 @@ def latency_vs_pgd(df: pd.DataFrame, context: str, name: str = "latency_vs_pgd")
         _log_if_wide(ax, sub["lat_small_median_ms"].to_numpy(float))
         ax.set_title(_PANEL_TITLES.get(kind, f"{kind}"), fontsize=10)
         ax.set_xlabel(f"batch-1 latency, median of repeats (ms) — {kind}")
-        ax.set_ylabel("PGD accuracy of the compiled artefact")
+        ax.set_ylabel("robust accuracy of the compiled artefact (attack ensemble)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"Latency vs PGD accuracy — {context}", fontsize=11)
-    caption = ("Latency: TVM time_evaluator on the device at batch 1 (median over repeats); PGD accuracy from the "
-               "artefact's own outputs. Dashed: Pareto front per target (faster and more robust is better). "
+    fig.suptitle(f"Latency vs robust accuracy — {context}", fontsize=11)
+    caption = ("Latency: TVM time_evaluator on the device at batch 1 (median over repeats); robust accuracy (per-image "
+               "worst case of the run's attack ensemble) from the artefact's own outputs, vertical bars its Wilson "
+               "95 % interval. Dashed: Pareto front per target (faster and more robust is better). "
                + ("Emulated points are in their own panel: QEMU timings are a functional check, not performance. "
                   if "emulated" in kinds else "")
                + "Rows not run are not plotted.")
-    return Plot(name, f"Latency vs PGD accuracy — {context}", caption, _png(fig), tuple(plotted))
+    return Plot(name, f"Latency vs robust accuracy — {context}", caption, _png(fig), tuple(plotted))
 
 
-def energy_vs_pgd(df: pd.DataFrame, context: str, name: str = "energy_vs_pgd") -> Plot | None:
-    """Energy proxy (and measured energy, if any sensor filled it) against PGD accuracy."""
+def energy_vs_robust(df: pd.DataFrame, context: str, name: str = "energy_vs_robust") -> Plot | None:
+    """Energy proxy (and measured energy, if any sensor filled it) against robust accuracy."""
     rows = plottable(df)
     if rows.empty:
         return None
-    proxy = rows[np.isfinite(rows["energy_proxy_uj"]) & np.isfinite(rows["pgd_acc"])]
-    measured = rows[np.isfinite(rows["energy_measured_uj"]) & np.isfinite(rows["pgd_acc"])]
+    proxy = rows[np.isfinite(rows["energy_proxy_uj"]) & np.isfinite(rows["robust_acc"])]
+    measured = rows[np.isfinite(rows["energy_measured_uj"]) & np.isfinite(rows["robust_acc"])]
     panels = [("proxy", proxy)] + ([("measured", measured)] if len(measured) else [])
     if proxy.empty and measured.empty:
         return None
@@ -180,9 +243,10 @@ def energy_vs_pgd(df: pd.DataFrame, context: str, name: str = "energy_vs_pgd") -
                         & (sub["measured_as"].map(measured_kind) == kind)]
                 if g.empty:
                     continue
-                e, acc = g[col].to_numpy(float), g["pgd_acc"].to_numpy(float)
+                e, acc = g[col].to_numpy(float), g["robust_acc"].to_numpy(float)
                 ax.scatter(e, acc, color=_COLOURS[gi % len(_COLOURS)], marker=_MARKERS[kind], s=46, zorder=3,
                            label=f"{_group_label(t, d)}, accuracy {kind}")
+                _interval_bars(ax, e, g, _COLOURS[gi % len(_COLOURS)])
                 for x, y, v in zip(e, acc, g["variant"].astype(str), strict=True):
                     ax.annotate(v, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
                     plotted.append((what, t, d, v))
@@ -193,16 +257,16 @@ def energy_vs_pgd(df: pd.DataFrame, context: str, name: str = "energy_vs_pgd") -
         else:
             ax.set_title("energy MEASURED by a sensor (RAPL / NVML / meter)", fontsize=9)
             ax.set_xlabel("measured energy per inference (µJ)")
-        ax.set_ylabel("PGD accuracy of the compiled artefact")
+        ax.set_ylabel("robust accuracy of the compiled artefact (attack ensemble)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"Energy vs PGD accuracy — {context}", fontsize=11)
+    fig.suptitle(f"Energy vs robust accuracy — {context}", fontsize=11)
     caption = ("Energy proxy = Σ MACs × energy per MAC (by bit width) + weight bytes × DRAM energy + activation "
                "bytes × SRAM energy (Horowitz, ISSCC 2014, 45 nm; target files may override): a model, never a "
                "measurement. " + ("The second panel is measured energy from a real sensor. " if len(measured) else "")
                + "Marker: circle = accuracy from a native run, square = from an emulated run. Rows not run are "
                "not plotted.")
-    return Plot(name, f"Energy vs PGD accuracy — {context}", caption, _png(fig), tuple(plotted))
+    return Plot(name, f"Energy vs robust accuracy — {context}", caption, _png(fig), tuple(plotted))
 
 
 def layer_bits(layers: pd.DataFrame, context: str, name: str = "layer_bits") -> Plot | None:

@@ -28,20 +28,21 @@ from harness import plots
 from harness.results import ResultsError, atomic_write_bytes, atomic_write_text
 
 SUMMARY_COLUMNS = ["target", "measured_as", "variant", "avg_weight_bits", "lat_small_median_ms", "lat_small_p90_ms",
-                   "lat_large_median_ms", "thr_large_ips", "clean_acc", "pgd_acc", "square_acc", "gradient_masking",
-                   "agreement", "bitexact", "energy_proxy_uj", "weight_bytes"]
+                   "lat_large_median_ms", "thr_large_ips", "clean_acc", "robust_acc", "robust_ci_lo", "robust_ci_hi",
+                   "attack_preset", "gradient_masking", "agreement", "bitexact", "energy_proxy_uj", "weight_bytes"]
 
 COMPARISON_COLUMNS = ["target", "measured_as", "device", "variant", "avg_weight_bits", "lat_small_median_ms",
                       "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips", "energy_proxy_uj",
-                      "energy_measured_uj", "weight_bytes", "artefact_bytes", "clean_acc", "pgd_acc", "square_acc",
-                      "gradient_masking", "agreement", "run"]
+                      "energy_measured_uj", "weight_bytes", "artefact_bytes", "clean_acc", "robust_acc", "robust_ci_lo",
+                      "robust_ci_hi", "attack_preset", "gradient_masking", "agreement", "run"]
 
 # Figures that only a run on the device can produce: always empty in a table for a row not run, so a stale or
 # placeholder number can never pass for a measurement. Figures that need no device (sizes, op counts, the energy
 # proxy, compile time) are kept: they are as true for a row not run as for any other.
 MEASURED_COLUMNS = {"lat_small_median_ms", "lat_small_p90_ms", "lat_small_mean_ms", "lat_small_std_ms", "thr_small_ips",
                     "lat_large_median_ms", "lat_large_p90_ms", "lat_large_mean_ms", "lat_large_std_ms", "thr_large_ips",
-                    "clean_acc", "pgd_acc", "square_acc", "gradient_masking", "agreement", "bitexact", "max_abs_diff",
+                    "clean_acc", "clean_ci_lo", "clean_ci_hi", "robust_acc", "robust_ci_lo", "robust_ci_hi",
+                    "per_attack", "gradient_masking", "sanity", "eps_curve", "agreement", "bitexact", "max_abs_diff",
                     "n_eval", "energy_measured_uj"}
 
 RUN_PLOTS_DIR = "plots"
@@ -227,13 +228,101 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def _model_context(info: dict) -> str:
     cfg = info.get("config", {})
     arch = cfg.get("train", {}).get("arch", "?")
-    eps = cfg.get("attack", {}).get("eps")
-    return f"{cfg.get('dataset', '?')} · {arch}" + (f" · PGD ε={eps:g}" if isinstance(eps, (int, float)) else "")
+    eps = (cfg.get("evaluation") or cfg.get("attack") or {}).get("eps")  # "attack": runs before the ensemble
+    return f"{cfg.get('dataset', '?')} · {arch}" + (f" · ε={eps:.4g}" if isinstance(eps, (int, float)) else "")
+
+
+def legacy_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs made before the attack ensemble called their robust figure ``pgd_acc`` (PGD-20 only)."""
+    if "pgd_acc" in df.columns and "robust_acc" not in df.columns:
+        df = df.rename(columns={"pgd_acc": "robust_acc"})
+        df["attack_preset"] = "legacy PGD"
+    return df
+
+
+def per_image(folder: Path) -> dict[tuple[str, str], pd.DataFrame]:
+    """(target, variant) -> per-image outcomes of one run (``per_image/<target>-<variant>.csv``)."""
+    out = {}
+    metrics = _read_csv(folder / "metrics.csv")
+    for _, r in metrics.iterrows():
+        path = folder / "per_image" / f"{r['target']}-{str(r['variant']).replace(':', '_')}.csv"
+        if path.exists():
+            out[(str(r["target"]), str(r["variant"]))] = pd.read_csv(path)
+    return out
+
+
+def compare_variants(folder: Path, a: str, b: str, target: str | None = None) -> pd.DataFrame:
+    """McNemar's exact test of two variants of one run on the same images, clean and robust."""
+    from laaq.stats import paired_test
+
+    outcomes = per_image(folder)
+    targets = sorted({t for t, _ in outcomes})
+    tgt = target or (targets[0] if len(targets) == 1 else None)
+    if tgt is None:
+        raise ResultsError(f"{folder} holds several targets {targets}: name one with --target")
+    missing = [v for v in (a, b) if (tgt, v) not in outcomes]
+    if missing:
+        have = ", ".join(v for t, v in outcomes if t == tgt) or "none"
+        raise ResultsError(f"no per-image outcomes for {', '.join(missing)} on {tgt} in {folder} (have: {have})")
+    da, db = outcomes[(tgt, a)], outcomes[(tgt, b)]
+    if not (da["index"].to_numpy() == db["index"].to_numpy()).all():
+        raise ResultsError(f"{a} and {b} were evaluated on different images: no paired test")
+    rows = []
+    for col in ("clean", "robust"):
+        t = paired_test(da[col].to_numpy(bool), db[col].to_numpy(bool))
+        rows.append({"target": tgt, "A": a, "B": b, "on": col, "acc_A": round(float(da[col].mean()), 4),
+                     "acc_B": round(float(db[col].mean()), 4), "only_A_right": t.only_a, "only_B_right": t.only_b,
+                     "n": t.n, "mcnemar_p": f"{t.p_value:.3g}", "verdict": t.verdict(a, b)})
+    return pd.DataFrame(rows)
+
+
+def paired_table(folder: Path) -> pd.DataFrame:
+    """Every pair of variants of the same target in a run, robust accuracy, McNemar's exact test."""
+    outcomes = per_image(folder)
+    frames = []
+    keys = list(outcomes)
+    for i, (t, a) in enumerate(keys):
+        for t2, b in keys[i + 1 :]:
+            if t2 == t and len(outcomes[(t, a)]) == len(outcomes[(t, b)]):
+                d = compare_variants(folder, a, b, t)
+                frames.append(d[d["on"] == "robust"])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _plot_blocks(made: list[plots.Plot | None], missing: str) -> list[Block]:
     got = [Block("plot", p) for p in made if p is not None]
     return got or [Block("p", missing)]
+
+
+def _robustness_blocks(folder: Path, df: pd.DataFrame, cfg: dict, context: str) -> list[Block]:
+    """Per variant: the ensemble read-out, the sanity checks, the ε-curve; then paired tests between variants."""
+    if df.empty or "per_attack" not in df.columns:
+        return []
+    measured = blank_not_run(df)
+    measured = measured[measured["per_attack"].astype(str) != ""]
+    if measured.empty:
+        return []
+    n_curve = (cfg.get("evaluation") or {}).get("preset", {}).get("curve_samples")
+    n_curve = min(int(n_curve), int(cfg.get("eval_samples") or n_curve)) if n_curve else None
+    blocks = [Block("h2", "Robustness: attack ensemble and sanity checks"),
+              Block("p", "`per_attack`: robust accuracy after each member, cumulatively (each member attacks the "
+                         "survivors of the earlier ones). `sanity`: the checks of Carlini et al. 2019 — the eps-curve "
+                         "must fall to ~0; a stronger white-box attack (2x steps, +1 restart), the black-box Square on "
+                         "the artefact and a transfer attack from the float model must not break significantly more "
+                         "images than the ensemble (McNemar's exact test on the per-image outcomes, p < 0.05)."),
+              Block("table", measured[["target", "variant", "robust_acc", "robust_ci_lo", "robust_ci_hi",
+                                       "per_attack", "gradient_masking", "sanity"]])]
+    curve = plots.eps_curves(measured, context, n_curve)
+    if curve is not None:
+        blocks.append(Block("plot", curve))
+    pairs = paired_table(folder)
+    if len(pairs):
+        blocks += [Block("h3", "Variants compared on the same images (robust accuracy)"),
+                   Block("p", "McNemar's exact test on paired per-image outcomes (`per_image/*.csv`): only the images "
+                              "one variant gets right and the other wrong count. Any pair, clean too: "
+                              "`laaq-bench compare RUN A B`."),
+                   Block("table", pairs.drop(columns=["on"]))]
+    return blocks
 
 
 def write_run_report(folder: Path) -> Path:
@@ -244,7 +333,7 @@ def write_run_report(folder: Path) -> Path:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ResultsError(f"{folder / 'run.json'} is missing or unreadable ({type(e).__name__}: {e}); re-run "
                            "the bench command that made this folder (finished rows are kept) or move it away") from e
-    df = _read_csv(folder / "metrics.csv")
+    df = legacy_columns(_read_csv(folder / "metrics.csv"))
     layers = _read_csv(folder / "layers.csv")
     measured = ", ".join(sorted(set(df["measured_as"]))) if len(df) else "nothing yet"
     context = f"{tgt['name']} · {_model_context(info)}"
@@ -259,8 +348,11 @@ def write_run_report(folder: Path) -> Path:
             f"{df['batch_small'].iloc[0] if len(df) and 'batch_small' in df else 1} and {cfg['batch_large']}; "
             f"{tgt['threads']} runtime threads.",
             f"Accuracy: from the compiled artefact's outputs on {cfg['eval_samples']} test samples of "
-            f"`{cfg['dataset']}`; PGD examples crafted on the exact host twin (integer variants) or the float model, "
-            "then run through the artefact. `agreement`: argmax of artefact = host reference; `bitexact`: whole "
+            f"`{cfg['dataset']}`, each with its Wilson 95 % interval (`*_ci_lo`/`*_ci_hi`). Robust accuracy: "
+            f"{info.get('attack', 'see run.json')}. Gradient members attack the exact host twin (integer variants) "
+            "or the float model, Square attacks the artefact as a black box; every adversarial example is judged "
+            "on the artefact's outputs and an image counts as robust only if it survives every member. "
+            "`agreement`: argmax of artefact = host reference on clean and worst-case inputs; `bitexact`: whole "
             "output vector identical.",
             f"Energy: {info.get('energy_source', 'proxy model')}.",
             f"Environment: {env['host_cpu']} ({env['host_cores']} cores), Python {env['python']}, "
@@ -271,8 +363,9 @@ def write_run_report(folder: Path) -> Path:
         else Block("p", "(no rows yet)"),
         Block("h2", "Figures"),
     ]
-    blocks += _plot_blocks([plots.latency_vs_pgd(df, context), plots.energy_vs_pgd(df, context),
+    blocks += _plot_blocks([plots.latency_vs_robust(df, context), plots.energy_vs_robust(df, context),
                             plots.layer_bits(layers, context)], "(no measured rows: nothing to plot)")
+    blocks += _robustness_blocks(folder, df, cfg, context)
     if len(layers):
         blocks += [Block("h2", "Per layer"), Block("table", layers.drop(columns=["target"], errors="ignore"))]
     blocks.append(Block("p", "Every column is documented in results/README.md and README.md (*Results columns*)."))
@@ -288,7 +381,7 @@ def collect(root: Path) -> pd.DataFrame:
     """Every row of every run under ``root``, with the run folder's name and its model (data · arch · ε)."""
     frames = []
     for m in sorted(root.glob("*/metrics.csv")):
-        df = pd.read_csv(m, dtype=str, keep_default_na=False)
+        df = legacy_columns(pd.read_csv(m, dtype=str, keep_default_na=False))
         df["run"] = m.parent.name
         try:
             df["model"] = _model_context(json.loads((m.parent / "run.json").read_text()))
@@ -347,8 +440,8 @@ def write_comparison(root: Path) -> Path:
             table = blank_not_run(g[[c for c in COMPARISON_COLUMNS if c in g.columns]])
             blocks += [Block("h2", f"Model: {model}"), Block("table", table)]
             slug = _slug(model)
-            blocks += _plot_blocks([plots.latency_vs_pgd(g, str(model), f"{slug}-latency_vs_pgd"),
-                                    plots.energy_vs_pgd(g, str(model), f"{slug}-energy_vs_pgd")],
+            blocks += _plot_blocks([plots.latency_vs_robust(g, str(model), f"{slug}-latency_vs_robust"),
+                                    plots.energy_vs_robust(g, str(model), f"{slug}-energy_vs_robust")],
                                    "(no measured rows for this model: nothing to plot)")
     for perf in sorted(root.glob("perf-*/perf.csv")):  # `make perf` output for a target, if any
         p = pd.read_csv(perf, dtype=str, keep_default_na=False)

@@ -1,4 +1,6 @@
-"""PGD (L∞, random restarts, worst case over restarts) and a gradient-free check (Square-style).
+"""PGD (L∞, random restarts, worst case over restarts): training, calibration and the `quick` preset.
+
+The evaluation ensemble (APGD, APGD-T, FAB-T, Square) comes from torchattacks, see :mod:`laaq.robustness`.
 
 Every hyper-parameter is explicit: there are no library defaults hiding in an evaluation.
 Random starts are drawn from a ``torch.Generator`` seeded by the caller, so two methods evaluated
@@ -12,6 +14,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+def pgd_step(eps: float, steps: int) -> float:
+    """The project's one PGD step-size recipe: Madry-style 2.5·ε/steps, so that a walk from the random
+    start can cross the whole ball in a fraction of the steps."""
+    return 2.5 * eps / max(steps, 1)
 
 
 @dataclass(frozen=True)
@@ -61,41 +69,3 @@ def pgd(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch
             best_loss = torch.where(better, loss, best_loss)
             best_wrong |= wrong
     return best.detach()
-
-
-def square_attack(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, eps: float,
-                  queries: int = 300, p_init: float = 0.1, seed: int = 0) -> torch.Tensor:
-    """A compact L∞ Square attack (Andriushchenko et al. 2020): gradient-free, margin loss.
-
-    ``predict`` returns logits and may be a compiled artefact: no gradient is needed, which is the
-    point — if it finds much lower accuracy than PGD, PGD was fooled by masked gradients.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    n, c, h, w = x.shape
-
-    def margin(logits: torch.Tensor) -> torch.Tensor:
-        true = logits.gather(1, y[:, None])[:, 0]
-        other = logits.clone()
-        other.scatter_(1, y[:, None], -float("inf"))
-        return true - other.max(1).values
-
-    stripes = (torch.randint(0, 2, (n, c, 1, w), generator=gen).float() * 2 - 1) * eps
-    xa = torch.clamp(x + stripes, 0, 1)
-    m = margin(predict(xa))
-    for i in range(queries):
-        active = m > 0
-        if not active.any():
-            break
-        frac = p_init * (0.5 ** (i * 8 // max(queries, 1)))
-        s = max(1, int(round((frac * h * w) ** 0.5)))
-        r0 = int(torch.randint(0, h - s + 1, (1,), generator=gen))
-        c0 = int(torch.randint(0, w - s + 1, (1,), generator=gen))
-        delta = xa - x
-        patch = (torch.randint(0, 2, (n, c, 1, 1), generator=gen).float() * 2 - 1) * eps
-        delta[:, :, r0 : r0 + s, c0 : c0 + s] = patch
-        cand = torch.clamp(x + delta, 0, 1)
-        mc = margin(predict(cand))
-        better = (mc < m) & active
-        xa[better] = cand[better]
-        m = torch.where(better, mc, m)
-    return xa

@@ -38,7 +38,7 @@ def test_bench_arm_on_emulated_pi(tmp_path) -> None:
     assert set(df.index) == {"fp32", "int8"}
     assert (df.measured_as == "emulated").all() and (df.target == "arm").all()
     assert df.loc["int8", "bitexact"] == 1.0 and df.loc["int8", "agreement"] == 1.0
-    assert df.loc["int8", "pgd_acc"] < df.loc["int8", "clean_acc"]
+    assert df.loc["int8", "robust_acc"] < df.loc["int8", "clean_acc"]
     assert "emulated" in (folder / "report.md").read_text()
     artefacts = list((folder / "artefacts").glob("*.so"))
     assert artefacts and all(open(a, "rb").read(20)[18] == 183 for a in artefacts), "aarch64 ELF expected"

@@ -178,7 +178,7 @@ def test_not_run_row_has_no_measurements(tiny, digits, tmp_path) -> None:
     row, layers = measure_variant(cfg, _source_target(), session, v, tiny_model, digits, tmp_path, False)
     assert gpu.is_not_run(row) and row["measured_as"] == "not run: no CUDA device"
     assert set(row) <= set(COLUMNS)
-    for col in ("lat_small_median_ms", "lat_large_median_ms", "thr_large_ips", "clean_acc", "pgd_acc", "agreement",
+    for col in ("lat_small_median_ms", "lat_large_median_ms", "thr_large_ips", "clean_acc", "robust_acc", "agreement",
                 "bitexact", "energy_measured_uj", "n_eval"):
         assert row.get(col, "") == "", col  # never a fabricated number
     assert row["artefact_bytes"] > 0 and row["energy_proxy_uj"] > 0 and row["compile_s"] > 0

@@ -41,8 +41,8 @@ from harness.results import ResultsError, RunStore
 REPO = Path(__file__).resolve().parent.parent
 NOT_RUN = "not run: no CUDA device on this machine"
 # Figures only a device can produce: empty in every table row not run (sizes and the energy proxy stay).
-MEASURED = ["lat_small_median_ms", "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips", "clean_acc", "pgd_acc",
-            "agreement", "bitexact", "energy_measured_uj"]
+MEASURED = ["lat_small_median_ms", "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips", "clean_acc",
+            "robust_acc", "agreement", "bitexact", "energy_measured_uj"]
 
 # Per variant: (avg bits, b1 median ms, b1 p90 ms, throughput, energy proxy µJ, packed bytes, clean, pgd)
 BASE = {"fp32": (32, 0.0065, 0.0068, 696682.1, 0.6743, 4136.0, 0.905, 0.645),
@@ -58,7 +58,7 @@ def _row(target: str, measured_as: str, device: str, variant: str, slow: float =
             "kind": "float" if variant == "fp32" else "int", "plan": variant, "avg_weight_bits": bits,
             "act_bits": 32 if variant == "fp32" else 8, "batch_small": 1, "batch_large": 16,
             "lat_small_median_ms": round(lat * slow, 4), "lat_small_p90_ms": round(p90 * slow, 4),
-            "thr_large_ips": round(thr / slow, 1), "clean_acc": clean, "pgd_acc": pgd, "agreement": 1.0,
+            "thr_large_ips": round(thr / slow, 1), "clean_acc": clean, "robust_acc": pgd, "agreement": 1.0,
             "bitexact": 1.0, "n_eval": 200, "energy_proxy_uj": energy, "weight_bytes": wbytes,
             "artefact_bytes": 150000, "timestamp": ts or "2026-01-01T00:00:00+00:00"}
 
@@ -135,24 +135,24 @@ def test_pareto_front() -> None:
 
 def test_plots_keep_native_emulated_and_not_run_apart(results: Path) -> None:
     df, _ = latest_rows(collect(results))
-    lat = plots.latency_vs_pgd(df, "ctx")
+    lat = plots.latency_vs_robust(df, "ctx")
     assert lat is not None and lat.png.startswith(b"\x89PNG")
     panels = {(p, t) for p, t, _, _ in lat.plotted}
     assert panels == {("native", "x86"), ("emulated", "rpi4")}, "emulated latency must have its own panel"
     assert not [p for p in lat.plotted if p[1] == "cuda"], "rows not run are never plotted"
     assert "Emulated points are in their own panel" in lat.caption
-    energy = plots.energy_vs_pgd(df, "ctx")
+    energy = plots.energy_vs_robust(df, "ctx")
     assert energy is not None and {p[0] for p in energy.plotted} == {"proxy"}  # no sensor: no measured panel
     assert not [p for p in energy.plotted if p[1] == "cuda"]
     assert "not a measurement" in energy.caption or "never a measurement" in energy.caption
     only_not_run = df[df["target"] == "cuda"]
-    assert plots.latency_vs_pgd(only_not_run, "ctx") is None and plots.energy_vs_pgd(only_not_run, "ctx") is None
+    assert plots.latency_vs_robust(only_not_run, "ctx") is None and plots.energy_vs_robust(only_not_run, "ctx") is None
 
 
 def test_measured_energy_gets_its_own_panel() -> None:
     rows = pd.DataFrame([{**_row("x86", "native", "local", "int8"), "energy_measured_uj": 3.5},
                          _row("x86", "native", "local", "fp32")]).astype(str)
-    p = plots.energy_vs_pgd(rows, "ctx")
+    p = plots.energy_vs_robust(rows, "ctx")
     assert p is not None and sorted(x[0] for x in p.plotted) == ["measured", "proxy", "proxy"]
 
 
@@ -215,9 +215,9 @@ def test_rebuilding_a_report_is_stable_and_drops_stale_plots(tmp_path: Path) -> 
 
 def test_comparison_one_row_per_target_device_variant(results: Path) -> None:
     md = (results / "comparison.md").read_text()
-    (t,) = [t for t in md_tables(md) if "pgd_acc" in t.columns]
+    (t,) = [t for t in md_tables(md) if "robust_acc" in t.columns]
     for c in ("target", "measured_as", "device", "variant", "lat_small_median_ms", "lat_small_p90_ms", "thr_large_ips",
-              "energy_proxy_uj", "energy_measured_uj", "weight_bytes", "clean_acc", "pgd_acc", "agreement", "run"):
+              "energy_proxy_uj", "energy_measured_uj", "weight_bytes", "clean_acc", "robust_acc", "agreement", "run"):
         assert c in t.columns, c
     assert not t.duplicated(["target", "device", "variant"]).any()
     assert len(t) == 3 + 2 + 2

@@ -111,7 +111,7 @@ def test_sigkill_then_rerun_finishes_without_redoing_rows(tmp_path: Path) -> Non
 # --- determinism -------------------------------------------------------------------------------------------
 
 # Figures that depend only on seed and inputs (latency, compile time and timestamp are measurements).
-ACCURACY = ["clean_acc", "pgd_acc", "agreement", "bitexact", "max_abs_diff", "n_eval", "attack", "avg_weight_bits",
+ACCURACY = ["clean_acc", "robust_acc", "agreement", "bitexact", "max_abs_diff", "n_eval", "attack", "avg_weight_bits",
             "macs", "bops", "weight_bytes", "energy_proxy_uj", "plan"]
 
 
@@ -148,4 +148,4 @@ def test_same_seed_same_plan_and_accuracy(digits, tiny_model, tmp_path: Path) ->
         assert (q1.s_in, q1.s_out, q1.shift) == (q2.s_in, q2.s_out, q2.shift), name
     assert layers1 == layers2
     assert {k: row1[k] for k in ACCURACY} == {k: row2[k] for k in ACCURACY}
-    assert row1["bitexact"] == 1.0 and 0.0 < row1["pgd_acc"] <= row1["clean_acc"]
+    assert row1["bitexact"] == 1.0 and 0.0 < row1["robust_acc"] <= row1["clean_acc"]

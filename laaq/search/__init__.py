@@ -16,9 +16,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from laaq.attacks import PGDConfig, pgd
+from laaq.attacks import PGDConfig, pgd, pgd_step
 from laaq.graph import Graph
 from laaq.quant.plan import QuantPlan
 from laaq.search.baselines import (
@@ -46,8 +47,8 @@ from laaq.search.solver import (
 
 METHODS = ("laaq", "uniform", "mse", "sensitivity", "hessian", "random")
 
-__all__ = ["METHODS", "Budget", "BudgetError", "Calibration", "CostConstraint", "SearchConfig", "latency_budget",
-           "make_calibration", "random_plans", "search_plan", "spend", "layer_stats"]
+__all__ = ["METHODS", "Budget", "BudgetError", "Calibration", "CalibrationRecipe", "CostConstraint", "SearchConfig",
+           "latency_budget", "make_calibration", "random_plans", "search_plan", "spend", "layer_stats"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,31 @@ class Calibration:
     def all_x(self) -> torch.Tensor:
         """Clean and adversarial inputs together: what activation scales are calibrated on."""
         return torch.cat([self.x, self.x_adv])
+
+
+@dataclass(frozen=True)
+class CalibrationRecipe:
+    """The one calibration recipe of ``bench``, ``search``, ``compile`` and ``experiment``.
+
+    Why one: activation scales, the search's adversarial examples and hence every plan depend on it;
+    two recipes (first vs random images, clean-only vs clean + adversarial scales) made the bench and
+    the experiment measure different models under the same name. Images are a seeded random sample of
+    the training split; adversarial versions are PGD (``attack_steps``, step 2.5·ε/steps) on the float
+    model; activation scales are calibrated on clean + adversarial inputs (:attr:`Calibration.all_x`).
+    """
+
+    samples: int = 256
+    attack_steps: int = 10
+
+    def make(self, graph: Graph, x_train: torch.Tensor, y_train: torch.Tensor, eps: float, seed: int,
+             model: torch.nn.Module | None = None) -> Calibration:
+        if self.samples < 1:
+            raise ValueError(f"calibration needs at least one image, got samples={self.samples}")
+        rng = np.random.default_rng(seed)
+        idx = torch.as_tensor(rng.choice(len(x_train), size=min(self.samples, len(x_train)), replace=False))
+        cfg = PGDConfig(eps=eps, step_size=pgd_step(eps, self.attack_steps), steps=self.attack_steps, restarts=1,
+                        seed=seed)
+        return make_calibration(graph, x_train[idx], y_train[idx], cfg, model=model)
 
 
 def make_calibration(graph: Graph, x: torch.Tensor, y: torch.Tensor, pgd_cfg: PGDConfig,
