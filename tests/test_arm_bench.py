@@ -16,6 +16,7 @@ from harness.cli import main
 from harness.devices.base import DeviceError
 from harness.measure import LatencyProtocol
 from laaq.attacks import PGDConfig
+from laaq.robustness import PRESETS, EvalConfig
 from laaq.train import TrainConfig
 
 pytestmark = [
@@ -26,7 +27,7 @@ pytestmark = [
 
 TINY = ["--dataset", "digits", "--arch", "tinycnn", "--epochs", "6", "--lr", "0.01", "--eps", "0.1",
         "--eval-samples", "100", "--batch-large", "16", "--repeat", "3", "--number", "3", "--warmup", "1",
-        "--pgd-steps", "5", "--quiet"]
+        "--attack", "quick", "--quiet"]
 
 
 def test_bench_arm_on_emulated_pi(tmp_path) -> None:
@@ -48,7 +49,7 @@ def test_board_dying_mid_run_keeps_rows_and_resumes(tmp_path, monkeypatch) -> No
     cfg = BenchConfig(target="arm", dataset="digits",
                       train=TrainConfig(arch="tinycnn", epochs=6, lr=0.01, pgd=PGDConfig(eps=0.1, step_size=0.03,
                                                                                          steps=3)),
-                      attack=PGDConfig(eps=0.1, step_size=0.05, steps=3), variants=("int8", "int4"),
+                      evaluation=EvalConfig(PRESETS["quick"], 0.1), variants=("int8", "int4"),
                       batch_large=16, eval_samples=50, latency=LatencyProtocol(1, 2, 2), results_dir=str(tmp_path))
     real = bench_mod.measure_variant
     calls = []

@@ -36,7 +36,7 @@ from laaq.models import build_model
 # A model that trains in about a second: these tests are about failures, not accuracy.
 MODEL = ["--dataset", "digits", "--arch", "tinycnn", "--epochs", "1", "--plain", "--lr", "0.01", "--eps", "0.1"]
 BENCH = [*MODEL, "--variants", "fp32", "--eval-samples", "40", "--batch-large", "8", "--repeat", "1", "--number", "1",
-         "--warmup", "0", "--pgd-steps", "2", "--quiet"]
+         "--warmup", "0", "--attack", "quick", "--quiet"]
 BOARD = 'description = "test board"\nthreads = 1\n'
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from harness.bench import COLUMNS
 from harness.cli import main
+from laaq.robustness import PRESETS, EvalConfig
 
 TINY = ["--dataset", "digits", "--arch", "tinycnn", "--epochs", "6", "--lr", "0.01", "--eps", "0.1",
         "--eval-samples", "200",
-        "--batch-large", "16", "--repeat", "3", "--number", "3", "--warmup", "1", "--pgd-steps", "5", "--quiet"]
+        "--batch-large", "16", "--repeat", "3", "--number", "3", "--warmup", "1", "--attack", "quick", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +39,18 @@ def test_bench_writes_every_result_file(bench_run) -> None:
     assert int8.bitexact == 1.0 and int8.agreement == 1.0, "the artefact must equal the integer reference"
     assert int8.clean_acc > 0.5
     assert int8.robust_acc < int8.clean_acc
-    assert int8.measured_as == "native"
-    # the gradient-free check ran against the artefact itself and gives a verdict
-    assert 0.0 <= int8.square_acc <= 1.0 and int8.gradient_masking in ("no", "suspected")
+    assert int8.robust_ci_lo <= int8.robust_acc <= int8.robust_ci_hi and int8.clean_ci_lo <= int8.clean_acc
+    assert int8.measured_as == "native" and int8.attack_preset == "quick"
+    # the ensemble's read-out, the sanity checks (Square ran black-box on the artefact itself) and the eps-curve
+    assert int8.per_attack.startswith("pgd-20 ") and "square" in int8.per_attack
+    assert int8.gradient_masking in ("no", "suspected") and "eps-curve" in int8.sanity and "transfer" in int8.sanity
+    assert len(int8.eps_curve.split()) >= 5
+    info = json.loads((folder / "run.json").read_text())
+    assert EvalConfig.from_dict(info["config"]["evaluation"]) == EvalConfig(PRESETS["quick"], 0.1)  # round trip
+    assert info["attack_preset"] == "quick" and "PGD-CE 20 steps" in info["attack"]
+    per_img = pd.read_csv(folder / "per_image" / "x86-int8.csv")
+    assert len(per_img) == 200 and abs(per_img.robust.mean() - int8.robust_acc) < 1e-4
+    assert (per_img.robust <= per_img.clean).all()
     for col in ("lat_small_median_ms", "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips"):
         assert (df[col] > 0).all(), col
     fp32 = df.set_index("variant").loc["fp32"]
@@ -88,3 +100,15 @@ def test_targets_lists_int8_scheme_per_target() -> None:
     lines = {ln.split()[0]: ln for ln in out.output.splitlines() if ln.strip()}
     assert "nchwc_avx2/vpmaddwd" in lines["x86"] and "nchwc_sdot/sdot" in lines["rpi5"]
     assert "nchwc_neon/smull" in lines["rpi4"] and " gpu " in lines["cuda"]
+
+
+def test_compare_two_variants_of_a_run(bench_run) -> None:
+    out, _ = bench_run
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    r = CliRunner().invoke(main, ["compare", str(folder), "fp32", "int8"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("McNemar") == 0 and "robust fp32" in r.output and "clean  fp32" in r.output
+    assert ("not distinguishable" in r.output) or ("more accurate" in r.output)
+    r = CliRunner().invoke(main, ["compare", str(folder), "fp32", "int3"])
+    assert r.exit_code == 1 and "no per-image outcomes for int3" in r.output
+    assert "Variants compared on the same images" in (folder / "report.md").read_text()

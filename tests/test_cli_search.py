@@ -20,7 +20,7 @@ def test_search_then_bench_the_plan(tmp_path) -> None:
     assert plan.meta["method"] == "laaq" and float(plan.meta["spend_avg_bits"]) <= 4.0 + 1e-9
     r = CliRunner().invoke(main, ["bench", *TRAIN, "--variants", "int8", "--plan", str(plan_path), "--eval-samples",
                                   "64", "--batch-large", "16", "--repeat", "2", "--number", "2", "--warmup", "1",
-                                  "--pgd-steps", "3", "--quiet", "--results-dir", str(tmp_path / "res")])
+                                  "--attack", "quick", "--quiet", "--results-dir", str(tmp_path / "res")])
     assert r.exit_code == 0, r.output
     (folder,) = list((tmp_path / "res").iterdir())
     df = pd.read_csv(folder / "metrics.csv").set_index("variant")

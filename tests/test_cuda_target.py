@@ -355,7 +355,7 @@ def test_cli_bench_cuda_without_gpu_exits_0(tmp_path) -> None:
     from harness.cli import main
 
     args = ["bench", "--target", "cuda", "--variants", "fp32,int8", "--dataset", "digits", "--arch", "tinycnn",
-            "--epochs", "1", "--eps", "0.1", "--eval-samples", "50", "--batch-large", "8", "--pgd-steps", "2",
+            "--epochs", "1", "--eps", "0.1", "--eval-samples", "50", "--batch-large", "8", "--attack", "quick",
             "--results-dir", str(tmp_path), "--quiet"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output

@@ -31,13 +31,15 @@ from harness.devices import open_device
 from harness.measure import LatencyProtocol
 from harness.targets import load_target
 from laaq.attacks import PGDConfig
+from laaq.robustness import PRESETS, EvalConfig
+from laaq.search import CalibrationRecipe
 from laaq.train import TrainConfig, train_or_load
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ["fp32", "int8", "int4"]
 BENCH = ["--target", "x86", "--dataset", "digits", "--arch", "tinycnn", "--epochs", "1", "--plain", "--lr", "0.01",
          "--eps", "0.1", "--eval-samples", "40", "--batch-large", "8", "--repeat", "1", "--number", "1",
-         "--warmup", "0", "--pgd-steps", "2", "--quiet", "--variants", ",".join(VARIANTS), "--run-id", "killed"]
+         "--warmup", "0", "--attack", "quick", "--quiet", "--variants", ",".join(VARIANTS), "--run-id", "killed"]
 # A guard against a hung child only (never an assertion on speed): a tiny bench takes well under a minute.
 GUARD_S = 600
 
@@ -129,7 +131,7 @@ def test_same_seed_same_weights(digits, tmp_path: Path) -> None:
 def test_same_seed_same_plan_and_accuracy(digits, tiny_model, tmp_path: Path) -> None:
     """The int8 path twice through the library: identical plan, integer graph, layers and accuracy figures."""
     cfg = BenchConfig(target="x86", dataset="digits", variants=("int8",), batch_large=16, eval_samples=120,
-                      calib_samples=128, attack=PGDConfig(eps=0.1, step_size=0.04, steps=4, restarts=1, seed=7),
+                      calibration=CalibrationRecipe(samples=128), evaluation=EvalConfig(PRESETS["quick"], 0.1, seed=7),
                       latency=LatencyProtocol(warmup=0, number=1, repeat=1))
     target = load_target("x86")
     runs = []
