@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from laaq.experiment import ExperimentConfig, run_experiment
+from laaq.experiment import ExperimentConfig, combine, run_experiment
 from laaq.quant.plan import QuantPlan
 
 
@@ -37,7 +38,43 @@ def test_every_method_at_the_budget(quick_run: tuple[pd.DataFrame, str, Path]) -
         assert {"fp32", "uniform-8", "uniform", "mse", "hessian", "sensitivity", "laaq", "random"} <= methods
     q = df[~df.method.isin(["fp32", "uniform-8"])]
     assert (q.avg_bits <= 4.0 + 1e-6).all()
-    assert ((df.clean >= 0) & (df.clean <= 1) & (df.pgd <= df.clean + 0.05)).all()
-    assert (df[df.method == "random"].groupby("model").size() == 2).all()
+    assert ((df.clean >= 0) & (df.clean <= 1) & (df.robust <= df.clean)).all()
+    assert ((df.robust_lo <= df.robust) & (df.robust <= df.robust_hi)).all()  # Wilson intervals per row
+    assert (df[df.method == "random"].groupby("model").size() == 4).all()  # 2 draws x 2 seeds
     plan = QuantPlan.from_file(out / "plans" / "pgd-at-s0-laaq.json")
     assert plan.meta["method"] == "laaq" and float(plan.meta["spend_avg_bits"]) <= 4.0 + 1e-6
+
+
+def test_differences_have_paired_intervals(quick_run: tuple[pd.DataFrame, str, Path]) -> None:
+    df, summary, out = quick_run
+    diffs = pd.read_csv(out / "differences.csv")
+    laaq = diffs[(diffs.model == "pgd-at") & (diffs.method == "laaq")]
+    assert {"uniform", "mse", "hessian", "sensitivity", "random"} <= set(laaq.baseline)
+    assert ((diffs.boot_lo <= diffs["diff"] + 1e-9) & (diffs["diff"] <= diffs.boot_hi + 1e-9)).all()
+    covers = (diffs.boot_lo <= 0) & (diffs.boot_hi >= 0)
+    assert ((diffs.verdict == "not distinguishable") == covers).all()
+    assert (diffs.n_seeds == 2).all() and (diffs.n_images == 100).all()
+    # the point estimate is the mean over seeds of the per-seed accuracy differences
+    at = df[df.model == "pgd-at"]
+    expect = (at[at.method == "laaq"].set_index("seed").robust - at[at.method == "uniform"].set_index("seed").robust)
+    got = laaq[laaq.baseline == "uniform"]["diff"].iloc[0]
+    assert abs(got - expect.mean()) < 1e-9
+    assert "paired bootstrap 95 % interval" in summary
+    with np.load(out / "per_image.npz") as z:
+        assert "pgd-at|0|laaq" in z.files and z["pgd-at|0|laaq"].shape == (100,)
+        assert abs(z["pgd-at|0|laaq"].mean() - at[(at.method == "laaq") & (at.seed == 0)].robust.iloc[0]) < 1e-9
+
+
+def test_combine_merges_runs_of_disjoint_seeds(quick_run, tmp_path: Path) -> None:
+    df, _, out = quick_run
+    parts = []
+    for seed in (0, 1):  # split the run into two one-seed folders, as parallel processes would write them
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        df[df.seed == seed].to_csv(d / "results.csv", index=False)
+        with np.load(out / "per_image.npz") as z:
+            np.savez(d / "per_image.npz", **{k: z[k] for k in z.files if k.split("|")[1] == str(seed)})
+        parts.append(d)
+    merged, summary = combine(parts, ExperimentConfig.quick(), tmp_path / "all")
+    assert len(merged) == len(df)
+    assert pd.read_csv(tmp_path / "all" / "differences.csv").equals(pd.read_csv(out / "differences.csv"))

@@ -456,3 +456,19 @@ def test_comparison_includes_peer_timings(tmp_path) -> None:
     md = (tmp_path / "comparison.md").read_text()
     assert "Peers timed side by side: x86" in md and "| smallcnn | 1 | tvm-int8 | 0.24 |" in md
     assert "tvm-int8" in (tmp_path / "comparison.html").read_text()
+
+
+def test_legacy_pgd_rows_are_never_shown_as_robust_accuracy(tmp_path: Path) -> None:
+    """A run from before the attack ensemble (a `pgd_acc` column, PGD-20 only) next to a new one: its figure is
+    kept apart as `legacy_pgd20_acc`, its robust accuracy left empty and it is not plotted."""
+    new = _run_folder(tmp_path, "new", "x86", "x86-64 CPU", [_row("x86", "native", "local x86_64", "int8")], False)
+    old = _run_folder(tmp_path, "old", "arm", "Pi 4", [_row("arm", "emulated", "RPC", "int8")], False)
+    m = pd.read_csv(old / "metrics.csv").rename(columns={"robust_acc": "pgd_acc"})
+    m.to_csv(old / "metrics.csv", index=False)
+    rows = collect(tmp_path).set_index("run")
+    assert rows.loc["old", "robust_acc"] == "" and rows.loc["old", "legacy_pgd20_acc"] == "0.645"
+    assert rows.loc["old", "attack_preset"].startswith("legacy PGD-20")
+    assert rows.loc["new", "robust_acc"] == "0.645" and rows.loc["new", "legacy_pgd20_acc"] == ""
+    p = plots.latency_vs_robust(rows.reset_index(), "ctx")
+    assert [pt[1] for pt in p.plotted] == ["x86"]
+    assert new.exists()
