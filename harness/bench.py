@@ -50,8 +50,8 @@ COLUMNS = [
     "thr_small_ips", "batch_large", "lat_large_median_ms", "lat_large_p90_ms", "lat_large_mean_ms",
     "lat_large_std_ms", "thr_large_ips", "clean_acc", "clean_ci_lo", "clean_ci_hi", "robust_acc", "robust_ci_lo",
     "robust_ci_hi", "attack_preset", "per_attack", "gradient_masking", "sanity", "eps_curve", "agreement",
-    "bitexact", "max_abs_diff", "n_eval", "attack", "attack_s", "macs", "bops", "weight_bytes", "artefact_bytes", "energy_proxy_uj",
-    "energy_measured_uj", "threads", "warmup", "number", "repeat", "compile_s", "timestamp",
+    "bitexact", "max_abs_diff", "n_eval", "attack", "attack_s", "macs", "bops", "weight_bytes", "artefact_bytes",
+    "energy_proxy_uj", "energy_measured_uj", "threads", "warmup", "number", "repeat", "compile_s", "timestamp",
 ]
 LAYER_COLUMNS = ["target", "variant", "layer", "kind", "shape", "macs", "weight_bits", "clip", "scale_min",
                  "scale_max", "act_scale", "weight_bytes", "energy_proxy_pj"]

@@ -66,6 +66,8 @@ def _train_config(dataset: str, arch: str | None, epochs: int, lr: float, plain:
     arch = arch or ("resnet20" if dataset == "cifar10" else "smallcnn")
     # Madry-style training attack, kept short for 2-core machines: 7 steps of 2.5·eps/7 from a random start
     # (explicit, no library defaults)
+    if not eps > 0:
+        raise Fail(f"AttackError: eps must be > 0 (got {eps}); it is the L-inf radius of training and evaluation")
     train_pgd = PGDConfig(eps=eps, step_size=pgd_step(eps, 7), steps=7, restarts=1, random_start=True, seed=seed)
     return TrainConfig(arch=arch, epochs=epochs, lr=lr, adversarial=not plain, pgd=train_pgd, seed=seed), eps
 

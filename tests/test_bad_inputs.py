@@ -230,3 +230,25 @@ def test_disk_full_keeps_finished_rows(tmp_path: Path, monkeypatch: pytest.Monke
     for name in ("metrics.csv", "layers.csv", "report.md", "report.html"):
         assert after[name] == before[name], f"{name} changed"
     assert not no_temp_files(folder)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--eps", "0"], "eps must be > 0"),
+    (["--eps", "-0.1"], "eps must be > 0"),
+    (["--eps", "1.5"], "outside the data range [0, 1]"),
+    (["--square-queries", "0"], "query budget must be >= 1"),
+])
+def test_bad_attack_settings_stop_before_any_work(tmp_path: Path, args: list[str], message: str) -> None:
+    base = [a for a in BENCH if a not in ("0.1",)]  # drop MODEL's eps value; the case sets its own
+    base.remove("--eps")
+    r = CliRunner().invoke(main, ["bench", "--target", "x86", *base, *args, "--results-dir", str(tmp_path / "res")])
+    line = error_line(r)
+    assert "AttackError" in line and message in line, line
+    assert not (tmp_path / "res").exists()  # nothing trained, nothing written
+
+
+def test_unknown_attack_preset_is_refused(tmp_path: Path) -> None:
+    for cmd in (["bench", "--target", "x86"], ["experiment", "--out", str(tmp_path / "exp")]):
+        r = CliRunner().invoke(main, [*cmd, "--attack", "strongest"])
+        assert r.exit_code == 2 and "'strongest' is not one of 'quick', 'standard', 'thorough'" in r.output, r.output
+    assert not (tmp_path / "exp").exists()
