@@ -10,7 +10,9 @@ Hygiene that the numbers rely on:
   default: PGD-20, APGD-CE, APGD-T, Square; per-image worst case), white-box through the STE gradient;
 * the same seeds drive every method's attacks, and every method is scored on the same images, so
   methods are compared on **paired** per-image outcomes: each difference to a baseline gets a
-  hierarchical paired bootstrap interval over seeds × images, and "not distinguishable" when it covers 0;
+  hierarchical paired bootstrap interval over seeds × images and a t-interval over seeds, and is called
+  "not distinguishable" unless **both** exclude 0 (a percentile bootstrap over only 5 seeds is known to be
+  too narrow, so it alone must not decide);
 * all methods get the same calibration data (:class:`~laaq.search.CalibrationRecipe`, as ``bench``),
   the same budget and the same knapsack solver; the plan's realised average bits are in the table;
 * random plans are a distribution (mean over draws and the best of N), not one lucky or unlucky draw.
@@ -206,7 +208,8 @@ def differences(df: pd.DataFrame, per_image: dict[str, np.ndarray]) -> pd.DataFr
                 rows.append({"model": model, "method": method, "baseline": base, "n_seeds": len(seeds),
                              "n_images": int(a[0].size), "diff": boot.mean, "boot_lo": boot.lo, "boot_hi": boot.hi,
                              "t_lo": tint.lo, "t_hi": tint.hi,
-                             "verdict": "distinguishable" if boot.distinguishable else "not distinguishable"})
+                             "verdict": "distinguishable" if boot.distinguishable and tint.distinguishable
+                             else "not distinguishable"})
     return pd.DataFrame(rows)
 
 
@@ -261,13 +264,15 @@ def answer(df: pd.DataFrame, diffs: pd.DataFrame) -> str:
         if df[df.model == model].robust.max() < 0.01:
             lines.append(f"F2 [{model}]: uninformative: every method has ~0% robust accuracy at this eps.")
             continue
-        parts = [f"{r.baseline} {100 * r.diff:+.1f} pts [{100 * r.boot_lo:+.1f}, {100 * r.boot_hi:+.1f}]"
-                 + ("" if r.verdict == "distinguishable" else " (not distinguishable)")
+        parts = [f"{r.baseline} {100 * r.diff:+.1f} pts (bootstrap [{100 * r.boot_lo:+.1f}, {100 * r.boot_hi:+.1f}], "
+                 f"t [{100 * r.t_lo:+.1f}, {100 * r.t_hi:+.1f}])"
+                 + ("" if r.verdict == "distinguishable" else " not distinguishable")
                  for r in d.itertuples() if r.baseline in ("uniform", "mse", "hessian", "sensitivity", "random")]
         base = d[d.baseline.isin(["uniform", "mse", "hessian", "sensitivity", "random"])]
-        better = base[(base.boot_lo > 0)].baseline.tolist()
-        worse = base[(base.boot_hi < 0)].baseline.tolist()
-        same = base[(base.boot_lo <= 0) & (base.boot_hi >= 0)].baseline.tolist()
+        decided = base.verdict == "distinguishable"
+        better = base[decided & (base["diff"] > 0)].baseline.tolist()
+        worse = base[decided & (base["diff"] < 0)].baseline.tolist()
+        same = base[~decided].baseline.tolist()
         if len(better) == len(base):
             verdict = "LAAQ beats every baseline on robust accuracy, each difference's interval above 0"
         else:
@@ -277,9 +282,9 @@ def answer(df: pd.DataFrame, diffs: pd.DataFrame) -> str:
         best = df[(df.model == model) & (df.method == "random")].groupby("seed").robust.max()
         d_best = (per_seed(model, "laaq", "robust") - best).mean() if not best.empty else float("nan")
         lines.append(f"F2 [{model}]: {verdict}. LAAQ minus baseline, robust accuracy, mean over "
-                     f"{int(d.n_seeds.iloc[0])} seeds x {int(d.n_images.iloc[0])} images with a paired bootstrap 95 % "
-                     "interval: " + "; ".join(parts) + f"; vs best-of-N random {100 * d_best:+.1f} pts (no interval: "
-                     "a maximum over draws).")
+                     f"{int(d.n_seeds.iloc[0])} seeds x {int(d.n_images.iloc[0])} images, 95 % intervals "
+                     "(paired bootstrap over seeds x images; t over seeds): " + "; ".join(parts)
+                     + f"; vs best-of-N random {100 * d_best:+.1f} pts (no interval: a maximum over draws).")
     return "\n".join(lines)
 
 
@@ -307,8 +312,8 @@ def to_markdown(agg: pd.DataFrame, diffs: pd.DataFrame, cfg: ExperimentConfig, s
     if len(diffs):
         out += ("\n\n## Differences to each baseline (robust accuracy, paired)\n\n"
                 "Method minus baseline in points; `bootstrap`: hierarchical paired bootstrap over seeds x images "
-                "(2,000 replicates); `t`: t-interval of the per-seed differences. 'not distinguishable' when the "
-                "bootstrap interval covers 0.\n\n"
+                "(2,000 replicates); `t`: t-interval of the per-seed differences (ddof = 1). 'distinguishable' "
+                "only when both intervals exclude 0 (with 5 seeds the bootstrap over seeds alone is too narrow).\n\n"
                 "| model | method | baseline | diff | bootstrap 95 % | t 95 % | verdict |\n"
                 "|---|---|---|---|---|---|---|\n")
         out += "\n".join(f"| {r.model} | {r.method} | {r.baseline} | {100 * r.diff:+.1f} | "
