@@ -30,7 +30,7 @@ from harness.fast_int8 import lower_integer_for, scheme_for
 from harness.gpu import is_not_run, lower_float16, not_run_row
 from harness.lower import lower_float
 from harness.measure import LatencyProtocol, latency, outputs
-from harness.results import RunStore
+from harness.results import RunStore, row_tag
 from harness.sensors import measured_energy_uj
 from harness.targets import Target, load_target
 from harness.tune import default_key
@@ -200,13 +200,13 @@ def robust_columns(rob: RobustResult) -> dict[str, Any]:
 
 def write_per_image(folder: Path, tag: str, labels: np.ndarray, rob: RobustResult) -> Path:
     """Per-image outcomes (1 = correct) so that any two variants can be compared later (McNemar)."""
+    import pandas as pd
+
     from harness.results import atomic_write_text
 
     cols = {"index": np.arange(rob.n), "label": labels, "clean": rob.clean.astype(int)}
     cols.update({k: v.astype(int) for k, v in rob.cumulative.items()})
     cols["robust"] = rob.robust.astype(int)
-    import pandas as pd
-
     path = folder / "per_image" / f"{tag}.csv"
     atomic_write_text(path, pd.DataFrame(cols).to_csv(index=False))
     return path
@@ -254,7 +254,7 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
     arts = {}
     for b in (small, large):
         arts[b] = compile_module(lower_variant(v, model, shape, b, target), target,
-                                 art_dir / f"{target.name}-{v.name.replace(':', '_')}-b{b}.so", v.name, b,
+                                 art_dir / f"{row_tag(target.name, v.name)}-b{b}.so", v.name, b,
                                  tuning_key=tuning_key(cfg, target, v, shape, b), trials=cfg.trials, tune=cfg.tune)
     if not getattr(session, "available", True):  # e.g. no CUDA device: compiled and verified, nothing measured
         return not_run_row(cfg, target, session, v, model, arts), _layer_rows(target.name, v, model, target.energy)
@@ -273,7 +273,7 @@ def measure_variant(cfg: BenchConfig, target: Target, session: Any, v: Variant, 
         out = outputs(loaded[large], to_device(t), large)
         return torch.as_tensor(out if v.kind == "float" else logits_from_int(v.qg, out), dtype=torch.float32)
 
-    tag = f"{target.name}-{v.name.replace(':', '_')}"
+    tag = row_tag(target.name, v.name)
     t_att = time.perf_counter()
     rob = evaluate(host_model, x, y, cfg.evaluation, deployed=predict,
                    transfer_source=model if v.kind == "int" else None,
@@ -402,7 +402,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
                 row, layer_rows = measure_variant(cfg, target, session, v, model, data, folder, progress)
                 store.add(row, layer_rows)
                 # the row is safe: its resumable attack state is no longer needed
-                (folder / "attack_state" / f"{target.name}-{v.name.replace(':', '_')}.npz").unlink(missing_ok=True)
+                (folder / "attack_state" / f"{row_tag(target.name, v.name)}.npz").unlink(missing_ok=True)
                 if is_not_run(row):
                     log(f"[{target.name}] {v.name}: {row['measured_as'].upper()} — compiled, exported and verified "
                         f"only, nothing measured ({time.perf_counter() - t1:.0f} s)")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import plots
-from harness.results import ResultsError, atomic_write_bytes, atomic_write_text
+from harness.results import ResultsError, atomic_write_bytes, atomic_write_text, row_tag
 
 SUMMARY_COLUMNS = ["target", "measured_as", "variant", "avg_weight_bits", "lat_small_median_ms", "lat_small_p90_ms",
                    "lat_large_median_ms", "thr_large_ips", "clean_acc", "robust_acc", "robust_ci_lo", "robust_ci_hi",
@@ -252,7 +252,7 @@ def per_image(folder: Path) -> dict[tuple[str, str], pd.DataFrame]:
     out = {}
     metrics = _read_csv(folder / "metrics.csv")
     for _, r in metrics.iterrows():
-        path = folder / "per_image" / f"{r['target']}-{str(r['variant']).replace(':', '_')}.csv"
+        path = folder / "per_image" / f"{row_tag(str(r['target']), str(r['variant']))}.csv"
         if path.exists():
             out[(str(r["target"]), str(r["variant"]))] = pd.read_csv(path)
     return out

@@ -24,6 +24,12 @@ class ResultsError(RuntimeError):
     """Results could not be written (e.g. disk full); earlier files are intact."""
 
 
+def row_tag(target: str, variant: str) -> str:
+    """The file-name stem of one (target, variant) row in a run folder: artefacts, per-image outcomes and
+    attack state are named by it (``plan:name`` variants carry a colon, which is no file name)."""
+    return f"{target}-{variant.replace(':', '_')}"
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
