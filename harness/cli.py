@@ -60,8 +60,9 @@ def _train_options(f):
     return f
 
 
-def _train_config(dataset: str, arch: str | None, epochs: int, lr: float, plain: bool, eps: float | None,
-                  seed: int) -> tuple[TrainConfig, float]:
+def train_config(dataset: str, arch: str | None, epochs: int, lr: float, plain: bool, eps: float | None,
+                 seed: int) -> tuple[TrainConfig, float]:
+    """The training recipe the CLI options name, and the run's ε (public: scripts build the same model)."""
     eps = DEFAULT_EPS[dataset] if eps is None else eps
     arch = arch or ("resnet20" if dataset == "cifar10" else "smallcnn")
     # Madry-style training attack, kept short for 2-core machines: 7 steps of 2.5·eps/7 from a random start
@@ -116,7 +117,7 @@ def train(dataset, data_dir, arch, epochs, lr, plain, eps, seed) -> None:
     from laaq.data import load_dataset
     from laaq.train import accuracy, train_or_load
 
-    cfg, _ = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
+    cfg, _ = train_config(dataset, arch, epochs, lr, plain, eps, seed)
     data = _run(load_dataset, dataset, seed, data_dir)
     model, path, cached = _run(train_or_load, data, cfg)
     acc = accuracy(model, data.x_test, data.y_test)
@@ -135,7 +136,7 @@ def quantize(dataset, data_dir, arch, epochs, lr, plain, eps, seed, bits, clip, 
     from laaq.quant.plan import QuantPlan
     from laaq.train import train_or_load
 
-    cfg, _ = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
+    cfg, _ = train_config(dataset, arch, epochs, lr, plain, eps, seed)
     data = _run(load_dataset, dataset, seed, data_dir)
     model, _, _ = _run(train_or_load, data, cfg)
     names = [n.name for n in model.to_graph().weighted()]
@@ -152,31 +153,36 @@ def quantize(dataset, data_dir, arch, epochs, lr, plain, eps, seed, bits, clip, 
 @click.option("--batch", default=1, show_default=True)
 @click.option("--out", "out", type=click.Path(), required=True, help="Where to write the exported library.")
 def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_file, batch, out) -> None:  # noqa: A001
-    """Compile a model (fp32, or the integer graph of a plan) for a target and export the library."""
+    """Compile a model (fp32, or the integer graph of a plan) for a target and export the library.
+
+    Builds exactly what `bench` measures for the same target and plan: the same calibration recipe,
+    the same lowering for the target's int8 scheme, the same tuning database when one exists.
+    """
     from harness.compile import compile_module
-    from harness.fast_int8 import lower_integer_for
     from harness.lower import lower_float
-    from harness.targets import load_target
+    from harness.profile import resolve
+    from harness.variants import Variant, quantized
     from laaq.data import load_dataset
     from laaq.quant.plan import QuantPlan
-    from laaq.quant.quantizers import quantize_graph
     from laaq.search import CalibrationRecipe
     from laaq.train import train_or_load
 
-    tgt = _run(load_target, target)
-    cfg, eps = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
+    profile = _run(resolve, target)
+    cfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
     data = _run(load_dataset, dataset, seed, data_dir)
     model, _, _ = _run(train_or_load, data, cfg)
     if plan_file:
         plan = _run(QuantPlan.from_file, plan_file)
         graph = model.to_graph()
         calib = CalibrationRecipe().make(graph, data.x_train, data.y_train, eps, seed, model=model)  # as bench does
-        qg = _run(quantize_graph, graph, plan, calib.all_x)
-        mod, variant = lower_integer_for(qg, batch, tgt), plan.name
+        v = Variant(plan.name, "int", plan, _run(quantized, graph, plan, calib))
+        mod = v.lower(model, data.input_shape, batch, profile)
+        key = v.tuning_key(cfg.arch, data.input_shape, batch, profile)
     else:
-        mod, variant = lower_float(model, data.input_shape, batch), "fp32"
-    art = _run(compile_module, mod, tgt, Path(out), variant, batch)
-    click.echo(f"{art.path}: {art.size_bytes} bytes, compiled in {art.compile_s:.1f} s for {tgt.name}")
+        v = Variant("fp32", "float")
+        mod, key = lower_float(model, data.input_shape, batch), v.tuning_key(cfg.arch, data.input_shape, batch, profile)
+    art = _run(compile_module, mod, profile, Path(out), v.name, batch, tuning_key=key)
+    click.echo(f"{art.path}: {art.size_bytes} bytes, compiled in {art.compile_s:.1f} s for {profile.name}")
 
 
 @main.command()
@@ -217,8 +223,8 @@ def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variant
     from harness.report import summary_table
     from harness.targets import load_target
 
-    _run(load_target, target)  # unknown target: fail before training anything
-    tcfg, eps = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
+    _run(load_target, target)  # unknown target: fail before training anything (run_bench resolves it, once)
+    tcfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
     evaluation = _run(_eval_config, attack, square_queries, eps, seed)
     cfg = BenchConfig(target=target, dataset=dataset, data_dir=data_dir, train=tcfg, evaluation=evaluation,
                       variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
@@ -284,11 +290,12 @@ def search(dataset, data_dir, arch, epochs, lr, plain, eps, seed, method, avg_bi
            calib_samples, refine, out) -> None:
     """Search a mixed-precision plan under a budget and write it as JSON (compile it with bench --plan)."""
     from harness.results import atomic_write_text
+    from harness.variants import searched_plan
     from laaq.data import load_dataset
-    from laaq.search import Budget, CalibrationRecipe, SearchConfig, search_plan
+    from laaq.search import Budget, CalibrationRecipe
     from laaq.train import train_or_load
 
-    cfg, eps = _train_config(dataset, arch, epochs, lr, plain, eps, seed)
+    cfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
     data = _run(load_dataset, dataset, seed, data_dir)
     model, _, _ = _run(train_or_load, data, cfg)
     graph = model.to_graph()
@@ -296,8 +303,7 @@ def search(dataset, data_dir, arch, epochs, lr, plain, eps, seed, method, avg_bi
         avg_bits = 4.0
     budget = Budget(avg_bits=avg_bits, model_bytes=model_bytes, bops=bops)
     calib = _run(CalibrationRecipe(samples=calib_samples).make, graph, data.x_train, data.y_train, eps, seed, model)
-    scfg = SearchConfig(seed=seed, refine=(not plain) if refine is None else refine)
-    plan = _run(search_plan, method, graph, calib, budget, scfg)
+    plan = _run(searched_plan, method, graph, calib, budget, seed, adversarial=not plain, refine=refine)
     atomic_write_text(Path(out), plan.to_json())
     layers = ", ".join(f"{k}:{v.bits}b/c{v.clip:g}" for k, v in plan.layers.items())
     click.echo(f"wrote {out}: {method} {layers}; spend {plan.meta.get('spend_avg_bits', '?')} avg bits; "
@@ -351,16 +357,15 @@ def experiment(data_dir, seeds, avg_bits, attack, n_eval, quick, combine_dirs, o
 def targets() -> None:
     """List the targets (files in targets/): how each is reached and which int8 convolution scheme
     (instruction) it compiles to."""
-    from harness.fast_int8 import scheme_for
-    from harness.targets import available_targets, load_target
+    from harness.profile import resolve
+    from harness.targets import available_targets
 
     for name in available_targets():
         try:
-            t = load_target(name)
-            scheme = scheme_for(t)
-            int8 = f"{scheme.name}/{scheme.instruction}" if scheme else ("gpu" if t.tvm.get("kind") != "llvm"
-                                                                         else "nchw")
-            click.echo(f"{name:14s} {t.device.kind:9s} {int8:20s} {t.description}")
+            p = resolve(name)
+            scheme = p.scheme
+            int8 = f"{scheme.name}/{scheme.instruction}" if scheme else ("gpu" if p.backend != "cpu" else "nchw")
+            click.echo(f"{name:14s} {p.device.kind:9s} {int8:20s} {p.target.description}")
         except Exception as e:  # a broken file must not hide the others
             click.echo(f"{name:14s} BROKEN    {e}")
 

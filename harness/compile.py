@@ -1,25 +1,31 @@
-"""Relax module → exported shared library for a target (cross-compiled where the target says so).
+"""Relax module → exported shared library for a resolved target: tune if asked, build, export atomically.
 
 The exported ``.so`` is the artefact every measurement runs on; it is what one would copy to the
-board. Cross compilation is a field of the target file, so x86 and ARM go through the same code.
+board. The stage goes one way: tuning database (:mod:`harness.tuning`) → backend build and export
+(:mod:`harness.backend`, chosen by the profile) → the library on disk. Cross compilation is a field
+of the target file, so x86, Arm and CUDA go through the same function.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import tvm
+from harness.backend import CompileError, backend_for
+from harness.backend.base import host_linker, manifest_path
+from harness.results import atomic_write_text
 
-from harness.targets import Target
+if TYPE_CHECKING:
+    import tvm
 
+    from harness.profile import TargetProfile
 
-class CompileError(RuntimeError):
-    """Compilation or export failed; the message says what to install or change."""
+__all__ = ["Artefact", "CompileError", "compile_module"]
 
 
 @dataclass(frozen=True)
@@ -34,56 +40,47 @@ class Artefact:
     size_bytes: int
 
 
-def _fcompile(target: Target):
-    if not target.cross_compiler:
-        return None
-    if shutil.which(target.cross_compiler) is None:
-        raise CompileError(
-            f"target {target.name!r} needs the cross compiler {target.cross_compiler!r}, which is not on PATH; "
-            f"install it (Debian: apt-get install g++-aarch64-linux-gnu) or run `make emu-device`")
-    from tvm.support import cc
+def compile_module(mod: tvm.IRModule, profile: TargetProfile, out: Path, variant: str, batch: int,
+                   tuning_key: str | None = None, trials: int = 0, tune: bool = True,
+                   log=print, progress: bool = True) -> Artefact:
+    """Compile + export; the library is written atomically (temp + rename).
 
-    return cc.cross_compiler(target.cross_compiler)
-
-
-def compile_module(mod: tvm.IRModule, target: Target, out: Path, variant: str, batch: int,
-                   tuning_key: str | None = None, trials: int = 0, tune: bool = True) -> Artefact:
-    """Compile + ``export_library``; the library is written atomically (temp + rename).
-
-    CPU targets go through :func:`harness.tune.build`: the tuning database for ``tuning_key`` is applied
-    when one exists (``trials`` > 0 first tunes what it lacks), and VNNI targets get the hand-written
-    int8 schedule for kernels the database does not cover. GPU targets use :mod:`harness.gpu`.
+    Backends with tuning databases (CPU): ``trials`` > 0 first tunes the kernels the database for
+    ``tuning_key`` lacks; then the database is applied when one exists (``tune=False``: neither). The
+    blocked int8 hand schedule covers convolutions the database does not win.
     """
-    fcompile = _fcompile(target)
-    gpu = None
-    if target.tvm.get("kind") == "cuda":  # CUDA code: GPU schedules, nvcc device code, library check
-        from harness import gpu
+    backend = backend_for(profile)
+    host_linker(profile)  # a missing cross compiler fails now, not after the build
     t0 = time.perf_counter()
-    try:
-        if gpu is None:
-            from harness.tune import build
+    database = None
+    if backend.tunable and tune and tuning_key is not None:
+        from harness.tuning import existing_database
+        from harness.tuning import tune as tune_kernels
 
-            ex = build(mod, target, tuning_key, trials=trials, tune_enabled=tune)
-        else:
-            ex = gpu.compile_for_gpu(mod, target, target.tvm_target())
+        if trials > 0:
+            rep = tune_kernels(mod, profile, tuning_key, trials, progress=progress, log=log)
+            if progress and rep.note:
+                log(f"tuning {profile.name}/{tuning_key}: {rep.note}")
+        database = existing_database(profile, tuning_key)
+    try:
+        ex = backend.build(mod, profile, database)
+    except CompileError:
+        raise
     except Exception as e:  # TVM raises its own error types; keep the first line, it is the useful one
-        raise CompileError(f"TVM could not compile {variant} for {target.name}: {str(e).splitlines()[0]}") from e
+        raise CompileError(f"TVM could not compile {variant} for {profile.name}: {str(e).splitlines()[0]}") from e
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so")
     os.close(fd)
     try:
-        if gpu is not None:
-            info = gpu.export_cuda_library(ex, target, Path(tmp), fcompile)
-        elif fcompile is None:
-            ex.export_library(tmp)
-        else:
-            ex.export_library(tmp, fcompile=fcompile)
+        manifest = backend.export(ex, profile, Path(tmp))
         os.replace(tmp, out)
-        if gpu is not None:
-            gpu.write_manifest(out, info)
+        if manifest is not None:
+            atomic_write_text(manifest_path(out, backend.name), json.dumps(manifest, indent=2) + "\n")
+    except CompileError:
+        raise
     except Exception as e:
-        raise CompileError(f"exporting {variant} for {target.name} failed: {str(e).splitlines()[0]}") from e
+        raise CompileError(f"exporting {variant} for {profile.name} failed: {str(e).splitlines()[0]}") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return Artefact(out, target.name, variant, batch, time.perf_counter() - t0, out.stat().st_size)
+    return Artefact(out, profile.name, variant, batch, time.perf_counter() - t0, out.stat().st_size)

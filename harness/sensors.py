@@ -28,7 +28,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from harness.devices.base import Session
 
 
 @runtime_checkable
@@ -308,11 +311,11 @@ def energy_per_sample_uj(sensor: Sensor | None, run_window, calls_per_window: in
     return round(joules / (calls_per_window * batch) * 1e6, 4)
 
 
-def measured_energy_uj(session: Any, mod: Any, x: Any, median_ms: float, min_window_s: float = 1.0) -> float | str:
+def measured_energy_uj(session: Session, mod: Any, x: Any, median_ms: float, min_window_s: float = 1.0) -> float | str:
     """Energy per sample of a loaded module, from the session's sensor (``session.sensor``; absent
     → ``""``), over one timed window of at least ``min_window_s`` (power sensors update every
     few to 100 ms, so the window must be long; the call count comes from the measured latency)."""
-    sensor = getattr(session, "sensor", None)
+    sensor = session.sensor
     if sensor is None or not median_ms or median_ms <= 0:
         return ""
     calls = max(10, math.ceil(min_window_s * 1e3 / median_ms))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from laaq.attacks import PGDConfig, pgd
+from laaq.cache import cache_root
 from laaq.data import Split
 from laaq.models import build_model
 
@@ -49,7 +50,7 @@ class TrainConfig:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("LAAQ_CACHE", Path.home() / ".cache" / "laaq-bench"))
+    return cache_root()
 
 
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:

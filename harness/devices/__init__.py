@@ -1,69 +1,108 @@
-"""Devices: where an artefact runs. ``open_device(target)`` picks one from the target's [device]."""
+"""Devices: where an artefact runs. ``open_device(profile)`` opens the session its [device] kind names.
+
+Each device kind is an opener registered by name (:func:`register_device`), so a new way of reaching
+a board (a device farm, a bundle runner) is one decorated function, not another branch. Every
+session implements :class:`harness.devices.base.Session`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from harness.devices.base import DeviceError, LoadedModule
-from harness.targets import Target
+from harness.devices.base import DeviceError, LoadedModule, Session
 
-__all__ = ["DeviceError", "LoadedModule", "open_device"]
+if TYPE_CHECKING:
+    from harness.profile import TargetProfile
+
+__all__ = ["DEVICE_OPENERS", "DeviceError", "LoadedModule", "Session", "open_device", "register_device"]
+
+Opener = Callable[["TargetProfile", bool], contextlib.AbstractContextManager[Session]]
+DEVICE_OPENERS: dict[str, Opener] = {}
 
 
+def register_device(*kinds: str) -> Callable[[Opener], Opener]:
+    def deco(fn: Opener) -> Opener:
+        for k in kinds:
+            DEVICE_OPENERS[k] = fn
+        return fn
+
+    return deco
+
+
+def open_device(profile: TargetProfile, progress: bool = True) -> contextlib.AbstractContextManager[Session]:
+    """A session for the profile's device, torn down on exit (an emulated board's server included)."""
+    try:
+        opener = DEVICE_OPENERS[profile.device.kind]
+    except KeyError:
+        raise DeviceError(f"unknown device kind {profile.device.kind!r} (known: {sorted(DEVICE_OPENERS)})") from None
+    return opener(profile, progress)
+
+
+@register_device("cuda")
 @contextlib.contextmanager
-def open_device(target: Target, progress: bool = True) -> Iterator[object]:
-    """A session (``.load(path)``, ``.measured_as``, ``.where``) for the target, torn down on exit.
+def _cuda(profile: TargetProfile, progress: bool) -> Iterator[Session]:
+    """This machine's GPU; opens even without one (``available`` is then False: compile and verify only)."""
+    from harness.devices.cuda import CudaSession
 
-    For ``emulated`` the harness starts the emulated board's RPC server itself and always stops it.
-    """
-    d = target.device
-    arch = str(target.tvm.get("arch", ""))
-    if d.kind == "cuda":  # this machine's GPU; opens even without one (session.available is then False)
-        from harness.devices.cuda import CudaSession
+    with CudaSession(0, profile.gpu_arch) as s:
+        yield s
 
-        with CudaSession(0, arch) as s:
-            yield s
-        return
-    if d.kind == "local":
-        from harness.devices.local import LocalSession
 
-        with LocalSession(target.threads, target.arch) as s:
-            yield s
-        return
+@register_device("local")
+@contextlib.contextmanager
+def _local(profile: TargetProfile, progress: bool) -> Iterator[Session]:
+    from harness.devices.local import LocalSession
+
+    with LocalSession(profile.threads, profile.target.arch) as s:
+        yield s
+
+
+def _rpc_class(profile: TargetProfile):
     from harness.devices.rpc import RPCSession
 
-    if d.accelerator == "cuda":  # a remote GPU (e.g. a Jetson): the VM runs on remote.cuda()
+    if profile.device.accelerator == "cuda":  # a remote GPU (e.g. a Jetson): the VM runs on remote.cuda()
+        import functools
+
         from harness.devices.cuda import RPCCudaSession
 
-        RPCSession = functools.partial(RPCCudaSession, target_arch=arch)  # noqa: N806
-    if d.kind in ("rpc", "tracker"):
-        if not d.host or not d.port:
-            how = "--rpc host:port" if d.kind == "rpc" else "--rpc-tracker host:port --rpc-key KEY"
-            raise DeviceError(f"target {target.name!r} runs over {d.kind} but no address was given; pass {how} "
-                              "(or RPC / RPC_TRACKER / RPC_KEY to make)")
-        if d.kind == "tracker" and not d.key:
-            raise DeviceError(f"target {target.name!r}: a tracker needs a key (--rpc-key / RPC_KEY)")
-        with RPCSession(d.host, d.port, target.threads, key=d.key, tracker=d.kind == "tracker",
-                        session_timeout_s=d.session_timeout_s, connect_timeout_s=d.connect_timeout_s) as s:
-            yield s
-        return
-    if d.kind == "emulated":
-        from harness.devices.emulated import EmulatedBoard, EmulatedRPCServer, EmulatorUnavailable, ensure_rootfs
+        return functools.partial(RPCCudaSession, target_arch=profile.gpu_arch)
+    return RPCSession
 
-        try:
-            ensure_rootfs(progress=progress)
-            server = EmulatedRPCServer(EmulatedBoard(qemu_cpu=d.qemu_cpu))
-            server.__enter__()
-        except EmulatorUnavailable as e:
-            raise DeviceError(f"emulated {d.qemu_cpu} board unavailable: {e}") from e
-        try:
-            with RPCSession(server.host, server.port, target.threads, session_timeout_s=d.session_timeout_s,
-                            connect_timeout_s=d.connect_timeout_s, measured_as="emulated") as s:
-                s.server = server  # fault tests reach the server through the session
-                yield s
-        finally:
-            server.__exit__(None, None, None)
-        return
-    raise DeviceError(f"unknown device kind {d.kind!r}")
+
+@register_device("rpc", "tracker")
+@contextlib.contextmanager
+def _remote(profile: TargetProfile, progress: bool) -> Iterator[Session]:
+    d = profile.device
+    if not d.host or not d.port:
+        how = "--rpc host:port" if d.kind == "rpc" else "--rpc-tracker host:port --rpc-key KEY"
+        raise DeviceError(f"target {profile.name!r} runs over {d.kind} but no address was given; pass {how} "
+                          "(or RPC / RPC_TRACKER / RPC_KEY to make)")
+    if d.kind == "tracker" and not d.key:
+        raise DeviceError(f"target {profile.name!r}: a tracker needs a key (--rpc-key / RPC_KEY)")
+    with _rpc_class(profile)(d.host, d.port, profile.threads, key=d.key, tracker=d.kind == "tracker",
+                             session_timeout_s=d.session_timeout_s, connect_timeout_s=d.connect_timeout_s) as s:
+        yield s
+
+
+@register_device("emulated")
+@contextlib.contextmanager
+def _emulated(profile: TargetProfile, progress: bool) -> Iterator[Session]:
+    """The harness starts the emulated board's RPC server itself and always stops it."""
+    from harness.devices.emulated import EmulatedBoard, EmulatedRPCServer, EmulatorUnavailable, ensure_rootfs
+    from harness.devices.rpc import RPCSession
+
+    d = profile.device
+    try:
+        ensure_rootfs(progress=progress)
+        server = EmulatedRPCServer(EmulatedBoard(qemu_cpu=d.qemu_cpu))
+        server.__enter__()
+    except EmulatorUnavailable as e:
+        raise DeviceError(f"emulated {d.qemu_cpu} board unavailable: {e}") from e
+    try:
+        with RPCSession(server.host, server.port, profile.threads, session_timeout_s=d.session_timeout_s,
+                        connect_timeout_s=d.connect_timeout_s, measured_as="emulated", server=server) as s:
+            yield s
+    finally:
+        server.__exit__(None, None, None)

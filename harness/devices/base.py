@@ -1,4 +1,4 @@
-"""What every device gives the harness: load an artefact, run it, time it.
+"""What every device gives the harness: the :class:`Session` protocol, and a loaded artefact to run and time.
 
 Local and remote (RPC) devices differ only in how a library gets loaded and which ``Device`` the
 VM runs on; everything after that — running batches, timing with ``time_evaluator`` — is this one
@@ -8,11 +8,15 @@ class, so a figure measured on a board and one measured here come from the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import tvm
 from tvm import relax
+
+if TYPE_CHECKING:
+    from harness.sensors import Sensor
 
 
 class DeviceError(RuntimeError):
@@ -44,3 +48,51 @@ class LoadedModule:
             return [float(r) for r in res.results]
         except Exception as e:
             raise DeviceError(f"timing on {self.where} failed: {str(e).splitlines()[0]}") from e
+
+
+@runtime_checkable
+class Session(Protocol):
+    """What every device session gives the harness (local, RPC, tracker, emulated, CUDA).
+
+    ``available`` False means the device is absent (no CUDA GPU here): the harness then compiles and
+    verifies, writes a not-run row and measures nothing. ``sensor`` measures energy where the device
+    exposes a readable power or energy counter, else None (the column stays empty, never estimated).
+    """
+
+    measured_as: str  # "native" | "emulated" | "not run: ..." — how its figures are labelled
+    where: str  # human-readable device name
+    info: dict[str, Any]  # device facts for run.json
+    available: bool
+    sensor: Sensor | None
+
+    def load(self, path: Path) -> LoadedModule: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Session: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class SessionBase:
+    """Defaults of the :class:`Session` protocol: present, no sensor, nothing to tear down.
+
+    Subclasses set ``where`` and ``info`` in their constructor and override ``load``."""
+
+    measured_as: str = "native"
+    where: str = ""
+    info: dict[str, Any]
+    available: bool = True
+    sensor: Sensor | None = None
+
+    def load(self, path: Path) -> LoadedModule:  # pragma: no cover - every device overrides it
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> SessionBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -15,15 +15,14 @@ NVML answers (``harness.sensors``), else None.
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import tvm
 from tvm import relax
 
-from harness.devices.base import DeviceError, LoadedModule
+from harness.backend.cuda import ensure_jit_compiler
+from harness.devices.base import DeviceError, LoadedModule, SessionBase
 from harness.devices.rpc import RPCSession
 
 NOT_RUN = "not run: no CUDA device"
@@ -52,22 +51,6 @@ def cuda_runtime_problem() -> str:
             "CUDA_VISIBLE_DEVICES)")
 
 
-def ensure_jit_compiler() -> str:
-    """Libraries built with ``gpu_code = "source"`` compile CUDA source when loaded, through TVM's
-    ``tvm_callback_cuda_compile`` (NVRTC via ``cuda-bindings`` by default). Without that package,
-    switch TVM to nvcc if present. Returns the mode in use."""
-    try:
-        import cuda.bindings.nvrtc  # noqa: F401
-
-        return os.environ.get("TVM_CUDA_COMPILE_MODE", "nvrtc")
-    except ImportError:
-        pass
-    if shutil.which("nvcc"):
-        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
-        return os.environ["TVM_CUDA_COMPILE_MODE"]
-    return "none (libraries with embedded CUDA source cannot load; use gpu_code = \"fatbin\")"
-
-
 def check_arch(dev: Any, target_arch: str) -> None:
     """A library for sm_XY runs on a GPU of that compute capability (SASS) or a newer one (its PTX)."""
     if not target_arch.startswith("sm_"):
@@ -79,7 +62,7 @@ def check_arch(dev: Any, target_arch: str) -> None:
                           "choose a target with an arch at or below the GPU's")
 
 
-class CudaSession:
+class CudaSession(SessionBase):
     """This machine's GPU ``index``; ``available`` tells whether there is one."""
 
     def __init__(self, index: int = 0, target_arch: str = "", sensor: bool = True) -> None:
@@ -123,14 +106,6 @@ class CudaSession:
                               f"{str(e).splitlines()[0]}") from e
         return LoadedModule(vm, self.dev, self.where)
 
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> CudaSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class RPCCudaSession(RPCSession):

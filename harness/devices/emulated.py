@@ -30,21 +30,30 @@ Design choices, each for a failure seen in practice:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from harness.devices.emulated_rootfs import (
+    DEVICE_PYTHON,
+    RASPBERRY_PI_4,
+    RASPBERRY_PI_5,
+    EmulatedBoard,
+    EmulatorUnavailable,
+    ensure_rootfs,
+    rootfs_ready,
+)
+
+_DEVICE_PATH = "/opt/tvm-venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 __all__ = [
     "DEVICE_PYTHON",
@@ -57,15 +66,6 @@ __all__ = [
     "rootfs_ready",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ROOTFS_SCRIPT = REPO_ROOT / "scripts" / "emu_rootfs.sh"
-#: Python of the venv inside the rootfs (runtime-only TVM, cloudpickle, psutil, numpy).
-DEVICE_PYTHON = "/opt/tvm-venv/bin/python"
-_DEVICE_PATH = "/opt/tvm-venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_QEMU_CPU_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-# Exit code of emu_rootfs.sh when root is needed; it then prints the exact commands to run.
-_RC_NEEDS_ROOT = 3
 
 # PID 1 of the server's private mount + PID namespace (host /bin/sh, before the chroot): mounts what
 # the chroot needs, starts the server, and waits. When it exits, the kernel kills everything in the
@@ -84,129 +84,6 @@ server=$!
 exec 3<&-
 wait "$server"
 """
-
-
-class EmulatorUnavailable(RuntimeError):
-    """The emulated device cannot be provided here; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class EmulatedBoard:
-    """An aarch64 board modelled by qemu user mode.
-
-    Attributes:
-        qemu_cpu: qemu's CPU model (``qemu-aarch64-static -cpu help``), e.g. ``"cortex-a72"``
-            (Raspberry Pi 4) or ``"cortex-a76"`` (Raspberry Pi 5). It must match the compile
-            target's ``mcpu``; otherwise code the board cannot run may still run here.
-        cache_dir: cache root for the rootfs (default ``$LAAQ_EMU_CACHE``, else ``$LAAQ_CACHE``,
-            else ``~/.cache/laaq-bench``); the rootfs lives in
-            ``<cache_dir>/emu/<tvm-version>/rootfs``.
-    """
-
-    qemu_cpu: str
-    cache_dir: Path | None = None
-
-    def __post_init__(self) -> None:
-        if not _QEMU_CPU_RE.match(self.qemu_cpu):
-            raise ValueError(f"not a qemu CPU model name: {self.qemu_cpu!r}")
-
-
-RASPBERRY_PI_4 = EmulatedBoard(qemu_cpu="cortex-a72")
-RASPBERRY_PI_5 = EmulatedBoard(qemu_cpu="cortex-a76")
-
-
-def _script_env(cache_dir: Path | None) -> dict[str, str]:
-    env = dict(os.environ)
-    if cache_dir is not None:
-        env["LAAQ_EMU_CACHE"] = str(Path(cache_dir).expanduser().resolve())
-    # The wheels are fetched with the pip of the Python running the harness (the project venv).
-    env.setdefault("LAAQ_HOST_PYTHON", sys.executable)
-    return env
-
-
-def _check_platform() -> None:
-    if not sys.platform.startswith("linux"):
-        raise EmulatorUnavailable(f"the emulated device needs Linux (chroot, binfmt_misc); this is {sys.platform}")
-    if not ROOTFS_SCRIPT.is_file():
-        raise EmulatorUnavailable(f"{ROOTFS_SCRIPT} is missing; is this a full checkout?")
-
-
-def ensure_rootfs(cache_dir: Path | None = None, progress: bool = True) -> Path:
-    """Make the host ready and return the cached arm64 rootfs, building it on first use.
-
-    Runs ``scripts/emu_rootfs.sh``, which is idempotent: when everything is in place it only checks
-    (~0.2 s); from a compressed cache it unpacks in seconds; from nothing it takes ~7 minutes
-    (mmdebstrap under qemu, then the aarch64 wheels installed offline).
-
-    Args:
-        cache_dir: cache root (default ``$LAAQ_EMU_CACHE``, else ``$LAAQ_CACHE``, else
-            ``~/.cache/laaq-bench``).
-        progress: forward the script's progress lines to stderr (they are kept for the error
-            message either way).
-
-    Raises:
-        EmulatorUnavailable: with the remedy (missing root, packages, binfmt, network, ...).
-    """
-    _check_platform()
-    cmd = ["bash", str(ROOTFS_SCRIPT)]
-    if not progress:
-        cmd.append("--quiet")
-    tail: collections.deque[str] = collections.deque(maxlen=40)
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            env=_script_env(cache_dir),
-        )
-    except OSError as exc:
-        raise EmulatorUnavailable(f"cannot run {ROOTFS_SCRIPT}: {exc}") from exc
-    assert proc.stdout is not None and proc.stderr is not None
-    # stdout carries only the final path, so reading stderr to the end first cannot deadlock.
-    for line in proc.stderr:
-        tail.append(line.rstrip("\n"))
-        if progress:
-            print(line, end="", file=sys.stderr, flush=True)
-    out = proc.stdout.read()
-    rc = proc.wait()
-    log = "\n".join(tail)
-    if rc == _RC_NEEDS_ROOT:
-        raise EmulatorUnavailable(f"the emulated device needs root to be set up (apt packages, binfmt, chroot):\n{log}")
-    if rc != 0:
-        raise EmulatorUnavailable(
-            f"{ROOTFS_SCRIPT.name} failed (exit {rc}); last lines:\n{log}\n"
-            f"Remedy: run `bash {ROOTFS_SCRIPT}` as root to see the full log; "
-            "`--rebuild` discards a damaged cache."
-        )
-    lines = [ln for ln in out.splitlines() if ln.strip()]
-    root = Path(lines[-1]) if lines else None
-    if root is None or not (root / DEVICE_PYTHON.lstrip("/")).exists():
-        raise EmulatorUnavailable(f"{ROOTFS_SCRIPT.name} succeeded but printed no usable rootfs path: {out!r}")
-    return root
-
-
-def rootfs_ready(cache_dir: Path | None = None) -> Path | None:
-    """Return the rootfs if host and cache are ready to run it now, else None; changes nothing.
-
-    Useful to decide whether a test can run without a ~7-minute first build.
-    """
-    try:
-        _check_platform()
-    except EmulatorUnavailable:
-        return None
-    res = subprocess.run(
-        ["bash", str(ROOTFS_SCRIPT), "--check", "--quiet"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=_script_env(cache_dir),
-        check=False,
-    )
-    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
-    return Path(lines[-1]) if res.returncode == 0 and lines else None
 
 
 def _free_port(host: str) -> int:

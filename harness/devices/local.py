@@ -8,7 +8,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from harness.devices.base import DeviceError, LoadedModule
+from harness.devices.base import DeviceError, LoadedModule, SessionBase
 
 # ELF e_machine values of the architectures a target file can name (``uname -m`` spelling).
 _ELF_MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64", 21: "ppc64", 22: "s390x"}
@@ -35,18 +35,24 @@ def elf_machine(path: Path) -> str | None:
     return _ELF_MACHINES.get(machine, f"ELF machine {machine}")
 
 
-class LocalSession:
-    """Loads artefacts into this process; thread count set on TVM's runtime pool."""
+class LocalSession(SessionBase):
+    """Loads artefacts into this process; thread count set on TVM's runtime pool.
 
-    measured_as = "native"
+    Energy: the CPU package's RAPL counter where Linux powercap exposes a readable one (whole package,
+    idle included: an upper bound on the model's share), else no sensor and an empty column."""
 
-    def __init__(self, threads: int, expect_arch: str = "") -> None:
+    def __init__(self, threads: int, expect_arch: str = "", sensor: bool = True) -> None:
         if expect_arch and expect_arch != platform.machine():
             raise DeviceError(f"this machine is {platform.machine()}, the target wants {expect_arch}: "
                               "use an rpc/tracker/emulated device for it")
         tvm.get_global_func("runtime.config_threadpool")(1, threads)
         self.where = f"local {platform.machine()}"
         self.info = {"device_arch": platform.machine(), "device_tvm": tvm.__version__}
+        if sensor:
+            from harness.sensors import cpu_sensor
+
+            self.sensor = cpu_sensor()
+        self.info["energy_sensor"] = self.sensor.describe() if self.sensor else "none (no readable RAPL counter)"
 
     def load(self, path: Path) -> LoadedModule:
         built_for, here = elf_machine(Path(path)), platform.machine()
@@ -61,12 +67,3 @@ class LocalSession:
                               f"{str(e).splitlines()[0]}") from e
         dev = tvm.cpu()
         return LoadedModule(relax.VirtualMachine(lib, dev), dev, self.where)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> LocalSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

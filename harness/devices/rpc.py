@@ -14,7 +14,7 @@ from pathlib import Path
 import tvm
 from tvm import relax, rpc
 
-from harness.devices.base import DeviceError, LoadedModule
+from harness.devices.base import DeviceError, LoadedModule, SessionBase
 
 
 def _probe(host: str, port: int, timeout_s: float, what: str) -> None:
@@ -57,7 +57,7 @@ def connect_direct(host: str, port: int, session_timeout_s: float, wait_s: float
     raise DeviceError(f"RPC server {host}:{port}: {why}")
 
 
-def _tracker_request(host: str, port: int, key: str, session_timeout_s: float, wait_s: float):
+def tracker_request(host: str, port: int, key: str, session_timeout_s: float, wait_s: float):
     _probe(host, port, wait_s, "RPC tracker")
     tracker = rpc.connect_tracker(host, port)
     remote, err = _within(lambda: tracker.request(key, priority=1, session_timeout=session_timeout_s), wait_s)
@@ -72,17 +72,18 @@ def _tracker_request(host: str, port: int, key: str, session_timeout_s: float, w
                       f"Tracker says:\n{summary}")
 
 
-class RPCSession:
+class RPCSession(SessionBase):
     """A remote device; ``measured_as`` says whether its figures are native or emulated."""
 
     def __init__(self, host: str, port: int, threads: int, key: str = "", tracker: bool = False,
                  session_timeout_s: float = 600.0, connect_timeout_s: float = 30.0,
-                 measured_as: str = "native") -> None:
+                 measured_as: str = "native", server: object | None = None) -> None:
         self.measured_as = measured_as
+        self.server = server  # an emulated board's server, owned by whoever started it (fault tests reach it here)
         self.where = f"tracker {host}:{port} key {key}" if tracker else f"RPC server {host}:{port}"
         try:
             if tracker:
-                self.remote = _tracker_request(host, port, key, session_timeout_s, connect_timeout_s)
+                self.remote = tracker_request(host, port, key, session_timeout_s, connect_timeout_s)
             else:
                 self.remote = connect_direct(host, port, session_timeout_s, connect_timeout_s)
         except DeviceError:
@@ -110,9 +111,3 @@ class RPCSession:
 
     def close(self) -> None:
         self.remote = None
-
-    def __enter__(self) -> RPCSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -14,6 +14,7 @@ the plan spends and the search time.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,10 +46,9 @@ from laaq.search.solver import (
     spend,
 )
 
-METHODS = ("laaq", "uniform", "mse", "sensitivity", "hessian", "random")
-
-__all__ = ["METHODS", "Budget", "BudgetError", "Calibration", "CalibrationRecipe", "CostConstraint", "SearchConfig",
-           "latency_budget", "make_calibration", "random_plans", "search_plan", "spend", "layer_stats"]
+__all__ = ["METHODS", "METHOD_HANDLERS", "Budget", "BudgetError", "Calibration", "CalibrationRecipe",
+           "CostConstraint", "SearchConfig", "latency_budget", "layer_stats", "make_calibration", "random_plans",
+           "register_method", "search_plan", "spend"]
 
 
 @dataclass(frozen=True)
@@ -127,44 +127,92 @@ def make_calibration(graph: Graph, x: torch.Tensor, y: torch.Tensor, pgd_cfg: PG
     return Calibration(x, y, x_adv, pgd_cfg, time.perf_counter() - t0)
 
 
+@dataclass
+class _Search:
+    """What a method handler gets: the graph, calibration data, budget, config, layer stats, candidates."""
+
+    graph: Graph
+    calib: Calibration
+    budget: Budget
+    cfg: SearchConfig
+    stats: dict
+    settings: list
+    extra_time: float = 0.0  # search time spent outside the handler that counts (e.g. crafting adversarial data)
+    meta: dict = field(default_factory=dict)
+
+
+Handler = Callable[[_Search], dict]  # → allocation {layer: (bits, clip)}
+METHOD_HANDLERS: dict[str, Handler] = {}
+
+
+def register_method(name: str) -> Callable[[Handler], Handler]:
+    """Register a search method by name (as torchao binds a config to its handler): no if/elif on names."""
+    def deco(fn: Handler) -> Handler:
+        METHOD_HANDLERS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_method("laaq")
+def _laaq(s: _Search) -> dict:
+    costs = laaq_costs(s.graph, s.calib.x, s.calib.x_adv, s.settings, s.cfg.mode, s.cfg.attack_weight, s.cfg.seed)
+    s.extra_time = s.calib.adv_time_s
+    s.meta.update(mode=s.cfg.mode, attack_weight=s.cfg.attack_weight)
+    alloc = solve(costs, s.stats, s.budget)
+    if s.cfg.refine:
+        before = alloc
+
+        def metric(a: dict) -> float:  # type: ignore[type-arg]
+            return adversarial_loss(s.graph, a, s.calib.x_adv, s.calib.y)
+
+        alloc, evals = refine(alloc, metric, s.settings, s.stats, s.budget, s.cfg.refine_sweeps, s.cfg.refine_max_evals)
+        s.meta.update(refine_evals=evals, refined_layers=sum(before[n] != alloc[n] for n in alloc))
+    return alloc
+
+
+@register_method("uniform")
+def _uniform(s: _Search) -> dict:
+    return uniform_alloc(s.graph, s.stats, s.budget, s.cfg.bits)
+
+
+@register_method("mse")
+def _mse(s: _Search) -> dict:
+    return solve(mse_costs(s.graph, s.settings), s.stats, s.budget)
+
+
+@register_method("sensitivity")
+def _sensitivity(s: _Search) -> dict:
+    s.extra_time = s.calib.adv_time_s
+    return solve(sensitivity_costs(s.graph, s.calib.x_adv, s.calib.y, s.settings), s.stats, s.budget)
+
+
+@register_method("hessian")
+def _hessian(s: _Search) -> dict:
+    costs = hessian_costs(s.graph, s.calib.x, s.calib.y, s.settings, max_iter=s.cfg.hessian_max_iter, seed=s.cfg.seed)
+    return solve(costs, s.stats, s.budget)
+
+
+@register_method("random")
+def _random(s: _Search) -> dict:
+    s.meta.update(draw=0)
+    return random_allocs(s.graph, s.stats, s.budget, s.settings, 1, s.cfg.seed)[0]
+
+
+METHODS = tuple(METHOD_HANDLERS)
+
+
 def search_plan(method: str, graph: Graph, calib: Calibration, budget: Budget,
                 config: SearchConfig | None = None) -> QuantPlan:
     """A quantization plan for ``graph`` within ``budget`` by ``method`` (one of :data:`METHODS`)."""
     cfg = config or SearchConfig()
-    if method not in METHODS:
+    if method not in METHOD_HANDLERS:
         raise ValueError(f"unknown search method {method!r}; choose one of {METHODS}")
-    if method == "random":
-        return random_plans(graph, budget, 1, cfg)[0]
-    settings = candidate_settings(cfg.bits, cfg.clips)
-    stats = layer_stats(graph)
+    state = _Search(graph, calib, budget, cfg, layer_stats(graph), candidate_settings(cfg.bits, cfg.clips))
     t0 = time.perf_counter()
-    extra_time = 0.0
-    meta: dict[str, object] = {}
-    if method == "uniform":
-        alloc = uniform_alloc(graph, stats, budget, cfg.bits)
-    else:
-        if method == "mse":
-            costs = mse_costs(graph, settings)
-        elif method == "hessian":
-            costs = hessian_costs(graph, calib.x, calib.y, settings, max_iter=cfg.hessian_max_iter, seed=cfg.seed)
-        elif method == "sensitivity":
-            costs = sensitivity_costs(graph, calib.x_adv, calib.y, settings)
-            extra_time = calib.adv_time_s
-        else:  # laaq
-            costs = laaq_costs(graph, calib.x, calib.x_adv, settings, cfg.mode, cfg.attack_weight, cfg.seed)
-            extra_time = calib.adv_time_s
-            meta.update(mode=cfg.mode, attack_weight=cfg.attack_weight)
-        alloc = solve(costs, stats, budget)
-        if method == "laaq" and cfg.refine:
-            before = alloc
-
-            def metric(a: dict) -> float:  # type: ignore[type-arg]
-                return adversarial_loss(graph, a, calib.x_adv, calib.y)
-
-            alloc, evals = refine(alloc, metric, settings, stats, budget, cfg.refine_sweeps, cfg.refine_max_evals)
-            meta.update(refine_evals=evals, refined_layers=sum(before[n] != alloc[n] for n in alloc))
-    elapsed = time.perf_counter() - t0 + extra_time
-    return make_plan(alloc, stats, budget, method, elapsed, seed=cfg.seed, **meta)
+    alloc = METHOD_HANDLERS[method](state)
+    elapsed = time.perf_counter() - t0 + state.extra_time
+    return make_plan(alloc, state.stats, budget, method, elapsed, seed=cfg.seed, **state.meta)
 
 
 def random_plans(graph: Graph, budget: Budget, count: int, config: SearchConfig | None = None) -> list[QuantPlan]:

@@ -1,5 +1,4 @@
-"""Model → Relax IRModule: the float model through TVM's PyTorch frontend, the quantized model as a
-hand-built integer graph.
+"""The quantized graph → Relax IRModule in plain NCHW: the integer lowering every target can fall back to.
 
 The integer module is the same computation as :mod:`laaq.quant.integer`, op for op: uint8/int8
 activations, int8 weights, ``conv2d``/``matmul`` with ``out_dtype="int32"``, int32 bias, and
@@ -14,7 +13,6 @@ with the same shapes share one kernel and one tuning task.
 from __future__ import annotations
 
 import numpy as np
-import torch
 import tvm
 from tvm import relax
 
@@ -80,15 +78,3 @@ def lower_integer(qg: QuantizedGraph, batch: int) -> tvm.IRModule:
             out = bb.emit_output(env[qg.graph.output])
         bb.emit_func_output(out)
     return bb.get()
-
-
-def lower_float(model: torch.nn.Module, input_shape: tuple[int, int, int], batch: int) -> tvm.IRModule:
-    """The float model through TVM's own PyTorch frontend (torch.export → Relax), weights as constants."""
-    from tvm.relax.frontend.torch import from_exported_program
-
-    model = model.eval()
-    example = torch.zeros((batch, *input_shape))
-    with torch.no_grad():
-        ep = torch.export.export(model, (example,))
-    mod = from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True)
-    return mod

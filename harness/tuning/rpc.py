@@ -1,6 +1,6 @@
 """MetaSchedule measurement for targets whose code cannot run here: cross-built, timed over TVM RPC.
 
-:func:`harness.tune.tune` uses this for an ``llvm`` target whose architecture is not the host's (an
+:func:`harness.tuning.tune.tune` uses this for an ``llvm`` target whose architecture is not the host's (an
 aarch64 Raspberry Pi from an x86 host). Each candidate is
 
 * **built** here by a ``LocalBuilder`` whose export step links the kernel with the target file's
@@ -30,16 +30,18 @@ import platform
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tvm
 
-from harness import tvm_fixes
+from harness.backend import tvm_fixes
+
+if TYPE_CHECKING:
+    from harness.profile import TargetProfile
 
 EMULATED_NOTE = "emulated (QEMU user-mode): timings rank candidates under emulation, not board performance"
 #: Seconds one candidate may take over RPC (session, upload, load, random inputs, timing).
 CANDIDATE_TIMEOUT_S = 120.0
-_HOST_ARCH = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm", "arm64": "arm", "riscv64": "riscv"}
 
 
 class TuneDeviceUnavailable(RuntimeError):
@@ -54,16 +56,6 @@ class Measurer:
     runner: Any
     measured: str  # "native (...)" or EMULATED_NOTE; goes into tuned.json
     where: str
-
-
-def is_cross(target, tvm_target: tvm.target.Target) -> bool:
-    """An ``llvm`` target for another architecture than this machine's (its code cannot run here)."""
-    if tvm_target.kind.name != "llvm":
-        return False
-    here = platform.machine()
-    if target.arch:
-        return target.arch != here
-    return tvm_fixes.target_arch(tvm_target) != _HOST_ARCH.get(here, here)
 
 
 # ------------------------------------------------------------------------------ worker functions
@@ -84,13 +76,13 @@ def create_session(rpc_config, *, direct: bool, threads: int, wait_s: float):
     by ``wait_s`` (:mod:`harness.devices.rpc`); a busy or absent board raises
     :class:`TuneDeviceUnavailable`."""
     from harness.devices.base import DeviceError
-    from harness.devices.rpc import _tracker_request, connect_direct
+    from harness.devices.rpc import connect_direct, tracker_request
 
     host, port, key = rpc_config.tracker_host, int(rpc_config.tracker_port), rpc_config.tracker_key
     timeout = rpc_config.session_timeout_sec
     try:
         sess = (connect_direct(host, port, timeout, wait_s) if direct
-                else _tracker_request(host, port, key, timeout, wait_s))
+                else tracker_request(host, port, key, timeout, wait_s))
     except DeviceError as e:
         raise TuneDeviceUnavailable(str(e)) from e
     sess.get_function("runtime.config_threadpool")(1, threads)
@@ -149,15 +141,15 @@ def _probe_device(create, rpc_config) -> None:
 
 
 # ------------------------------------------------------------------------------------ measurer
-def _builder(target, tvm_target):
+def _builder(profile: TargetProfile):
     from tvm.s_tir import meta_schedule as ms
 
-    if target.cross_compiler and shutil.which(target.cross_compiler) is None:
-        raise TuneDeviceUnavailable(f"cross compiler {target.cross_compiler!r} not on PATH "
+    if profile.cross_compiler and shutil.which(profile.cross_compiler) is None:
+        raise TuneDeviceUnavailable(f"cross compiler {profile.cross_compiler!r} not on PATH "
                                     "(Debian: apt-get install g++-aarch64-linux-gnu, or `make emu-device`)")
     return ms.builder.LocalBuilder(
-        initializer=functools.partial(tvm_fixes.builder_initializer, tvm_fixes.target_arch(tvm_target)),
-        f_export=functools.partial(export_cross, cross_compiler=target.cross_compiler), timeout_sec=120.0)
+        initializer=functools.partial(tvm_fixes.builder_initializer, profile.isa),
+        f_export=functools.partial(export_cross, cross_compiler=profile.cross_compiler), timeout_sec=120.0)
 
 
 def _runner(host: str, port: int, key: str, direct: bool, threads: int, wait_s: float, emulated: bool):
@@ -183,13 +175,13 @@ def _runner(host: str, port: int, key: str, direct: bool, threads: int, wait_s: 
 
 
 @contextlib.contextmanager
-def rpc_measurer(target, tvm_target: tvm.target.Target, progress: bool = True) -> Iterator[Measurer]:
+def rpc_measurer(profile: TargetProfile, progress: bool = True) -> Iterator[Measurer]:
     """Builder + RPC runner on the target's device for the block; an emulated board lives as long.
 
     Raises :class:`TuneDeviceUnavailable` before the block when there is nothing to measure on.
     """
-    d = target.device
-    builder = _builder(target, tvm_target)
+    d = profile.device
+    builder = _builder(profile)
     wait_s = float(d.connect_timeout_s)
     server = None
     if d.kind == "emulated":
@@ -204,19 +196,19 @@ def rpc_measurer(target, tvm_target: tvm.target.Target, progress: bool = True) -
         measured, where = EMULATED_NOTE, f"emulated {d.qemu_cpu} RPC server {host}:{port}"
     elif d.kind in ("rpc", "tracker"):
         if not d.host or not d.port or (d.kind == "tracker" and not d.key):
-            raise TuneDeviceUnavailable(f"target {target.name!r} runs over {d.kind} but no address/key was given")
+            raise TuneDeviceUnavailable(f"target {profile.name!r} runs over {d.kind} but no address/key was given")
         host, port, key, direct = d.host, int(d.port), d.key, d.kind == "rpc"
         where = f"RPC server {host}:{port}" if direct else f"tracker {host}:{port} key {key}"
         measured = f"native ({where})"
     else:
-        arch = target.arch or tvm_fixes.target_arch(tvm_target)
-        raise TuneDeviceUnavailable(f"{target.name} is cross-compiled ({arch}) but its [device] kind is {d.kind!r}: "
+        arch = profile.target.arch or profile.isa
+        raise TuneDeviceUnavailable(f"{profile.name} is cross-compiled ({arch}) but its [device] kind is {d.kind!r}: "
                                     "give the board with --rpc host:port or "
                                     "--rpc-tracker host:port --rpc-key KEY, or use kind = \"emulated\"")
     runner = None
     try:
         try:
-            runner = _runner(host, port, key, direct, int(target.threads), wait_s, server is not None)
+            runner = _runner(host, port, key, direct, int(profile.threads), wait_s, server is not None)
         except TuneDeviceUnavailable as e:
             raise TuneDeviceUnavailable(f"cannot measure on {where}: {e}") from e
         yield Measurer(builder, runner, measured, where)
@@ -228,11 +220,11 @@ def rpc_measurer(target, tvm_target: tvm.target.Target, progress: bool = True) -
             server.__exit__(None, None, None)
 
 
-def local_measurer(tvm_target: tvm.target.Target) -> Measurer:
+def local_measurer(profile: TargetProfile) -> Measurer:
     """MetaSchedule's local builder/runner (this machine runs the target's code)."""
     from tvm.s_tir import meta_schedule as ms
 
-    return Measurer(tvm_fixes.local_builder(tvm_target),
+    return Measurer(tvm_fixes.local_builder(profile.isa),
                     ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
                         number=5, repeat=1, min_repeat_ms=20, enable_cpu_cache_flush=False)),
                     f"native (local runner on {platform.machine()})", "local")

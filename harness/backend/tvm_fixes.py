@@ -93,20 +93,6 @@ _ARCH_INTRIN = {"x86": ("x86",), "arm": ("arm_cpu",), "riscv": ("riscv_cpu",), "
                 "rocm": ("rocm",), "hexagon": ("hexagon",)}
 
 
-def target_arch(target) -> str:
-    """'x86' | 'arm' | 'riscv' | 'cuda' | ... from a ``tvm.target.Target`` (or its dict)."""
-    d = dict(target) if isinstance(target, dict) else None
-    kind = d["kind"] if d else target.kind.name
-    if kind != "llvm":
-        return kind
-    triple = (d.get("mtriple", "") if d else str(target.attrs.get("mtriple", ""))) or ""
-    if triple.startswith(("aarch64", "arm")):
-        return "arm"
-    if triple.startswith("riscv"):
-        return "riscv"
-    return "x86"
-
-
 def light_tensor_intrin(arch: str = "x86") -> None:
     """Make ``import tvm.s_tir.tensor_intrin`` cheap: register only ``arch``'s intrinsics.
 
@@ -120,7 +106,7 @@ def light_tensor_intrin(arch: str = "x86") -> None:
         importlib.import_module(f"{name}.{sub}")
     if arch == "x86":
         fix_vnni_intrinsic()
-        from harness.intrinsics import register_avx2
+        from harness.backend.intrinsics import register_avx2
 
         register_avx2()
 
@@ -148,7 +134,7 @@ def builder_initializer(arch: str = "x86") -> None:
     light_tensor_intrin(arch)
 
 
-def local_builder(target, timeout_s: float = 120.0, max_workers: int | None = None):
+def local_builder(isa: str, timeout_s: float = 120.0, max_workers: int | None = None):
     """A ``LocalBuilder`` whose workers start in seconds and get a longer timeout.
 
     Still needed? Time ``python -c "import tvm.s_tir.tensor_intrin"``: if it is well under the
@@ -156,7 +142,7 @@ def local_builder(target, timeout_s: float = 120.0, max_workers: int | None = No
     """
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.builder.LocalBuilder(initializer=functools.partial(builder_initializer, target_arch(target)),
+    return ms.builder.LocalBuilder(initializer=functools.partial(builder_initializer, isa),
                                    timeout_sec=timeout_s, max_workers=max_workers)
 
 
@@ -216,7 +202,7 @@ def stock_vnni_impl():
     return dot_product_16x4_u8i8i32_desc, dot_product_16x4_u8i8i32_vnni
 
 
-def apply_all(target=None) -> None:
+def apply_all(isa: str = "x86") -> None:
     """Everything the tuning/compile path needs in this process (cheap, idempotent)."""
     check_ffi_json()
-    light_tensor_intrin(target_arch(target) if target is not None else "x86")
+    light_tensor_intrin(isa)

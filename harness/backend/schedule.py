@@ -1,0 +1,129 @@
+"""The fixed hand schedule of the blocked int8 convolutions, and the order it meets the tuning database.
+
+:func:`schedule_blocked` is deterministic (no tuning): tensorize with the scheme's intrinsic,
+register-block the output width, parallelize over (n, oc chunk, oh), requantization fused into the
+tile. MetaSchedule's x86 rules know ``dot_16x4_vnni`` (so tuned VNNI kernels replace the hand
+schedule); for the other schemes the hand schedule is applied *before* the tuning database, so
+tuning only ever touches the kernels around the convolutions (dense, pooling, packing).
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from harness.backend.schemes import AVX2, CONV_BLOCK, VNNI, Scheme
+
+
+def _pick(extent: int, options=(8, 7, 4, 2, 1)) -> int:
+    for f in options:
+        if extent % f == 0:
+            return f
+    return 1
+
+
+def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
+                     ow_options: tuple[int, ...] = (8, 7, 4, 2, 1), pad_per_row: bool = False
+                     ) -> tvm.tirx.PrimFunc | None:
+    """Hand schedule for a (fused) PrimFunc holding a ``conv2d_NCHWc_int8`` block; None if not one.
+
+    Loops (n, oc_chunk, oh, ow, oc_block | ic_outer, kh, kw, ic_f_inner, ic_s_inner) become
+    ``parallel(n·oc_chunk·oh) · ow_o · ic_outer · kh · kw · ic_f_inner · unroll(ow_i) · [ob×k intrin]``;
+    element-wise consumers are inlined into one epilogue computed per (ow_o) tile, vectorized.
+    """
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        conv = sch.get_sblock(CONV_BLOCK)
+    except Exception:  # noqa: BLE001 - not a conv function
+        return None
+    loops = sch.get_loops(conv)
+    if len(loops) != 10:
+        return None
+    n, occ, oh, ow, ocb, ico, kh, kw, icf, ics = loops
+    ow_ext = int(sch.get(ow).extent)
+    ow_o, ow_i = sch.split(ow, [None, _pick(ow_ext, ow_options)])
+    if pad_per_row:
+        sch.reorder(n, oh, occ, ow_o, ico, kh, kw, icf, ow_i, ocb, ics)
+        row = sch.fuse(n, oh)
+        sch.parallel(row)
+        for b in sch.get_producers(conv):
+            if sch.get(b).name_hint.startswith("data_pad"):
+                sch.compute_at(b, row)  # pad only the input rows this output row reads, while in cache
+                sch.vectorize(sch.get_loops(b)[-1])
+    else:
+        sch.reorder(n, occ, oh, ow_o, ico, kh, kw, icf, ow_i, ocb, ics)
+        row = None
+        sch.parallel(sch.fuse(n, occ, oh))  # before tensorize: parallel needs a plain reduction block below
+    # everything else: inline element-wise stages (bias, requant chain), keep padding separate
+    blocks = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint != CONV_BLOCK]
+    out_block = None
+    for b in blocks:
+        name = sch.get(b).name_hint
+        if name.startswith(("data_pad", "pad")):
+            continue
+        try:
+            sch.compute_inline(b)
+        except Exception:  # noqa: BLE001 - the output block (or a reduction) cannot be inlined
+            out_block = b
+    if out_block is not None:
+        try:
+            sch.reverse_compute_at(out_block, ow_o)
+            sch.vectorize(sch.get_loops(out_block)[-1])
+        except Exception:  # noqa: BLE001 - different shape of epilogue: leave it as a separate loop nest
+            pass
+    sch.decompose_reduction(conv, ico)
+    sch.tensorize(ocb, intrin)
+    sch.unroll(ow_i)
+    for b in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(b).name_hint.startswith(("data_pad", "pad")):
+            if row is not None and sch.get(b).name_hint.startswith("data_pad"):
+                continue  # already under the row loop
+            ls = sch.get_loops(b)
+            sch.parallel(sch.fuse(*ls[:3]))
+            sch.vectorize(ls[-1])
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+
+def ensure_intrinsic(scheme: Scheme) -> None:
+    """Register ``scheme.intrin`` (TVM's own, re-registered VNNI fix, or ours)."""
+    from harness.backend import tvm_fixes
+
+    if scheme is VNNI:
+        tvm_fixes.fix_vnni_intrinsic()
+    elif scheme is AVX2:
+        from harness.backend.intrinsics import register_avx2
+
+        register_avx2()
+    else:
+        tvm_fixes.light_tensor_intrin("arm")
+
+
+def blocked_schedule_pass(scheme: Scheme) -> tvm.transform.Pass:
+    """Module pass: hand-schedule every not-yet-scheduled conv2d_NCHWc_int8 function."""
+
+    @tvm.transform.module_pass(opt_level=0, name="LaaqBlockedInt8Schedule")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        ensure_intrinsic(scheme)
+        for gv, func in list(mod.functions.items()):
+            if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs and func.attrs.get("tirx.is_scheduled"):
+                continue
+            new = schedule_blocked(func.with_attr("global_symbol", gv.name_hint), scheme.intrin, scheme.ow_options,
+                                   scheme.pad_per_row)
+            if new is not None:
+                mod[gv] = new
+        return mod
+
+    return _pass
+
+
+
+def schedule_passes(scheme: Scheme | None, database_dir: str | None) -> list[tvm.transform.Pass]:
+    """Tuning database and hand schedule, in the order that lets the better one win: VNNI records
+    first (MetaSchedule tensorizes with the same intrinsic), otherwise the hand schedule first, so a
+    plain-loop record never replaces a tensorized convolution."""
+    db = [relax.transform.MetaScheduleApplyDatabase(database_dir)] if database_dir is not None else []
+    hand = [blocked_schedule_pass(scheme)] if scheme is not None else []
+    return db + hand if scheme is None or scheme.metaschedule_tensorizes else hand + db

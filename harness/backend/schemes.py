@@ -1,0 +1,125 @@
+"""The blocked int8 schemes: which instruction pattern each CPU family gets for its convolutions.
+
+A target never names code: its ``int8_layout`` field (or, when absent, the CPU features of its
+``[tvm]`` table) selects one :class:`Scheme` here, once, in :func:`harness.profile.resolve`. The
+lowering (:mod:`harness.lower.blocked`) reads the scheme's block sizes and storage dtypes; the
+schedule (:mod:`harness.backend.schedule`) reads its intrinsic. **A new CPU family's scheme goes
+here**: a ``Scheme`` row, its entry in :data:`SCHEMES`, the ``int8_layout`` value in
+``harness/targets.py``, and the intrinsic's registration in :func:`harness.backend.schedule.ensure_intrinsic`.
+
+=============  ==========================  =====================  ==============================
+scheme         instruction                 operands               exact because
+=============  ==========================  =====================  ==============================
+nchwc_vnni     ``vpdpbusd`` (AVX-512 VNNI)  u8 act × s8 w, 16×4    32-bit accumulate, no int16 step
+nchwc_avx2     ``vpmaddwd`` (AVX2)         s16 act × s16 w, 16×2  16×16→32-bit products, no
+                                                                  saturation (``vpmaddubsw``
+                                                                  would saturate for 8-bit w)
+nchwc_sdot     ``sdot`` (Armv8.2 dotprod)  s8 act × s8 w, 4×4     act stored as ``u8 − 128``; the
+                                                                  ``128·Σw`` it removes is added
+                                                                  back through the bias
+nchwc_neon     ``smull``+``saddlp`` (NEON)  s8 act × s8 w, 4×4     as sdot (s8×s8 fits int16)
+=============  ==========================  =====================  ==============================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+
+CONV_BLOCK = "conv2d_NCHWc_int8"
+VNNI_MCPUS = ("cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake", "alderlake",
+              "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5")
+AVX2_MCPUS = ("x86-64-v3", "x86-64-v4", "haswell", "broadwell", "skylake", "skylake-avx512", "znver1", "znver2",
+              "znver3", "alderlake") + VNNI_MCPUS
+DOTPROD_MCPUS = ("cortex-a55", "cortex-a75", "cortex-a76", "cortex-a77", "cortex-a78", "cortex-x1", "neoverse-n1",
+                 "neoverse-v1", "neoverse-n2", "apple-m1", "apple-m2")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How one family of CPUs gets its int8 convolutions: block sizes, storage dtypes, instruction."""
+
+    name: str  # the target file's ``int8_layout`` value
+    oc_block: int  # output channels per instruction (vector lanes of int32)
+    k_block: int  # input channels summed per lane by one instruction
+    act_dtype: str  # dtype activations are stored in as conv inputs
+    act_offset: int  # stored = true value + act_offset for unsigned (uint8) activations
+    weight_dtype: str
+    intrin: str  # registered TensorIntrin name
+    first_cb: int  # channel block of the network input (3 channels → padded to this)
+    metaschedule_tensorizes: bool = False  # MetaSchedule's own rules use ``intrin`` (VNNI only)
+    # output-width register blocking the hand schedule may pick (accumulators = ow × oc_block lanes)
+    ow_options: tuple[int, ...] = (8, 7, 4, 2, 1)
+    pad_per_row: bool = False  # parallel over (n, oh) with the padded input rows built per task
+
+    @property
+    def instruction(self) -> str:
+        """What to grep for in the disassembly of a compiled library."""
+        return {"nchwc_vnni": "vpdpbusd", "nchwc_avx2": "vpmaddwd", "nchwc_sdot": "sdot",
+                "nchwc_neon": "smull"}[self.name]
+
+
+VNNI = Scheme("nchwc_vnni", 16, 4, "uint8", 0, "int8", "dot_16x4_vnni", 4, metaschedule_tensorizes=True)
+# 16 lanes = 2 ymm accumulators per output pixel; 4 pixels → 8 accumulators + 2 weight registers + 1
+# broadcast of the 16 ymm registers (ow = 8 spills)
+AVX2 = Scheme("nchwc_avx2", 16, 2, "int16", 0, "int16", "laaq_dot_16x2_i16_avx2", 2, ow_options=(4, 2, 1),
+              pad_per_row=True)
+SDOT = Scheme("nchwc_sdot", 4, 4, "int8", -128, "int8", "dot_4x4_i8i8s32_sdot", 4)
+NEON = Scheme("nchwc_neon", 4, 4, "int8", -128, "int8", "dot_4x4_i8i8s32_neon", 4)
+SCHEMES = {s.name: s for s in (VNNI, AVX2, SDOT, NEON)}
+PLAIN = "nchw"
+
+
+def _attrs(tvm_target: tvm.target.Target) -> tuple[str, list[str], str]:
+    mcpu = str(tvm_target.attrs.get("mcpu", ""))
+    mattr = [str(a) for a in tvm_target.attrs.get("mattr", [])]
+    triple = str(tvm_target.attrs.get("mtriple", ""))
+    return mcpu, mattr, triple
+
+
+def target_has_vnni(tvm_target: tvm.target.Target) -> bool:
+    mcpu, mattr, _ = _attrs(tvm_target)
+    return mcpu in VNNI_MCPUS or "+avx512vnni" in mattr
+
+
+def auto_scheme(tvm_target: tvm.target.Target) -> Scheme | None:
+    """The scheme a TVM target's CPU features allow (None: none — plain NCHW lowering)."""
+    if tvm_target.kind.name != "llvm":
+        return None
+    mcpu, mattr, triple = _attrs(tvm_target)
+    if triple.startswith(("aarch64", "arm64")):
+        if "+dotprod" in mattr or mcpu in DOTPROD_MCPUS:
+            return SDOT
+        return NEON
+    if triple and not triple.startswith("x86_64"):
+        return None
+    if target_has_vnni(tvm_target):
+        return VNNI
+    if mcpu in AVX2_MCPUS or "+avx2" in mattr:
+        return AVX2
+    return None
+
+
+
+def scheme_from_layout(layout: str, tvm_target: tvm.target.Target) -> Scheme | None:
+    """The scheme a target file's ``int8_layout`` names (``"nchw"`` → None: plain lowering), or, when the
+    field is empty, the one its CPU features allow (:func:`auto_scheme`)."""
+    if layout == PLAIN:
+        return None
+    if layout:
+        return SCHEMES[layout]  # validated against harness.targets.INT8_LAYOUTS when the file was loaded
+    return auto_scheme(tvm_target)
+
+
+def isa_family(tvm_target: tvm.target.Target) -> str:
+    """'x86' | 'arm' | 'riscv' | 'cuda' | ...: which family of TVM tensor intrinsics the target's code uses."""
+    kind = tvm_target.kind.name
+    if kind != "llvm":
+        return kind
+    triple = str(tvm_target.attrs.get("mtriple", "")) or ""
+    if triple.startswith(("aarch64", "arm")):
+        return "arm"
+    if triple.startswith("riscv"):
+        return "riscv"
+    return "x86"

@@ -1,0 +1,36 @@
+"""Lowering: a model (float) or a quantized graph (integer) → a Relax IRModule for one target.
+
+Three lowerings, one module each:
+
+* :mod:`harness.lower.floating` — fp32 through TVM's PyTorch frontend, and fp16 from it;
+* :mod:`harness.lower.nchw` — the integer graph in plain NCHW (any target; the reference layout);
+* :mod:`harness.lower.blocked` — the integer graph in NCHW[x]c blocks for a CPU scheme
+  (:mod:`harness.backend.schemes`), bit-exact with the NCHW one.
+
+:func:`lower_integer_for` is the only place that chooses between the last two, from the
+:class:`harness.profile.TargetProfile` (its ``scheme``), so ``bench`` and ``compile`` build the same module.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from harness.lower.blocked import lower_integer_nchwc
+from harness.lower.floating import lower_float, lower_float16
+from harness.lower.nchw import lower_integer, requantize_expr
+
+if TYPE_CHECKING:
+    import tvm
+
+    from harness.profile import TargetProfile
+    from laaq.quant.quantizers import QuantizedGraph
+
+__all__ = ["lower_float", "lower_float16", "lower_integer", "lower_integer_for", "lower_integer_nchwc",
+           "requantize_expr"]
+
+
+def lower_integer_for(qg: QuantizedGraph, batch: int, profile: TargetProfile) -> tvm.IRModule:
+    """The integer module for the profile's target: its blocked scheme where it has one, else NCHW."""
+    if profile.scheme is not None:
+        return lower_integer_nchwc(qg, batch, profile.scheme)
+    return lower_integer(qg, batch)

@@ -1,0 +1,212 @@
+"""A blocked-layout integer lowering for CPUs with integer dot-product (or multiply-add) instructions.
+
+Same computation as :func:`harness.lower.nchw.lower_integer` (and :mod:`laaq.quant.integer`), bit for
+bit, but convolutions are written as ``topi.nn.conv2d_NCHWc_int8``: activations live in
+``[N, C/cb, H, W, cb]``, kernels are pre-packed in numpy as ``[O/ob, C/cb, kh, kw, cb/k, ob, k]``
+and channel counts are padded with zeros to the block sizes (padded channels carry exact zeros
+through requantization and are sliced off before a flatten / global pool). The innermost
+``ob`` output channels × ``k`` input channels are tensorized with one instruction pattern, chosen
+per target by a :class:`harness.backend.schemes.Scheme` (the table of schemes is there).
+
+The ``−128`` offset of the Arm schemes: ``conv(a, w) = conv(a − 128, w) + 128·Σ_{c,kh,kw} w[o]``
+holds exactly when the *padded* input is ``a = 0`` too, so convolutions pad with the stored value
+of zero (``−128``), not with 0, and the per-channel constant goes into the int32 bias.
+
+The hand schedule of these convolutions is :mod:`harness.backend.schedule`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, topi
+
+from harness.backend.schemes import VNNI, Scheme
+from harness.lower.nchw import requantize_expr
+from laaq.quant.quantizers import QNode, QuantizedGraph
+
+
+def _const(a: np.ndarray) -> relax.Constant:
+    return relax.const(tvm.runtime.tensor(np.ascontiguousarray(a)))
+
+
+def _ceil(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def pack_kernel(w: np.ndarray, cb: int, scheme: Scheme = VNNI) -> np.ndarray:
+    """int8 ``[O, C, kh, kw]`` → ``[Op/ob, Cp/cb, kh, kw, cb/k, ob, k]`` (zero-padded O and C)."""
+    ob, kb = scheme.oc_block, scheme.k_block
+    o, c, kh, kw = w.shape
+    op, cp = _ceil(o, ob), _ceil(c, cb)
+    wp = np.zeros((op, cp, kh, kw), dtype=scheme.weight_dtype)
+    wp[:o, :c] = w
+    # input channel = ic_outer*cb + ic_f_inner*k + ic_s_inner (topi's data indexing)
+    wp = wp.reshape(op // ob, ob, cp // cb, cb // kb, kb, kh, kw)
+    return np.ascontiguousarray(wp.transpose(0, 2, 5, 6, 3, 1, 4))
+
+
+def blocked_dense_weight(w: np.ndarray, c: int, h: int, w_: int, cb: int) -> np.ndarray:
+    """Dense weights ``[O, C·H·W]`` (torch's NCHW flatten order) → 1×1-conv weights ``[O, Kp, 1, 1]``
+    whose columns follow the blocked activation order ``(c // cb, h, w, c % cb)``; columns of padded
+    channels are zero. Lets a dense read the blocked activation as is (no transpose back to NCHW)."""
+    o = w.shape[0]
+    cp = _ceil(c, cb)
+    full = np.zeros((o, cp, h, w_), dtype=w.dtype)
+    full[:, :c] = w.reshape(o, c, h, w_)
+    blocked = full.reshape(o, cp // cb, cb, h, w_).transpose(0, 1, 3, 4, 2).reshape(o, -1)
+    return np.ascontiguousarray(blocked.reshape(o, -1, 1, 1))
+
+
+def offset_bias(b_q: np.ndarray, w_q: np.ndarray, offset: int) -> np.ndarray:
+    """Bias that undoes a stored-input offset: ``conv(a + off, w) − off·Σw = conv(a, w)``."""
+    return (b_q.astype(np.int64) - offset * w_q.reshape(len(w_q), -1).astype(np.int64).sum(1)).astype(np.int32)
+
+
+def _pad_vec(v: np.ndarray, n: int, dtype) -> np.ndarray:
+    out = np.zeros(n, dtype=dtype)
+    out[: len(v)] = v
+    return out
+
+
+def _store(v: te.Tensor | tvm.tirx.PrimExpr, offset: int, dtype: str):
+    """A true activation value → its stored form (offset, then narrowed to the scheme's dtype)."""
+    if offset:
+        return (v.astype("int16") + tvm.tirx.const(offset, "int16")).astype(dtype)
+    return v.astype(dtype)
+
+
+def _pack_input(x: te.Tensor, cb: int, offset: int = 0, dtype: str = "uint8") -> te.Tensor:
+    """uint8 NCHW network input → stored ``[N, C/cb, H, W, cb]`` (padded channels = stored zero)."""
+    n, c, h, w = (int(s) for s in x.shape)
+    cp = _ceil(c, cb)
+    return te.compute((n, cp // cb, h, w, cb),
+                      lambda i, co, y, z, ci: tvm.tirx.if_then_else(
+                          co * cb + ci < c, _store(x[i, co * cb + ci, y, z], offset, dtype),
+                          tvm.tirx.const(offset, dtype)),
+                      name="pack_input")
+
+
+def _to_stored(a: te.Tensor, offset: int, dtype: str) -> te.Tensor:
+    return te.compute(a.shape, lambda *i: _store(a(*i), offset, dtype), name="to_stored")
+
+
+def conv_block(data: te.Tensor, kernel: te.Tensor, stride, padding: tuple[int, int], pad_value: int,
+               n_elems: int) -> te.Tensor:
+    """Pad with the stored value of zero (``pad_value``), then ``conv2d_NCHWc_int8`` without padding."""
+    ph, pw = padding
+    if ph or pw:
+        data = topi.nn.pad(data, (0, 0, ph, pw, 0), (0, 0, ph, pw, 0), pad_value=pad_value, name="data_pad")
+    return topi.nn.conv2d_NCHWc_int8(data, kernel, stride, 0, 1, "", "", "int32", n_elems=n_elems)
+
+
+def _to_nchw(bb: relax.BlockBuilder, a: relax.Expr, channels: int) -> relax.Expr:
+    n, co, h, w, cb = (int(s) for s in a.ty.shape)
+    t = bb.emit(relax.op.permute_dims(a, [0, 1, 4, 2, 3]))
+    t = bb.emit(relax.op.reshape(t, (n, co * cb, h, w)))
+    if co * cb != channels:
+        t = bb.emit(relax.op.strided_slice(t, axes=[1], begin=[0], end=[channels]))
+    return t
+
+
+def _requant(bb: relax.BlockBuilder, acc: relax.Expr, q: QNode, shape: tuple[int, ...], width: int,
+             residual: relax.Expr | None) -> relax.Expr:
+    m = q.mult.astype(np.int64)
+    mult = (m if m.size == 1 else _pad_vec(m, width, np.int64)).reshape(shape if m.size > 1 else (1,) * len(shape))
+    return requantize_expr(bb, acc, mult, q, residual)
+
+
+def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in: bool, name: str,
+                 w4d: np.ndarray, q: QNode, stride, padding: tuple[int, int], scheme: Scheme
+                 ) -> tuple[relax.Expr, tuple[int, ...]]:
+    """One tensorized conv (a dense is a 1×1 one) on a blocked input: convert the input to the
+    scheme's stored form unless it already is, pack ``w4d`` ``[O, C, kh, kw]``, add the bias corrected
+    for the storage offset. Returns the int32 accumulator ``[N, Op/ob, OH, OW, ob]`` and the shape
+    per-channel constants broadcast with."""
+    offset = 0 if signed_in else scheme.act_offset
+    if signed_in and scheme.act_dtype == "uint8":
+        raise ValueError(f"{scheme.name}: layer {name!r} takes signed activations; "
+                         "this scheme multiplies unsigned activations only")
+    if not stored:
+        a = bb.emit_te(_to_stored, a, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
+    ob = scheme.oc_block
+    op = _ceil(q.w_q.shape[0], ob)
+    acc = bb.emit_te(conv_block, a, _const(pack_kernel(w4d, int(a.ty.shape[4]), scheme)), stride, padding, offset,
+                     scheme.k_block, primfunc_name_hint="conv2d_nchwc_int8")
+    bshape = (1, op // ob, 1, 1, ob)
+    bias = _pad_vec(offset_bias(q.b_q, q.w_q, offset), op, np.int32).reshape(bshape)
+    return bb.emit(relax.op.add(acc, _const(bias))), bshape
+
+
+def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI) -> tvm.IRModule:
+    """``main(x: uint8[batch, C, H, W]) -> int32[batch, classes]``, convolutions in NCHW[x]c blocks.
+
+    Between layers activations hold their *true* values (uint8 / int8, as in the reference), so
+    residual adds, pooling and flatten are unchanged; a conv input is converted to the scheme's
+    stored form just before the conv (an element-wise op that fuses into the producer).
+    """
+    ob = scheme.oc_block
+    bb = relax.BlockBuilder()
+    c_in = qg.graph.input_shape[0]
+    x = relax.Var("x", relax.TensorType((batch, *qg.graph.input_shape), "uint8"))
+    signed = {"input": False}
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            # env: name -> (expr, layout "nchwc" | "stored" | "flat", true channel count)
+            env: dict[str, tuple[relax.Expr, str, int]] = {
+                "input": (bb.emit_te(_pack_input, x, scheme.first_cb, scheme.act_offset, scheme.act_dtype,
+                                     primfunc_name_hint="pack_input"), "stored", c_in)}
+            for n in qg.graph.nodes:
+                q = qg.qnodes[n.name]
+                signed[n.name] = q.out_signed
+                a, layout, ch = env[n.inputs[0]]
+                if n.op == "flatten":
+                    assert layout != "stored", "flatten of the network input is not supported"
+                    # blocked input: nothing to do — the dense after it reads the blocks directly
+                    # (its weight columns are permuted to the blocked order, see blocked_dense_weight)
+                    env[n.name] = (a, layout, ch) if layout == "nchwc" else (
+                        bb.emit(relax.op.reshape(a, (batch, -1))), "flat", 0)
+                    continue
+                if n.op == "gap":
+                    assert layout == "nchwc"
+                    s = bb.emit(relax.op.sum(relax.op.astype(a, "int32"), axis=[2, 3]))  # [N, C/ob, ob]
+                    s = bb.emit(relax.op.reshape(s, (batch, -1)))
+                    if int(s.ty.shape[1]) != ch:
+                        s = bb.emit(relax.op.strided_slice(s, axes=[1], begin=[0], end=[ch]))
+                    env[n.name] = (_requant(bb, s, q, (1, -1), ch, None), "flat", ch)
+                    continue
+                if n.op == "conv" or layout == "nchwc":  # a dense on blocked activations is a 1×1 conv
+                    if n.op == "conv":
+                        assert layout in ("nchwc", "stored"), "a conv after a flatten is not supported"
+                        pad = n.padding if isinstance(n.padding, (tuple, list)) else (n.padding, n.padding)
+                        inp, w4d, stride, pad = a, q.w_q, n.stride, tuple(pad)
+                    else:  # [N, C/cb, H, W, cb] read as [N, K/ob, 1, 1, ob], weight columns permuted to match
+                        _, cblocks, h, w_, cbk = (int(s_) for s_ in a.ty.shape)
+                        inp = bb.emit(relax.op.reshape(a, (batch, cblocks * h * w_ * cbk // ob, 1, 1, ob)))
+                        w4d, stride, pad = blocked_dense_weight(q.w_q, ch, h, w_, cbk), 1, (0, 0)
+                    acc, bshape = _blocked_acc(bb, inp, layout == "stored", signed[n.inputs[0]], n.name, w4d, q,
+                                               stride, pad, scheme)
+                    o, op = q.w_q.shape[0], bshape[1] * ob
+                    if q.final and n.op == "conv":
+                        env[n.name] = (_to_nchw(bb, acc, o), "nchw", o)
+                    elif q.final:
+                        flat = bb.emit(relax.op.reshape(acc, (batch, op)))
+                        if op != o:
+                            flat = bb.emit(relax.op.strided_slice(flat, axes=[1], begin=[0], end=[o]))
+                        env[n.name] = (flat, "flat", o)
+                    else:
+                        res = env[n.residual][0] if n.residual else None
+                        env[n.name] = (_requant(bb, acc, q, bshape, op, res), "nchwc", o)
+                    continue
+                # dense on a flat (true-layout) input, e.g. after a global pool: small, a plain matmul
+                assert layout == "flat", "dense layers take a flattened input"
+                acc = bb.emit(relax.op.matmul(a, relax.op.permute_dims(_const(q.w_q)), out_dtype="int32"))
+                acc = bb.emit(relax.op.add(acc, _const(q.b_q.astype(np.int32).reshape(1, -1))))
+                if q.final:
+                    env[n.name] = (acc, "flat", q.w_q.shape[0])
+                    continue
+                res = env[n.residual][0] if n.residual else None
+                env[n.name] = (_requant(bb, acc, q, (1, -1), q.w_q.shape[0], res), "flat", q.w_q.shape[0])
+            out = bb.emit_output(env[qg.graph.output][0])
+        bb.emit_func_output(out)
+    return bb.get()
