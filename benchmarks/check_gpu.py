@@ -9,7 +9,7 @@ initialised with non-trivial batch-norm statistics; variants: fp32, fp16, int8 (
 mixed (2..8-bit per layer, integer kernels):
 
 1. compile for the target at batch 1 and ``--batch-large`` (dlight schedules, nvcc device code),
-   export and verify the library (``harness.gpu``);
+   export and verify the library (``harness.backend.cuda``);
 2. load it on ``tvm.cuda(0)`` and run ``--n-check`` random inputs through it;
 3. compare with the host reference — integer variants against ``laaq.quant.integer.run_integer``,
    **bit-exact** required; float variants against the PyTorch model on the CPU, within
@@ -108,7 +108,7 @@ def quantized(model, shape, variant: str):
 
 
 def check_one(name: str, variant: str, model, shape, target, session, args, out: Path) -> Result:
-    from harness.gpu import describe_manifest, read_manifest
+    from harness.backend.cuda_library import describe_manifest, read_manifest
 
     r = Result(name, variant)
     big = args.batch_large
@@ -125,8 +125,7 @@ def check_one(name: str, variant: str, model, shape, target, session, args, out:
 
 def _compile_both(name, variant, model, shape, qg, target, big, out):
     from harness.compile import compile_module
-    from harness.gpu import lower_float16
-    from harness.lower import lower_float, lower_integer
+    from harness.lower import lower_float, lower_float16, lower_integer
 
     arts = {}
     for b in (1, big):
@@ -239,8 +238,7 @@ def print_table(results: list[Result]) -> None:
 def environment(session, target) -> dict:
     import tvm
 
-    from harness.devices.cuda import ensure_jit_compiler
-    from harness.gpu import nvcc_path, nvcc_version
+    from harness.backend.cuda import ensure_jit_compiler, nvcc_path, nvcc_version
 
     nv = nvcc_path()
     env = {"tvm": tvm.__version__, "target": target.name, "target_arch": target.tvm.get("arch"),

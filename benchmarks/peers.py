@@ -6,7 +6,7 @@ Same model weights, same inputs, same thread count, batch 1 and a larger batch, 
 * PyTorch eager fp32; PyTorch int8 (FX graph mode, ``x86`` backend = fbgemm/oneDNN kernels);
 * ONNX Runtime fp32 and int8 (static QDQ, per-channel int8 weights, uint8 activations);
 * TVM fp32, TVM int8 (uniform 8-bit plan) and TVM LAAQ (a mixed plan), each with the tuning
-  database of ``harness.tune`` when one exists (``--trials N`` tunes first).
+  database of ``harness.tuning`` when one exists (``--trials N`` tunes first).
 
 Weights are random but fixed (seeded, with non-trivial BN statistics): latency does not depend on
 the values. Prints latency, ratio to the fastest peer, GMAC/s and the fraction of the target's
@@ -167,12 +167,13 @@ def tvm_peer(mod, target, key: str, trials: int, log) -> tuple[Peer, Callable[[n
     import tvm
     from tvm import relax
 
-    from harness import tune
+    from harness.compile import build_executable
+    from harness.tuning import database_dir
 
     t0 = time.perf_counter()
-    ex = tune.build(mod, target, key, trials=trials, progress=True, log=log)
+    ex = build_executable(mod, target, tuning_key=key, trials=trials, progress=True, log=log)
     dt = time.perf_counter() - t0
-    db = tune.database_dir(tune.database_name(target), key)
+    db = database_dir(target, key)
     note = f"{'tuned DB' if (db / 'database_workload.json').exists() else 'untuned'}; compile {dt:.0f} s"
     vm = relax.VirtualMachine(ex, tvm.cpu())
     f = vm["main"]
@@ -224,20 +225,18 @@ def load_avg() -> str:
 
 
 def main(a: argparse.Namespace) -> int:
-    from harness import tune
-    from harness.bench import int8_pattern
-    from harness.fast_int8 import lower_integer_for
-    from harness.lower import lower_float
+    from harness.lower import lower_float, lower_integer_for
+    from harness.profile import resolve
     from harness.results import atomic_write_text
-    from harness.targets import load_target
+    from harness.tuning import default_key
     from laaq.quant.integer import run_integer
     from laaq.quant.plan import QuantPlan
     from laaq.quant.quantizers import calibrate, quantize_graph, quantize_input
 
-    target = load_target(a.target)
+    target = resolve(a.target)  # the profile: everything below reads it, not the target file
     threads = a.threads or target.threads
     torch.set_num_threads(threads)
-    if target.tvm.get("mtriple", "x86_64").split("-")[0] not in ("x86_64", "") or target.device.kind != "local":
+    if target.cross or target.device.kind != "local":
         print(f"peers run natively; target {target.name} is not this machine (use an x86 target)", file=sys.stderr)
         return 2
     wanted = set(filter(None, a.peers.split(",")))
@@ -247,7 +246,7 @@ def main(a: argparse.Namespace) -> int:
     flags = Path("/proc/cpuinfo").read_text()
     cpu = next((ln.split(":", 1)[1].strip() for ln in flags.splitlines() if ln.startswith("model name")), "?")
     vnni = "avx512_vnni" in flags
-    log(f"target {target.name} ({target.tvm}), threads {threads}, host {cpu} (avx512_vnni: {vnni}), "
+    log(f"target {target.name} ({target.target.tvm}), threads {threads}, host {cpu} (avx512_vnni: {vnni}), "
         f"load {load_avg()}")
     tmp = Path(tempfile.mkdtemp(prefix="laaq-peers-"))
     for arch in a.models.split(","):
@@ -284,14 +283,14 @@ def main(a: argparse.Namespace) -> int:
             for name, qg in (("tvm-fp32", None), ("tvm-int8", qg8), ("tvm-laaq", qgl)):
                 if wanted and name not in wanted:
                     continue
-                runnable, why = tune.host_can_run(tune.tvm_target_of(target))
+                runnable, why = target.host_runs, target.host_runs_why
                 if not runnable:  # e.g. a VNNI target on a host without avx512_vnni: would die of SIGILL
                     notes[name] = f"skipped: {why}"
                     continue
                 try:
                     mod = lower_float(model, shape, b) if qg is None else lower_integer_for(qg, b, target)
-                    kind = "fp32" if name == "tvm-fp32" else int8_pattern(target)
-                    key = tune.default_key(arch, shape, b, kind)
+                    kind = "fp32" if name == "tvm-fp32" else target.int8_pattern
+                    key = default_key(arch, shape, b, kind)
                     fn, set_input, notes[name] = tvm_peer(mod, target, key, a.trials, log)
                     if name == "tvm-fp32":
                         got = set_input(x.numpy())
@@ -340,7 +339,7 @@ def main(a: argparse.Namespace) -> int:
     w.writerows(rows)
     atomic_write_text(out_dir / "perf.csv", buf.getvalue())
     md = [f"# Peers on {target.name}", "",
-          f"Host: {cpu} (avx512_vnni: {vnni}); TVM target {target.tvm}; {threads} threads; "
+          f"Host: {cpu} (avx512_vnni: {vnni}); TVM target {target.target.tvm}; {threads} threads; "
           f"load average at end {load_avg()}; {a.repeat} interleaved rounds of ≥ {a.min_round_ms:g} ms per peer, "
           f"each after a {a.settle_ms:g} ms pause + 1 untimed call; weights random but fixed (seed 0).",
           f"Roofline: peak_int8_gmacs = {target.peak_int8_gmacs} from {target.path}.", "",

@@ -14,18 +14,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.backend import CompileError, backend_for
 from harness.backend.base import host_linker, manifest_path
+from harness.profile import as_profile
 from harness.results import atomic_write_text
 
 if TYPE_CHECKING:
     import tvm
 
     from harness.profile import TargetProfile
+    from harness.targets import Target
 
-__all__ = ["Artefact", "CompileError", "compile_module"]
+__all__ = ["Artefact", "CompileError", "build_executable", "compile_module"]
 
 
 @dataclass(frozen=True)
@@ -40,18 +42,17 @@ class Artefact:
     size_bytes: int
 
 
-def compile_module(mod: tvm.IRModule, profile: TargetProfile, out: Path, variant: str, batch: int,
-                   tuning_key: str | None = None, trials: int = 0, tune: bool = True,
-                   log=print, progress: bool = True) -> Artefact:
-    """Compile + export; the library is written atomically (temp + rename).
+def build_executable(mod: tvm.IRModule, profile: TargetProfile | Target, variant: str = "model",
+                     tuning_key: str | None = None, trials: int = 0, tune: bool = True, log=print,
+                     progress: bool = True) -> Any:
+    """The Relax VM executable of ``mod`` for the target, in memory (what :func:`compile_module` exports).
 
     Backends with tuning databases (CPU): ``trials`` > 0 first tunes the kernels the database for
     ``tuning_key`` lacks; then the database is applied when one exists (``tune=False``: neither). The
     blocked int8 hand schedule covers convolutions the database does not win.
     """
+    profile = as_profile(profile)
     backend = backend_for(profile)
-    host_linker(profile)  # a missing cross compiler fails now, not after the build
-    t0 = time.perf_counter()
     database = None
     if backend.tunable and tune and tuning_key is not None:
         from harness.tuning import existing_database
@@ -63,11 +64,22 @@ def compile_module(mod: tvm.IRModule, profile: TargetProfile, out: Path, variant
                 log(f"tuning {profile.name}/{tuning_key}: {rep.note}")
         database = existing_database(profile, tuning_key)
     try:
-        ex = backend.build(mod, profile, database)
+        return backend.build(mod, profile, database)
     except CompileError:
         raise
     except Exception as e:  # TVM raises its own error types; keep the first line, it is the useful one
         raise CompileError(f"TVM could not compile {variant} for {profile.name}: {str(e).splitlines()[0]}") from e
+
+
+def compile_module(mod: tvm.IRModule, profile: TargetProfile | Target, out: Path, variant: str, batch: int,
+                   tuning_key: str | None = None, trials: int = 0, tune: bool = True,
+                   log=print, progress: bool = True) -> Artefact:
+    """Compile (:func:`build_executable`) + export; the library is written atomically (temp + rename)."""
+    profile = as_profile(profile)
+    backend = backend_for(profile)
+    host_linker(profile)  # a missing cross compiler fails now, not after the build
+    t0 = time.perf_counter()
+    ex = build_executable(mod, profile, variant, tuning_key, trials, tune, log, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so")
     os.close(fd)

@@ -147,3 +147,10 @@ def resolve(target: Target | str, rpc: str = "", rpc_tracker: str = "", rpc_key:
     _count[0] += 1
     return TargetProfile(t, tvm_target, isa, "cpu" if is_llvm else str(tvm_target.kind.name), scheme, cross,
                          host_runs, why, "int8" if scheme is None else f"int8-{scheme.name}")
+
+
+def as_profile(target: TargetProfile | Target | str) -> TargetProfile:
+    """The profile itself, or a target (file or name) resolved now. For the public entry points that a
+    script or a test may call directly (``compile_module``, ``open_device``, ``tune``, ...): inside a run
+    the profile ``run_bench`` resolved is what arrives, so a run still resolves its target once."""
+    return target if isinstance(target, TargetProfile) else resolve(target)

@@ -75,11 +75,6 @@ class Target:
         """How figures from this target are labelled in every table: native or emulated."""
         return "emulated" if self.emulated else "native"
 
-    def tvm_target(self):  # -> tvm.target.Target (import kept lazy: loading targets must not need TVM)
-        import tvm
-
-        return tvm.target.Target(dict(self.tvm))
-
     def with_device(self, **overrides: Any) -> Target:
         """A copy with device fields replaced (CLI flags / environment override the file)."""
         from dataclasses import replace

@@ -29,7 +29,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from harness.cli import _train_config, main
+from harness.cli import main, train_config
 from laaq.data import load_digits
 from laaq.models import build_model
 
@@ -90,7 +90,7 @@ def test_malformed_target_file_names_file_and_key(tmp_path: Path, body: str, key
 
 def _checkpoint_path(cache: Path) -> tuple[Path, str]:
     """Where `laaq-bench train MODEL...` keeps its checkpoint, and the key it expects inside."""
-    cfg, _ = _train_config("digits", "tinycnn", 1, 0.01, True, 0.1, 0)
+    cfg, _ = train_config("digits", "tinycnn", 1, 0.01, True, 0.1, 0)
     key = cfg.key(load_digits(0).digest())
     return cache / "checkpoints" / f"digits-tinycnn-{key}.pt", key
 

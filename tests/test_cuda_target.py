@@ -18,11 +18,14 @@ import pytest
 import torch
 import tvm
 
-from harness import gpu
+from harness.backend import cuda as gpu
+from harness.backend import cuda_library as gpu_lib
 from harness.compile import compile_module
 from harness.devices import open_device
-from harness.devices.base import DeviceError
-from harness.lower import lower_float, lower_integer
+from harness.devices.base import DeviceError, SessionBase
+from harness.lower import lower_float, lower_float16, lower_integer
+from harness.profile import resolve
+from harness.rows import is_not_run
 from harness.sensors import NvmlSensor, RaplSensor, _trapezoid, energy_per_sample_uj, gpu_sensor, measured_energy_uj
 from harness.targets import TargetError, load_target
 from laaq.models import tiny_cnn
@@ -55,8 +58,8 @@ def test_cuda_target_files() -> None:
     for name in CUDA_TARGETS:
         t = load_target(name)
         assert t.tvm["kind"] == "cuda" and t.tvm["arch"].startswith("sm_") and "host" in t.tvm
-        assert t.device.accelerator == "cuda" and gpu.is_cuda(t)
-        assert str(t.tvm_target().kind) == "cuda"
+        assert t.device.accelerator == "cuda" and resolve(t).backend == "cuda"
+        assert str(resolve(t).tvm_target.kind) == "cuda"
     assert load_target("cuda").device.kind == "cuda"
     assert load_target("cuda-sm90").tvm["arch"] == "sm_90"
     orin = load_target("jetson-orin")
@@ -89,15 +92,15 @@ def test_compile_export_verify(tiny, tmp_path, name: str, variant: str) -> None:
     model, qg = tiny
     mod = lower_integer(qg, 2) if variant == "int8" else lower_float(model, (1, 8, 8), 2)
     art = compile_module(mod, target, tmp_path / f"{name}.so", variant, 2)
-    info = gpu.read_manifest(art.path)
+    info = gpu_lib.read_manifest(art.path)
     assert info is not None and info["arch"] == target.tvm["arch"]
     assert info["host_machine"] == (target.arch or "x86_64")
     (code,) = info["device_code"]
     assert code["kernels_verified"] == len(info["kernels"]) > 0
     lib = art.path.read_bytes()
-    _, _, mods = gpu.parse_blob(gpu.library_blob(lib))  # what the loader will read
+    _, _, mods = gpu_lib.parse_blob(gpu_lib.library_blob(lib))  # what the loader will read
     (payload,) = [p for k, p in mods if k == "cuda"]
-    fmt, _, device_code = gpu.split_cuda_payload(payload)
+    fmt, _, device_code = gpu_lib.split_cuda_payload(payload)
     if HAS_NVCC:
         arch = target.tvm["arch"]
         assert fmt == code["format"] == "fatbin" and "nvcc" in " ".join(info["notes"])
@@ -112,7 +115,7 @@ def test_compile_export_verify(tiny, tmp_path, name: str, variant: str) -> None:
 def test_source_mode_embeds_cuda_source(tiny, tmp_path) -> None:
     _, qg = tiny
     art = compile_module(lower_integer(qg, 1), _source_target(), tmp_path / "src.so", "int8", 1)
-    info = gpu.read_manifest(art.path)
+    info = gpu_lib.read_manifest(art.path)
     assert info["device_code"][0]["format"] == "cuda" and "compiled where the library is loaded" in \
         info["device_code"][0]["contains"]
     assert b"__global__" in art.path.read_bytes()
@@ -122,21 +125,21 @@ def test_source_mode_embeds_cuda_source(tiny, tmp_path) -> None:
 
 def test_prepare_for_gpu_schedules_every_kernel(tiny) -> None:
     _, qg = tiny
-    t = load_target("cuda").tvm_target()
+    t = resolve("cuda").tvm_target
     mod = gpu.prepare_for_gpu(lower_integer(qg, 4), t)
     prims = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert prims and gpu.unscheduled_kernels(mod) == []
 
 
 def test_blob_round_trip_and_fatbin_parser() -> None:
-    mods = [("relax.VMExecutable", b"abc"), ("_lib", None), ("cuda", gpu.join_cuda_payload("cuda", b"\x01" * 24,
+    mods = [("relax.VMExecutable", b"abc"), ("_lib", None), ("cuda", gpu_lib.join_cuda_payload("cuda", b"\x01" * 24,
                                                                                              b"__global__ void k()"))]
-    blob = gpu.build_blob([0, 1, 2, 2], [1, 2], mods)
-    assert gpu.parse_blob(blob) == ([0, 1, 2, 2], [1, 2], mods)
-    assert gpu.split_cuda_payload(mods[2][1]) == ("cuda", b"\x01" * 24, b"__global__ void k()")
+    blob = gpu_lib.build_blob([0, 1, 2, 2], [1, 2], mods)
+    assert gpu_lib.parse_blob(blob) == ([0, 1, 2, 2], [1, 2], mods)
+    assert gpu_lib.split_cuda_payload(mods[2][1]) == ("cuda", b"\x01" * 24, b"__global__ void k()")
     with pytest.raises(gpu.GPUError):
-        gpu.parse_blob(blob + b"\0")
-    assert gpu.kernel_names('extern "C" __global__ void __launch_bounds__(64) fused_add_kernel(int* a)') == \
+        gpu_lib.parse_blob(blob + b"\0")
+    assert gpu_lib.kernel_names('extern "C" __global__ void __launch_bounds__(64) fused_add_kernel(int* a)') == \
         ["fused_add_kernel"]
 
 
@@ -146,9 +149,9 @@ def test_fp16_lowering_is_close_to_fp32(tiny) -> None:
 
     model, _ = tiny
     x = torch.rand(8, 1, 8, 8)
-    mod = gpu.lower_float16(model, (1, 8, 8), 8)
+    mod = lower_float16(model, (1, 8, 8), 8)
     assert "float16" in mod.script(show_meta=False)
-    ex = tvm.compile(mod, target=load_target("x86").tvm_target())
+    ex = tvm.compile(mod, target=resolve("x86").tvm_target)
     out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
     with torch.no_grad():
         ref = model(x).numpy()
@@ -167,16 +170,18 @@ def test_cuda_session_without_gpu() -> None:
 
 
 def test_not_run_row_has_no_measurements(tiny, digits, tmp_path) -> None:
-    from harness.bench import COLUMNS, BenchConfig, Variant, measure_variant
+    from harness.bench import COLUMNS, BenchConfig, measure_variant
+    from harness.variants import Variant
 
     tiny_model, _ = tiny  # untrained is enough: nothing is run
     graph = tiny_model.to_graph()
     plan = QuantPlan.uniform([n.name for n in graph.weighted()], 8)
     v = Variant("int8", "int", plan, quantize_graph(graph, plan, digits.x_train[:64]))
-    session = SimpleNamespace(available=False, measured_as="not run: no CUDA device", where=NO_GPU)
+    session = SessionBase()
+    session.available, session.measured_as, session.where = False, "not run: no CUDA device", NO_GPU
     cfg = BenchConfig(target="cuda", batch_large=4)
-    row, layers = measure_variant(cfg, _source_target(), session, v, tiny_model, digits, tmp_path, False)
-    assert gpu.is_not_run(row) and row["measured_as"] == "not run: no CUDA device"
+    row, layers = measure_variant(cfg, resolve(_source_target()), session, v, tiny_model, digits, tmp_path, False)
+    assert is_not_run(row) and row["measured_as"] == "not run: no CUDA device"
     assert set(row) <= set(COLUMNS)
     for col in ("lat_small_median_ms", "lat_large_median_ms", "thr_large_ips", "clean_acc", "robust_acc", "agreement",
                 "bitexact", "energy_measured_uj", "n_eval"):
@@ -200,7 +205,7 @@ def test_sensors_absent_give_none(tmp_path) -> None:
         assert NvmlSensor().stop() is None
     empty = RaplSensor(tmp_path)
     assert empty.available() is False and empty.stop() is None and "unavailable" in empty.describe()
-    assert measured_energy_uj(SimpleNamespace(), None, None, 1.0) == ""  # no sensor attribute
+    assert measured_energy_uj(SessionBase(), None, None, 1.0) == ""  # a session without a sensor
     assert energy_per_sample_uj(None, lambda: None, 10, 1) == ""
 
 
@@ -279,7 +284,7 @@ def test_gpu_fp32_and_fp16_within_tolerance(tiny, tmp_path) -> None:
     with torch.no_grad():
         ref = model(x).numpy()
     with CudaSession(0, target.tvm["arch"]) as s:
-        for name, lower, rtol in (("fp32", lower_float, 1e-4), ("fp16", gpu.lower_float16, 2e-2)):
+        for name, lower, rtol in (("fp32", lower_float, 1e-4), ("fp16", lower_float16, 2e-2)):
             art = compile_module(lower(model, (1, 8, 8), 16), target, tmp_path / f"{name}.so", name, 16)
             out = s.load(art.path).run(x.numpy())
             assert np.abs(out - ref).max() <= rtol * max(1.0, float(np.abs(ref).max())), name

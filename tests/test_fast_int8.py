@@ -13,20 +13,12 @@ import torch
 import tvm
 from tvm import relax
 
-from harness.fast_int8 import (
-    AVX2,
-    NEON,
-    SCHEMES,
-    SDOT,
-    blocked_dense_weight,
-    compile_fast,
-    lower_integer_for,
-    lower_integer_nchwc,
-    offset_bias,
-    pack_kernel,
-    scheme_for,
-)
-from harness.fast_int8 import VNNI as VNNI_SCHEME
+from harness.backend.cpu import compile_fast
+from harness.backend.schemes import AVX2, NEON, SCHEMES, SDOT
+from harness.backend.schemes import VNNI as VNNI_SCHEME
+from harness.lower import lower_integer_for, lower_integer_nchwc
+from harness.lower.blocked import blocked_dense_weight, offset_bias, pack_kernel
+from harness.profile import resolve
 from harness.targets import TargetError, load_target
 from laaq.models import ResNet20, randomize_bn_stats
 from laaq.quant.integer import conv2d_int, run_integer
@@ -104,8 +96,8 @@ def test_tiny_model_tensorized_on_host_exact(tiny_model, digits) -> None:
     assert [n.op for n in graph.nodes].count("dense") >= 1
     qg = quantize_graph(graph, _mixed_plan(graph), digits.x_train[:128])
     xq = quantize_input(digits.x_test[:50]).numpy()
-    x86 = load_target("x86")
-    ex = compile_fast(lower_integer_for(qg, len(xq), x86), x86.tvm_target(), scheme=scheme_for(x86))
+    x86 = resolve("x86")
+    ex = compile_fast(lower_integer_for(qg, len(xq), x86), x86.tvm_target, scheme=x86.scheme)
     assert np.array_equal(_run(ex, xq), run_integer(qg, xq))
 
 
@@ -129,11 +121,11 @@ def test_resnet20_residuals_bit_exact(resnet_qg, scheme) -> None:
 
 def test_targets_select_schemes(resnet_qg, tmp_path: Path) -> None:
     expected = {"x86": AVX2, "x86-vnni": VNNI_SCHEME, "rpi4": NEON, "arm": NEON, "rpi5": SDOT, "cuda": None}
-    assert {name: scheme_for(load_target(name)) for name in expected} == expected
+    assert {name: resolve(name).scheme for name in expected} == expected
     assert "conv2d_NCHWc_int8" in lower_integer_for(resnet_qg, 1, VNNI).script()
     (tmp_path / "plain.toml").write_text('extends = "x86"\nint8_layout = "nchw"\n')
     (tmp_path / "x86.toml").write_text((Path(VNNI.path).parent / "x86.toml").read_text())
-    assert scheme_for(load_target("plain", tmp_path)) is None
+    assert resolve(load_target("plain", tmp_path)).scheme is None
     assert "conv2d_NCHWc_int8" not in lower_integer_for(resnet_qg, 1, load_target("plain", tmp_path)).script()
     (tmp_path / "bad.toml").write_text('extends = "x86"\nint8_layout = "nhwc_magic"\n')
     with pytest.raises(TargetError, match="int8_layout"):
@@ -142,7 +134,7 @@ def test_targets_select_schemes(resnet_qg, tmp_path: Path) -> None:
 
 def test_avx2_vpmaddwd_in_library_and_exact(resnet_qg, tmp_path: Path) -> None:
     """The default x86 target: every conv tensorized with vpmaddwd, run here, bit-exact."""
-    ex = compile_fast(lower_integer_nchwc(resnet_qg, 2, AVX2), load_target("x86").tvm_target(), scheme=AVX2)
+    ex = compile_fast(lower_integer_nchwc(resnet_qg, 2, AVX2), resolve("x86").tvm_target, scheme=AVX2)
     so = tmp_path / "resnet20-avx2.so"
     ex.export_library(str(so))
     asm = subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True, check=True).stdout
@@ -155,7 +147,7 @@ def test_avx2_vpmaddwd_in_library_and_exact(resnet_qg, tmp_path: Path) -> None:
 
 
 def test_vpdpbusd_in_library_and_exact_on_vnni_host(resnet_qg, tmp_path: Path) -> None:
-    ex = compile_fast(lower_integer_nchwc(resnet_qg, 2, VNNI_SCHEME), VNNI.tvm_target())
+    ex = compile_fast(lower_integer_nchwc(resnet_qg, 2, VNNI_SCHEME), resolve(VNNI).tvm_target)
     so = tmp_path / "resnet20-vnni.so"
     ex.export_library(str(so))
     asm = subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True, check=True).stdout
@@ -172,7 +164,7 @@ def test_single_conv_layouts_exact() -> None:
     """Stride 2 and 1×1 shortcut convs through the blocked layout equal the reference conv."""
     from tvm import topi
 
-    from harness.fast_int8 import _pack_input, _to_nchw
+    from harness.lower.blocked import _pack_input, _to_nchw
 
     rng = np.random.default_rng(1)
     for n, c, h, o, k, s, p in [(1, 3, 8, 16, 3, 1, 1), (2, 16, 8, 32, 3, 2, 1), (2, 16, 8, 32, 1, 2, 0)]:

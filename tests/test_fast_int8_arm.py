@@ -18,9 +18,11 @@ import pytest
 import torch
 from test_emulated_device import _emulator_skip_reason
 
+from harness.backend.schemes import NEON, SDOT
 from harness.compile import compile_module
 from harness.devices import open_device
-from harness.fast_int8 import NEON, SDOT, lower_integer_for, scheme_for
+from harness.lower import lower_integer_for
+from harness.profile import resolve
 from harness.targets import load_target
 from laaq.models import ResNet20, randomize_bn_stats
 from laaq.quant.integer import run_integer
@@ -49,8 +51,8 @@ def arm_libraries(resnet_qg, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("arm-int8")
     libs = {}
     for name, scheme, _ in CASES:
-        target = load_target(name)
-        assert scheme_for(target) is scheme
+        target = resolve(name)
+        assert target.scheme is scheme
         mod = lower_integer_for(resnet_qg, 2, target)
         libs[name] = compile_module(mod, target, out / f"resnet20-{name}.so", "int8", 2).path
     return libs

@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.bench import COLUMNS, LAYER_COLUMNS, BenchConfig, build_variants, measure_variant
+from harness.bench import COLUMNS, LAYER_COLUMNS, BenchConfig, measure_variant, variants_for
 from harness.devices import open_device
 from harness.measure import LatencyProtocol
-from harness.targets import load_target
+from harness.profile import resolve
 from laaq.attacks import PGDConfig
 from laaq.robustness import PRESETS, EvalConfig
 from laaq.search import CalibrationRecipe
@@ -133,11 +133,11 @@ def test_same_seed_same_plan_and_accuracy(digits, tiny_model, tmp_path: Path) ->
     cfg = BenchConfig(target="x86", dataset="digits", variants=("int8",), batch_large=16, eval_samples=120,
                       calibration=CalibrationRecipe(samples=128), evaluation=EvalConfig(PRESETS["quick"], 0.1, seed=7),
                       latency=LatencyProtocol(warmup=0, number=1, repeat=1))
-    target = load_target("x86")
+    target = resolve("x86")
     runs = []
     with open_device(target, progress=False) as session:
         for i in range(2):
-            (v,) = build_variants(cfg, tiny_model, digits, progress=False)
+            (v,) = variants_for(cfg, tiny_model, digits)
             row, layers = measure_variant(cfg, target, session, v, tiny_model, digits, tmp_path / str(i), False)
             runs.append((v, row, layers))
     (v1, row1, layers1), (v2, row2, layers2) = runs

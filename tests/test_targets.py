@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.profile import resolve
 from harness.targets import TargetError, available_targets, load_target
 
 
@@ -15,7 +16,7 @@ def test_shipped_targets_load() -> None:
         assert t.name == n and t.threads >= 1 and "kind" in t.tvm
     x86 = load_target("x86")
     assert x86.device.kind == "local" and x86.measured_as == "native"
-    assert str(x86.tvm_target().kind) == "llvm"
+    assert str(resolve(x86).tvm_target.kind) == "llvm"
 
 
 def test_unknown_target_lists_available() -> None:

@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 import tvm
 
-from harness import tune, tune_rpc
+from harness import tuning as tune
 from harness.compile import compile_module
 from harness.devices import open_device
 from harness.lower import lower_integer
+from harness.profile import resolve
 from harness.targets import load_target
+from harness.tuning import rpc as tune_rpc
+from harness.tuning import tune as tune_module
 from laaq.quant.integer import run_integer
 from laaq.quant.plan import QuantPlan
 from laaq.quant.quantizers import quantize_graph, quantize_input
@@ -42,9 +45,17 @@ def _records(work: Path) -> list[list[float] | None]:
     return [json.loads(line)[1][1] for line in lines if line.strip()]
 
 
+
+def _remote(board):
+    """The profile of an x86 target reached over RPC, marked cross as if its kernels ran on a board
+    (so that candidates are measured through the RPC runner, not the local one)."""
+    from dataclasses import replace
+
+    return replace(resolve(board), cross=True, host_runs=False)
+
 @emulated
 def test_cross_target_tuned_on_emulated_board(tiny_model, digits, private_cache: Path, tmp_path: Path) -> None:
-    assert ARM.emulated and tune_rpc.is_cross(ARM, tune.tvm_target_of(ARM))
+    assert ARM.emulated and resolve(ARM).cross
     graph = tiny_model.to_graph()
     qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 8), digits.x_train[:64])
     mod = lower_integer(qg, 1)
@@ -111,7 +122,7 @@ def test_emulated_board_torn_down_when_tuning_fails(tiny_model, digits, monkeypa
         raise RuntimeError("tuning failed")
 
     monkeypatch.setattr(emu.EmulatedRPCServer, "__enter__", enter)
-    monkeypatch.setattr(tune, "_tune_tasks", boom)
+    monkeypatch.setattr(tune_module, "_tune_tasks", boom)
     graph = tiny_model.to_graph()
     qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 8), digits.x_train[:64])
     with pytest.raises(RuntimeError, match="tuning failed"):
@@ -149,7 +160,6 @@ def test_real_board_path_through_a_tracker(tiny_model, digits, monkeypatch) -> N
     graph = tiny_model.to_graph()
     qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 8), digits.x_train[:64])
     mod = lower_integer(qg, 1)
-    monkeypatch.setattr(tune_rpc, "is_cross", lambda *_: True)  # measure the x86 kernels "remotely"
     x86 = load_target("x86")
     tp, sp = free_port(), free_port()
     tracker = Tracker("127.0.0.1", port=tp, port_end=tp + 1, silent=True)
@@ -161,14 +171,14 @@ def test_real_board_path_through_a_tracker(tiny_model, digits, monkeypatch) -> N
             assert time.monotonic() < deadline, "the server never registered with the tracker"
             time.sleep(0.5)
         board = x86.with_device(kind="tracker", host="127.0.0.1", port=tracker.port, key="laaq-test")
-        rep = tune.tune(mod, board, "tracker", trials=2, progress=False, op_names=("conv2d1",), quick=True)
+        rep = tune.tune(mod, _remote(board), "tracker", trials=2, progress=False, op_names=("conv2d1",), quick=True)
         assert rep.tuned, rep.note
         meta = json.loads((Path(rep.work_dir) / "tuned.json").read_text())
         assert meta["measured"] == f"native (tracker 127.0.0.1:{tracker.port} key laaq-test)"
         assert [r for r in _records(Path(rep.work_dir)) if r is not None and all(0 < s < 1e9 for s in r)]
 
         nobody = replace(board, device=replace(board.device, key="nobody", connect_timeout_s=2.0))
-        rep2 = tune.tune(mod, nobody, "nobody", trials=2, progress=False, op_names=("conv2d1",), quick=True)
+        rep2 = tune.tune(mod, _remote(nobody), "nobody", trials=2, progress=False, op_names=("conv2d1",), quick=True)
         assert not rep2.tuned and "not tuned" in rep2.note and "'nobody'" in rep2.note
     finally:
         server.terminate()
@@ -188,12 +198,11 @@ def test_busy_direct_server_is_a_bounded_wait(tiny_model, digits, monkeypatch) -
         port = s.getsockname()[1]
     graph = tiny_model.to_graph()
     qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 8), digits.x_train[:64])
-    monkeypatch.setattr(tune_rpc, "is_cross", lambda *_: True)  # as if the x86 kernels ran on a board
     server = rpc.Server("127.0.0.1", port=port, port_end=port + 1, silent=True)
     try:
         board = load_target("x86").with_device(kind="rpc", host="127.0.0.1", port=server.port, connect_timeout_s=2.0)
         holder = rpc.connect("127.0.0.1", server.port, session_timeout=60)
-        rep = tune.tune(lower_integer(qg, 1), board, "busy", trials=2, progress=False, op_names=("conv2d1",),
+        rep = tune.tune(lower_integer(qg, 1), _remote(board), "busy", trials=2, progress=False, op_names=("conv2d1",),
                         quick=True)
         assert not rep.tuned and "not tuned" in rep.note and "one session at a time" in rep.note, rep.note
         del holder

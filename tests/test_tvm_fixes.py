@@ -1,4 +1,4 @@
-"""One test per TVM 0.27 workaround in harness/tvm_fixes.py: each shows whether it is still needed.
+"""One test per TVM 0.27 workaround in harness/backend/tvm_fixes.py: each shows whether it is still needed.
 
 If one of the "still broken" tests fails after a TVM upgrade, the upstream bug is fixed: drop the
 workaround it names (and this test).
@@ -16,8 +16,9 @@ import pytest
 import tvm
 from tvm import relax, topi
 
-from harness import tvm_fixes
-from harness.fast_int8 import pack_kernel, schedule_blocked
+from harness.backend import tvm_fixes
+from harness.backend.schedule import schedule_blocked
+from harness.lower.blocked import pack_kernel
 
 ZNVER4 = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})
 
@@ -55,7 +56,7 @@ def test_light_intrinsic_import_and_builder() -> None:
             b[i] = a[i] + T.float32(1)
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"})
-    builder = tvm_fixes.local_builder(target, max_workers=1)
+    builder = tvm_fixes.local_builder("x86", max_workers=1)
     (res,) = builder.build([ms.builder.BuilderInput(tvm.IRModule({"main": add_one}), target)])
     assert res.error_msg is None and res.artifact_path, res.error_msg
     assert still_needed, "tvm.s_tir.tensor_intrin no longer imports CUDA intrinsics: light_tensor_intrin may go"

@@ -5,10 +5,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.cli import _train_config
+from harness.cli import train_config
 from harness.compile import compile_module
-from harness.gpu import lower_float16
-from harness.lower import lower_float, lower_integer
+from harness.lower import lower_float, lower_float16, lower_integer
 from harness.targets import load_target
 from laaq.data import load_mnist5k
 from laaq.quant.integer import run_integer
@@ -19,7 +18,7 @@ from laaq.train import train_or_load
 art = Path("build/gpucheck/art")
 t = load_target("cuda-sm90")
 d = load_mnist5k()
-cfg, _ = _train_config("mnist5k", None, 6, 1e-3, False, None, 0)
+cfg, _ = train_config("mnist5k", None, 6, 1e-3, False, None, 0)
 model, _, cached = train_or_load(d, cfg, progress=False)
 assert cached
 g = model.to_graph()

@@ -15,6 +15,7 @@ from harness.devices.base import DeviceError, LoadedModule, Session
 
 if TYPE_CHECKING:
     from harness.profile import TargetProfile
+    from harness.targets import Target
 
 __all__ = ["DEVICE_OPENERS", "DeviceError", "LoadedModule", "Session", "open_device", "register_device"]
 
@@ -31,8 +32,11 @@ def register_device(*kinds: str) -> Callable[[Opener], Opener]:
     return deco
 
 
-def open_device(profile: TargetProfile, progress: bool = True) -> contextlib.AbstractContextManager[Session]:
+def open_device(profile: TargetProfile | Target, progress: bool = True) -> contextlib.AbstractContextManager[Session]:
     """A session for the profile's device, torn down on exit (an emulated board's server included)."""
+    from harness.profile import as_profile
+
+    profile = as_profile(profile)
     try:
         opener = DEVICE_OPENERS[profile.device.kind]
     except KeyError:

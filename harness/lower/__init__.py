@@ -23,14 +23,18 @@ if TYPE_CHECKING:
     import tvm
 
     from harness.profile import TargetProfile
+    from harness.targets import Target
     from laaq.quant.quantizers import QuantizedGraph
 
 __all__ = ["lower_float", "lower_float16", "lower_integer", "lower_integer_for", "lower_integer_nchwc",
            "requantize_expr"]
 
 
-def lower_integer_for(qg: QuantizedGraph, batch: int, profile: TargetProfile) -> tvm.IRModule:
+def lower_integer_for(qg: QuantizedGraph, batch: int, profile: TargetProfile | Target) -> tvm.IRModule:
     """The integer module for the profile's target: its blocked scheme where it has one, else NCHW."""
+    from harness.profile import as_profile
+
+    profile = as_profile(profile)
     if profile.scheme is not None:
         return lower_integer_nchwc(qg, batch, profile.scheme)
     return lower_integer(qg, batch)

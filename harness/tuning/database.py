@@ -33,6 +33,7 @@ from laaq.cache import cache_root
 
 if TYPE_CHECKING:
     from harness.profile import TargetProfile
+    from harness.targets import Target
 
 
 def default_key(arch: str, input_shape: tuple[int, ...], batch: int, pattern: str) -> str:
@@ -100,9 +101,12 @@ def existing_database(profile: TargetProfile, key: str) -> str | None:
     return str(work_dir) if (work_dir / "database_workload.json").exists() else None
 
 
-def apply_database(mod: tvm.IRModule, profile: TargetProfile, key: str) -> tvm.IRModule:
+def apply_database(mod: tvm.IRModule, profile: TargetProfile | Target, key: str) -> tvm.IRModule:
     """Legalized + fused module with every kernel found in the database replaced by its tuned
     schedule (zero tuning cost). Kernels not in the database stay untuned."""
+    from harness.profile import as_profile
+
+    profile = as_profile(profile)
     tvm_target = profile.tvm_target
     tvm_fixes.light_tensor_intrin(profile.isa)
     fused, db = fuse(mod, tvm_target), existing_database(profile, key)

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING
 import tvm
 
 from harness.backend import tvm_fixes
+from harness.profile import as_profile
 from harness.results import atomic_write_text
 from harness.tuning import rpc
 from harness.tuning.database import database_dir, fuse, missing_tasks, open_db, workload_digest
 
 if TYPE_CHECKING:
     from harness.profile import TargetProfile
+    from harness.targets import Target
 
 
 def hand_scheduled(task_name: str, profile: TargetProfile) -> bool:
@@ -45,7 +47,7 @@ class TuneReport:
     note: str = ""
 
 
-def tune(mod: tvm.IRModule, profile: TargetProfile, key: str, trials: int, progress: bool = True,
+def tune(mod: tvm.IRModule, profile: TargetProfile | Target, key: str, trials: int, progress: bool = True,
          per_task: int | None = None, fused: tvm.IRModule | None = None, log=print,
          op_names: tuple[str, ...] = (), quick: bool = False) -> TuneReport:
     """Tune the kernels of ``mod`` not yet in the database for (target, key); ``trials`` in total.
@@ -61,6 +63,7 @@ def tune(mod: tvm.IRModule, profile: TargetProfile, key: str, trials: int, progr
     note then say how the candidates were measured (emulated timings are not board performance).
     """
     tvm_fixes.check_ffi_json()
+    profile = as_profile(profile)
     tvm_target = profile.tvm_target
     tvm_fixes.light_tensor_intrin(profile.isa)
     work_dir = database_dir(profile, key)
