@@ -26,8 +26,8 @@ def targets_dir() -> Path:
 
 DEVICE_KINDS = ("local", "rpc", "tracker", "emulated", "cuda")
 ACCELERATORS = ("cpu", "cuda")  # which device of the (local or remote) machine runs the kernels
-GPU_CODE = ("", "source", "fatbin", "ptx")  # CUDA device code in the library (harness/gpu.py)
-INT8_LAYOUTS = ("", "nchw", "nchwc_vnni", "nchwc_avx2", "nchwc_sdot", "nchwc_neon")  # harness/fast_int8.py
+GPU_CODE = ("", "source", "fatbin", "ptx")  # CUDA device code in the library (harness/backend/cuda.py)
+INT8_LAYOUTS = ("", "nchw", "nchwc_vnni", "nchwc_avx2", "nchwc_sdot", "nchwc_neon")  # harness/backend/schemes.py
 
 
 class TargetError(ValueError):
@@ -60,8 +60,8 @@ class Target:
     peak_int8_gmacs: float = 0.0
     peak_fp32_gmacs: float = 0.0
     energy: dict[str, float] = field(default_factory=dict)  # per-op / per-byte overrides (pJ)
-    gpu_code: str = ""  # CUDA targets: "fatbin" (default) | "ptx" | "source" — see harness/gpu.py
-    # int8 convolution lowering (harness/fast_int8.py): "" = automatic from mcpu/mattr; "nchw" = plain;
+    gpu_code: str = ""  # CUDA targets: "fatbin" (default) | "ptx" | "source" — see harness/backend/cuda.py
+    # int8 convolution scheme (harness/backend/schemes.py): "" = automatic from mcpu/mattr; "nchw" = plain;
     # "nchwc_vnni" | "nchwc_avx2" | "nchwc_sdot" | "nchwc_neon" = that blocked scheme
     int8_layout: str = ""
     path: str = ""

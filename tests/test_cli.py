@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from harness.bench import COLUMNS
 from harness.cli import main
+from harness.profile import profiles_built
 from laaq.robustness import PRESETS, EvalConfig
 
 TINY = ["--dataset", "digits", "--arch", "tinycnn", "--epochs", "6", "--lr", "0.01", "--eps", "0.1",
@@ -20,10 +21,48 @@ TINY = ["--dataset", "digits", "--arch", "tinycnn", "--epochs", "6", "--lr", "0.
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
+    before = profiles_built()
     r = CliRunner().invoke(main, ["bench", "--target", "x86", "--variants", "fp32,int8", "--results-dir", str(out),
                                   *TINY])
     assert r.exit_code == 0, r.output
+    PROFILES_PER_RUN.append(profiles_built() - before)
     return out, r.output
+
+
+PROFILES_PER_RUN: list[int] = []
+
+
+def test_target_resolved_once_per_run(bench_run) -> None:
+    """The target file is interpreted once per run (harness.profile.resolve), then passed down:
+    two variants, two batch sizes each, tuning lookups, the device — one TargetProfile."""
+    assert PROFILES_PER_RUN == [1]
+
+
+def test_compile_builds_what_bench_measured(bench_run, tmp_path) -> None:
+    """`laaq-bench compile --plan P` (and without a plan: fp32) gives a library whose outputs are
+    bit-identical to the artefact `bench` measured for the same target and plan."""
+    import numpy as np
+
+    from harness.devices.local import LocalSession
+    from laaq.data import load_digits
+    from laaq.quant.quantizers import quantize_input
+
+    out, _ = bench_run
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    train = [a for a in TINY[:TINY.index("--eval-samples")]]  # dataset, arch, epochs, lr, eps: the same model
+    x = load_digits(seed=0).x_test[:32]
+    session = LocalSession(1, sensor=False)
+    for variant, extra, feed in (("int8", ["--plan", str(folder / "plans" / "int8.json")],
+                                  lambda t: quantize_input(t).numpy()),
+                                 ("fp32", [], lambda t: t.numpy().astype(np.float32))):
+        lib = tmp_path / f"{variant}.so"
+        r = CliRunner().invoke(main, ["compile", "--target", "x86", *train, *extra, "--batch", "1", "--out", str(lib)])
+        assert r.exit_code == 0, r.output
+        ours = session.load(lib)
+        benched = session.load(folder / "artefacts" / f"x86-{variant}-b1.so")
+        for i in range(len(x)):
+            a, b = ours.run(feed(x[i:i + 1])), benched.run(feed(x[i:i + 1]))
+            assert a.dtype == b.dtype and np.array_equal(a, b), (variant, i)
 
 
 def test_bench_writes_every_result_file(bench_run) -> None:

@@ -23,7 +23,7 @@ from harness.lower import lower_integer
 from harness.profile import resolve
 from harness.targets import load_target
 from harness.tuning import rpc as tune_rpc
-from harness.tuning import tune as tune_module
+from harness.tuning import tuner as tune_module
 from laaq.quant.integer import run_integer
 from laaq.quant.plan import QuantPlan
 from laaq.quant.quantizers import quantize_graph, quantize_input

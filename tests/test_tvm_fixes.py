@@ -37,7 +37,7 @@ def test_light_intrinsic_import_and_builder() -> None:
     init = Path(importlib.util.find_spec("tvm.s_tir.tensor_intrin").origin).read_text()
     still_needed = "cuda" in init  # the stock package imports CUDA intrinsics (~23 s) for any target
     code = (
-        "import sys, harness.tvm_fixes as f\n"
+        "import sys, harness.backend.tvm_fixes as f\n"
         "f.builder_initializer('x86')\n"
         "import tvm.s_tir.tensor_intrin\n"
         "from tvm.s_tir import TensorIntrin\n"

@@ -45,9 +45,7 @@ from tvm import relax
 
 from laaq.cache import cache_root
 
-GPU_CODE_FORMATS = ("source", "fatbin", "ptx")
 DEFAULT_GPU_CODE = "fatbin"
-NOT_RUN_NO_CUDA = "not run: no CUDA device"
 FATBIN_MAGIC = 0xBA55ED50
 _ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
 _KERNEL_RE = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\(\s*\d+\s*(?:,\s*\d+\s*)*\)\s+)?(\w+)\s*\(")

@@ -200,9 +200,3 @@ def stock_vnni_impl():
     from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc, dot_product_16x4_u8i8i32_vnni
 
     return dot_product_16x4_u8i8i32_desc, dot_product_16x4_u8i8i32_vnni
-
-
-def apply_all(isa: str = "x86") -> None:
-    """Everything the tuning/compile path needs in this process (cheap, idempotent)."""
-    check_ffi_json()
-    light_tensor_intrin(isa)

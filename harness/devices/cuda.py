@@ -4,7 +4,7 @@ The local session never pretends: ``available`` is ``tvm.cuda(index).exist``. Wh
 (no GPU, no driver, or TVM's CUDA runtime could not load ``libcuda.so.1`` / ``libcudart.so.13``)
 the session still opens, its ``measured_as`` is ``"not run: no CUDA device"`` and ``why_not``
 says what is missing; the harness then compiles and verifies every variant and writes not-run
-rows (``harness.gpu.not_run_row``) instead of measurements.
+rows (``harness.rows.not_run_row``) instead of measurements.
 
 Where a GPU exists: the VM runs on ``tvm.cuda(index)``; ``LoadedModule.time`` is TVM's
 ``time_evaluator`` on that device (it synchronizes the stream, so figures are kernel time plus

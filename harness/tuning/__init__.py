@@ -1,7 +1,7 @@
 """Tuning: MetaSchedule databases per (target, kernel set), tuning what they lack, measuring on the device.
 
 * :mod:`harness.tuning.database` — where databases live, what they hold, applying one (no tuning);
-* :mod:`harness.tuning.tune` — tuning the kernels a database lacks;
+* :mod:`harness.tuning.tuner` — tuning the kernels a database lacks;
 * :mod:`harness.tuning.rpc` — measuring candidates on a remote or emulated board.
 
 The compile stage (:func:`harness.compile.compile_module`) calls :func:`tune` when asked for trials
@@ -20,7 +20,7 @@ from harness.tuning.database import (
     workload_digest,
 )
 from harness.tuning.rpc import EMULATED_NOTE, TuneDeviceUnavailable
-from harness.tuning.tune import TuneReport, hand_scheduled, tune
+from harness.tuning.tuner import TuneReport, hand_scheduled, tune
 
 __all__ = ["EMULATED_NOTE", "TuneDeviceUnavailable", "TuneReport", "apply_database", "database_dir", "default_key",
            "existing_database", "fuse", "hand_scheduled", "missing_tasks", "tune", "workload_digest"]

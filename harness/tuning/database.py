@@ -15,7 +15,7 @@ kernel in the database and compiles with no tuning. ``key`` only groups database
 :func:`default_key` (architecture, input shape, batch, dtype pattern).
 
 This module: where databases live, what is in them, applying one. Tuning itself is
-:mod:`harness.tuning.tune`; measuring candidates on a remote or emulated board is :mod:`harness.tuning.rpc`.
+:mod:`harness.tuning.tuner`; measuring candidates on a remote or emulated board is :mod:`harness.tuning.rpc`.
 """
 
 from __future__ import annotations

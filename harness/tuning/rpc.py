@@ -1,6 +1,6 @@
 """MetaSchedule measurement for targets whose code cannot run here: cross-built, timed over TVM RPC.
 
-:func:`harness.tuning.tune.tune` uses this for an ``llvm`` target whose architecture is not the host's (an
+:func:`harness.tuning.tuner.tune` uses this for an ``llvm`` target whose architecture is not the host's (an
 aarch64 Raspberry Pi from an x86 host). Each candidate is
 
 * **built** here by a ``LocalBuilder`` whose export step links the kernel with the target file's
