@@ -189,8 +189,9 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 @click.option("--target", default="x86", show_default=True, envvar="TARGET",
               help="Name of a file in targets/ (see `laaq-bench targets`).")
 @_train_options
-@click.option("--variants", default="fp32,int8,laaq", show_default=True,
-              help="Comma list of fp32, fp16 (GPU), int8, int4 (uniform) and laaq (searched at --avg-bits).")
+@click.option("--variants", default=None,
+              help="Comma list of fp32, fp16 (GPU), int8, int7, int4 (uniform) and laaq (searched at --avg-bits). "
+                   "Default: the target file's `variants` (fp32,int8,laaq; x86 adds int7, its vpmaddubsw path).")
 @click.option("--plan", "plan_files", multiple=True, type=click.Path(exists=True),
               help="Extra quantization plan JSON to measure (repeatable).")
 @click.option("--avg-bits", default=4.0, show_default=True, help="LAAQ budget: average weight bits.")
@@ -223,7 +224,8 @@ def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variant
     from harness.report import summary_table
     from harness.targets import load_target
 
-    _run(load_target, target)  # unknown target: fail before training anything (run_bench resolves it, once)
+    tgt = _run(load_target, target)  # unknown target: fail before training anything (run_bench resolves it, once)
+    variants = variants or ",".join(tgt.variants)
     tcfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
     evaluation = _run(_eval_config, attack, square_queries, eps, seed)
     cfg = BenchConfig(target=target, dataset=dataset, data_dir=data_dir, train=tcfg, evaluation=evaluation,

@@ -64,6 +64,8 @@ class Target:
     # int8 convolution scheme (harness/backend/schemes.py): "" = automatic from mcpu/mattr; "nchw" = plain;
     # "nchwc_vnni" | "nchwc_avx2" | "nchwc_sdot" | "nchwc_neon" = that blocked scheme
     int8_layout: str = ""
+    # what `bench` measures on this target when --variants is not given (e.g. x86 adds int7: its ≤ 7-bit path)
+    variants: tuple[str, ...] = ("fp32", "int8", "laaq")
     path: str = ""
 
     @property
@@ -111,7 +113,7 @@ def _read(name: str, directory: Path, seen: tuple[str, ...]) -> dict[str, Any]:
 
 
 _FIELDS = {"name", "description", "tvm", "threads", "device", "cross_compiler", "arch", "peak_int8_gmacs",
-           "peak_fp32_gmacs", "energy", "gpu_code", "int8_layout", "path"}
+           "peak_fp32_gmacs", "energy", "gpu_code", "int8_layout", "variants", "path"}
 
 
 def load_target(name: str, directory: Path | None = None) -> Target:
@@ -157,5 +159,10 @@ def load_target(name: str, directory: Path | None = None) -> Target:
     for key in ("peak_int8_gmacs", "peak_fp32_gmacs"):
         if key in data and not isinstance(data[key], (int, float)):
             raise TargetError(f"{path}: key {key!r} must be a number")
+    if "variants" in data:
+        v = data["variants"]
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+            raise TargetError(f"{path}: key 'variants' must be a non-empty list of variant names, got {v!r}")
+        data["variants"] = tuple(v)
     data["device"] = device
     return Target(**data)

@@ -1,7 +1,7 @@
 """The variant catalogue: what ``--variants fp32,int8,laaq`` means, and how each becomes a Relax module.
 
 One place for ``bench``, ``compile`` and ``search``: a variant is either a float model (``fp32``,
-``fp16``) or a quantized graph from a plan (``int8``, ``int4``: uniform; ``laaq``: searched at the
+``fp16``) or a quantized graph from a plan (``int8``, ``int7``, ``int4``: uniform; ``laaq``: searched at the
 run's budget; ``plan:NAME``: a plan file). Plan-producing variants are registered by name
 (:func:`register_plan_variant`), so adding one (e.g. ``uniform-7``) is one decorated function; the
 lowering a target gets is chosen once, by its profile (:func:`harness.lower.lower_integer_for`).
@@ -72,6 +72,7 @@ def _uniform(bits: int) -> Callable[[PlanRequest], QuantPlan]:
 
 
 register_plan_variant("int8")(_uniform(8))
+register_plan_variant("int7")(_uniform(7))  # ≤ 7 bits: the exact vpmaddubsw path on AVX2 (harness.backend.schemes)
 register_plan_variant("int4")(_uniform(4))
 
 

@@ -14,12 +14,13 @@ import tvm
 from tvm import relax
 
 from harness.backend.cpu import compile_fast
-from harness.backend.schemes import AVX2, NEON, SCHEMES, SDOT
+from harness.backend.schemes import AVX2, AVX2_U8, NEON, SCHEMES, SDOT
 from harness.backend.schemes import VNNI as VNNI_SCHEME
 from harness.lower import lower_integer_for, lower_integer_nchwc
 from harness.lower.blocked import blocked_dense_weight, offset_bias, pack_kernel
 from harness.profile import resolve
 from harness.targets import TargetError, load_target
+from laaq.graph import Graph, Node
 from laaq.models import ResNet20, randomize_bn_stats
 from laaq.quant.integer import conv2d_int, run_integer
 from laaq.quant.plan import LayerSetting, QuantPlan
@@ -132,18 +133,85 @@ def test_targets_select_schemes(resnet_qg, tmp_path: Path) -> None:
         load_target("bad", tmp_path)
 
 
-def test_avx2_vpmaddwd_in_library_and_exact(resnet_qg, tmp_path: Path) -> None:
-    """The default x86 target: every conv tensorized with vpmaddwd, run here, bit-exact."""
-    ex = compile_fast(lower_integer_nchwc(resnet_qg, 2, AVX2), resolve("x86").tvm_target, scheme=AVX2)
-    so = tmp_path / "resnet20-avx2.so"
+def _asm_and_run(qg, scheme, x: np.ndarray, so: Path) -> tuple[str, np.ndarray]:
+    ex = compile_fast(lower_integer_nchwc(qg, len(x), scheme), resolve("x86").tvm_target, scheme=scheme)
     ex.export_library(str(so))
     asm = subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True, check=True).stdout
-    assert asm.count("vpmaddwd") >= 19, "every convolution should be tensorized with vpmaddwd"
-    assert "vpmaddubsw" not in asm, "the saturating u8×s8 multiply-add must not appear (not exact)"
-    x = quantize_input(torch.rand(2, 3, 16, 16)).numpy()
     lib = tvm.runtime.load_module(str(so))
-    out = relax.VirtualMachine(lib, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    return asm, relax.VirtualMachine(lib, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def test_avx2_8bit_layers_use_vpmaddwd_only(tmp_path: Path) -> None:
+    """8-bit weights: every conv on the exact int16 path (vpmaddwd), never the saturating vpmaddubsw."""
+    torch.manual_seed(0)
+    graph = ResNet20(image=16).eval().to_graph()
+    qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 8), torch.rand(32, 3, 16, 16))
+    x = quantize_input(torch.rand(2, 3, 16, 16)).numpy()
+    asm, out = _asm_and_run(qg, AVX2, x, tmp_path / "resnet20-avx2-w8.so")
+    assert asm.count("vpmaddwd") >= 19, "every convolution should be tensorized with vpmaddwd"
+    assert "vpmaddubsw" not in asm, "the saturating u8×s8 multiply-add must not appear for 8-bit weights"
+    assert np.array_equal(out, run_integer(qg, x))
+
+
+def test_avx2_narrow_layers_use_vpmaddubsw_and_stay_exact(resnet_qg, tmp_path: Path) -> None:
+    """A mixed 2–8-bit plan: the ≤ 7-bit convolutions take vpmaddubsw, the 8-bit ones vpmaddwd; bit-exact."""
+    narrow = [n for n, q in resnet_qg.qnodes.items() if q.setting is not None and q.setting.bits <= 7]
+    wide = [n for n, q in resnet_qg.qnodes.items() if q.setting is not None and q.setting.bits == 8]
+    assert narrow and wide
+    x = quantize_input(torch.rand(2, 3, 16, 16)).numpy()
+    asm, out = _asm_and_run(resnet_qg, AVX2, x, tmp_path / "resnet20-avx2-mixed.so")
+    assert asm.count("vpmaddubsw") >= len(narrow) and asm.count("vpmaddwd") >= len(narrow) + len(wide)
     assert np.array_equal(out, run_integer(resnet_qg, x))
+
+
+def test_scheme_per_layer_width() -> None:
+    assert AVX2.for_bits(8) is AVX2 and AVX2.for_bits(7) is AVX2_U8 and AVX2.for_bits(2) is AVX2_U8
+    assert VNNI_SCHEME.for_bits(4) is VNNI_SCHEME and NEON.for_bits(3) is NEON  # no narrower scheme (yet)
+    assert AVX2.family == (AVX2, AVX2_U8) and AVX2_U8.instruction == "vpmaddubsw"
+    with pytest.raises(ValueError, match="<= 7 bits"):
+        AVX2_U8.for_bits(8)
+
+
+def _extreme_graph(rng: np.random.Generator, wmax: int) -> Graph:
+    """conv (no ReLU: *signed* output) → conv (ReLU) → flatten → dense: every weight at ±wmax·scale."""
+    def w(*shape: int) -> np.ndarray:
+        return (rng.choice([-1.0, 1.0], size=shape) * 0.05).astype(np.float32)
+
+    nodes = [Node("c1", "conv", ["input"], w(8, 1, 3, 3), np.zeros(8, np.float32), 1, 1, relu=False),
+             Node("c2", "conv", ["c1"], w(16, 8, 3, 3), np.zeros(16, np.float32), 1, 1, relu=True),
+             Node("flat", "flatten", ["c2"]),
+             Node("fc", "dense", ["flat"], w(10, 16 * 6 * 6), np.zeros(10, np.float32))]
+    return Graph(nodes, (1, 6, 6), 10)
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_overflow_bounds_at_the_extremes(bits, tmp_path: Path) -> None:
+    """The bound each AVX2 path relies on, at its extreme: all weights at ±(2^(b−1)−1) (±63 at 7 bits through
+    vpmaddubsw: pair sums 2·255·63 = 32,130 ≤ 32,767; ±127 at 8 bits through vpmaddwd), activations all 255,
+    all 0 and alternating — and a signed (int8) input into the u8 scheme (stored +128, bias-corrected)."""
+    rng = np.random.default_rng(bits)
+    graph = _extreme_graph(rng, 2 ** (bits - 1) - 1)
+    plan = QuantPlan({n.name: LayerSetting(bits, 1.0) for n in graph.weighted()})
+    qg = quantize_graph(graph, plan, torch.rand(16, 1, 6, 6))
+    for q in qg.qnodes.values():
+        if q.w_q is not None:
+            assert np.abs(q.w_q).max() == 2 ** (bits - 1) - 1  # really at the extreme
+    assert qg.qnodes["c1"].out_signed  # the second conv reads signed activations
+    x = np.stack([np.full((1, 6, 6), 255, np.uint8), np.zeros((1, 6, 6), np.uint8),
+                  (np.indices((1, 6, 6)).sum(0) % 2 * 255).astype(np.uint8), np.full((1, 6, 6), 255, np.uint8)])
+    asm, out = _asm_and_run(qg, AVX2, x, tmp_path / f"extreme-w{bits}.so")
+    assert ("vpmaddubsw" in asm) == (bits <= 7)
+    assert np.array_equal(out, run_integer(qg, x))
+
+
+def test_narrow_scheme_refuses_weights_beyond_its_bound(tiny_model, digits) -> None:
+    """A layer marked ≤ 7 bits whose integers exceed ±64 would saturate vpmaddubsw: refused, never miscomputed."""
+    graph = tiny_model.to_graph()
+    qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 7), digits.x_train[:64])
+    first = graph.weighted()[0].name
+    qg.qnodes[first].w_q = qg.qnodes[first].w_q.astype(np.int16) * 2  # |w| up to 126 under a 7-bit label
+    with pytest.raises(ValueError, match="not exact with vpmaddubsw"):
+        lower_integer_nchwc(qg, 1, AVX2)
 
 
 def test_vpdpbusd_in_library_and_exact_on_vnni_host(resnet_qg, tmp_path: Path) -> None:

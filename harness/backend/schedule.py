@@ -12,7 +12,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from harness.backend.schemes import AVX2, CONV_BLOCK, VNNI, Scheme
+from harness.backend.schemes import AVX2, AVX2_U8, CONV_BLOCK, VNNI, Scheme
 
 
 def _pick(extent: int, options=(8, 7, 4, 2, 1)) -> int:
@@ -93,7 +93,7 @@ def ensure_intrinsic(scheme: Scheme) -> None:
 
     if scheme is VNNI:
         tvm_fixes.fix_vnni_intrinsic()
-    elif scheme is AVX2:
+    elif scheme in (AVX2, AVX2_U8):
         from harness.backend.intrinsics import register_avx2
 
         register_avx2()
@@ -101,17 +101,50 @@ def ensure_intrinsic(scheme: Scheme) -> None:
         tvm_fixes.light_tensor_intrin("arm")
 
 
+def conv_operands(func: tvm.tirx.PrimFunc) -> tuple[str, str, int] | None:
+    """(data dtype, kernel dtype, kernel's innermost extent k) of a function's conv2d_NCHWc_int8 block, or None."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        block = sch.get(sch.get_sblock(CONV_BLOCK))
+    except Exception:  # noqa: BLE001 - not a conv function
+        return None
+    def buf(region):  # TVM 0.27: ``TensorRegion.source``; older releases: ``BufferRegion.buffer``
+        source = getattr(region, "source", None)
+        return region.buffer if source is None else source
+
+    reads = [buf(r) for r in block.reads if buf(r).name != buf(block.writes[0]).name]
+    if len(reads) != 2:
+        return None
+    data, kernel = reads
+    return str(data.dtype), str(kernel.dtype), int(kernel.shape[-1])
+
+
+def scheme_of(func: tvm.tirx.PrimFunc, family: tuple[Scheme, ...]) -> Scheme | None:
+    """Which scheme of the family lowered this conv function (its operand dtypes and k block say it)."""
+    ops = conv_operands(func)
+    if ops is None:
+        return None
+    return next((s for s in family if (s.act_dtype, s.weight_dtype, s.k_block) == ops), None)
+
+
 def blocked_schedule_pass(scheme: Scheme) -> tvm.transform.Pass:
-    """Module pass: hand-schedule every not-yet-scheduled conv2d_NCHWc_int8 function."""
+    """Module pass: hand-schedule every not-yet-scheduled conv2d_NCHWc_int8 function, each with the
+    intrinsic of the family member that lowered it (a layer of ≤ 7 bits may use a narrower one)."""
 
     @tvm.transform.module_pass(opt_level=0, name="LaaqBlockedInt8Schedule")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        ensure_intrinsic(scheme)
+        for member in scheme.family:
+            ensure_intrinsic(member)
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs and func.attrs.get("tirx.is_scheduled"):
                 continue
-            new = schedule_blocked(func.with_attr("global_symbol", gv.name_hint), scheme.intrin, scheme.ow_options,
-                                   scheme.pad_per_row)
+            member = scheme_of(func, scheme.family)
+            if member is None:
+                continue
+            new = schedule_blocked(func.with_attr("global_symbol", gv.name_hint), member.intrin, member.ow_options,
+                                   member.pad_per_row)
             if new is not None:
                 mod[gv] = new
         return mod

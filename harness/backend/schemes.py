@@ -18,7 +18,18 @@ nchwc_sdot     ``sdot`` (Armv8.2 dotprod)  s8 act × s8 w, 4×4     act stored a
                                                                   ``128·Σw`` it removes is added
                                                                   back through the bias
 nchwc_neon     ``smull``+``saddlp`` (NEON)  s8 act × s8 w, 4×4     as sdot (s8×s8 fits int16)
+nchwc_avx2_u8  ``vpmaddubsw``+``vpmaddwd``  u8 act × s8 w, 16×4    only for ≤ 7-bit weights: a pair
+               (AVX2, layers ≤ 7 bits)                            sum 2·255·63 ≤ 32,767 (no
+                                                                  saturation); signed inputs stored
+                                                                  as ``s8 + 128``, ``128·Σw`` removed
+                                                                  through the bias
 =============  ==========================  =====================  ==============================
+
+A scheme may hand its narrow layers to a faster one (``narrower``): on AVX2, layers whose plan width
+is ≤ 7 bits take ``nchwc_avx2_u8`` (twice the multiply rate of the int16 ``vpmaddwd`` path, no int16
+widening of activations), the others keep ``nchwc_avx2``. Both use 16-channel output blocks, so
+activations between layers need no re-layout; each convolution converts its input to its own stored
+form (an element-wise op fused into the producer).
 """
 
 from __future__ import annotations
@@ -52,22 +63,42 @@ class Scheme:
     # output-width register blocking the hand schedule may pick (accumulators = ow × oc_block lanes)
     ow_options: tuple[int, ...] = (8, 7, 4, 2, 1)
     pad_per_row: bool = False  # parallel over (n, oh) with the padded input rows built per task
+    max_weight_bits: int = 8  # the widest weights this scheme is exact for
+    signed_act_offset: int = 0  # stored = true + this for *signed* (int8) inputs; 0 with a uint8 act_dtype = refused
+    narrower: Scheme | None = None  # a faster scheme for layers of ≤ narrower.max_weight_bits (same oc_block)
 
     @property
     def instruction(self) -> str:
         """What to grep for in the disassembly of a compiled library."""
         return {"nchwc_vnni": "vpdpbusd", "nchwc_avx2": "vpmaddwd", "nchwc_sdot": "sdot",
-                "nchwc_neon": "smull"}[self.name]
+                "nchwc_neon": "smull", "nchwc_avx2_u8": "vpmaddubsw"}[self.name]
+
+    def for_bits(self, bits: int) -> Scheme:
+        """The scheme a layer with ``bits``-wide weights gets: the narrowest exact one of the family."""
+        if self.narrower is not None and bits <= self.narrower.max_weight_bits:
+            return self.narrower.for_bits(bits)
+        if bits > self.max_weight_bits:
+            raise ValueError(f"{self.name} is exact for weights of <= {self.max_weight_bits} bits, not {bits}")
+        return self
+
+    @property
+    def family(self) -> tuple[Scheme, ...]:
+        """This scheme and every narrower one it hands layers to."""
+        return (self, *(self.narrower.family if self.narrower else ()))
 
 
 VNNI = Scheme("nchwc_vnni", 16, 4, "uint8", 0, "int8", "dot_16x4_vnni", 4, metaschedule_tensorizes=True)
 # 16 lanes = 2 ymm accumulators per output pixel; 4 pixels → 8 accumulators + 2 weight registers + 1
 # broadcast of the 16 ymm registers (ow = 8 spills)
+# the same register budget: 2 accumulators per pixel × 4 pixels + 2 weight registers + broadcast + ones
+AVX2_U8 = Scheme("nchwc_avx2_u8", 16, 4, "uint8", 0, "int8", "laaq_dot_16x4_u8s8_avx2", 4, ow_options=(4, 2, 1),
+                 pad_per_row=True, max_weight_bits=7, signed_act_offset=128)
 AVX2 = Scheme("nchwc_avx2", 16, 2, "int16", 0, "int16", "laaq_dot_16x2_i16_avx2", 2, ow_options=(4, 2, 1),
-              pad_per_row=True)
+              pad_per_row=True, narrower=AVX2_U8)
 SDOT = Scheme("nchwc_sdot", 4, 4, "int8", -128, "int8", "dot_4x4_i8i8s32_sdot", 4)
 NEON = Scheme("nchwc_neon", 4, 4, "int8", -128, "int8", "dot_4x4_i8i8s32_neon", 4)
-SCHEMES = {s.name: s for s in (VNNI, AVX2, SDOT, NEON)}
+SCHEMES = {s.name: s for s in (VNNI, AVX2, SDOT, NEON)}  # what a target file's int8_layout may name
+ALL_SCHEMES = {s.name: s for s in (*SCHEMES.values(), AVX2_U8)}  # + those only reached through ``narrower``
 PLAIN = "nchw"
 
 

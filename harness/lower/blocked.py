@@ -123,10 +123,15 @@ def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in:
     scheme's stored form unless it already is, pack ``w4d`` ``[O, C, kh, kw]``, add the bias corrected
     for the storage offset. Returns the int32 accumulator ``[N, Op/ob, OH, OW, ob]`` and the shape
     per-channel constants broadcast with."""
-    offset = 0 if signed_in else scheme.act_offset
-    if signed_in and scheme.act_dtype == "uint8":
+    offset = scheme.signed_act_offset if signed_in else scheme.act_offset
+    if signed_in and scheme.act_dtype == "uint8" and not offset:
         raise ValueError(f"{scheme.name}: layer {name!r} takes signed activations; "
                          "this scheme multiplies unsigned activations only")
+    bound = 2 ** (scheme.max_weight_bits - 1)
+    if scheme.max_weight_bits < 8 and np.abs(q.w_q).max(initial=0) > bound:
+        # the scheme's exactness rests on this bound (e.g. vpmaddubsw: 2·255·max|w| ≤ 32,767 needs max|w| ≤ 64)
+        raise ValueError(f"{scheme.name}: layer {name!r} has |w| up to {np.abs(q.w_q).max()} > {bound}: "
+                         f"not exact with {scheme.instruction}")
     if not stored:
         a = bb.emit_te(_to_stored, a, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
     ob = scheme.oc_block
@@ -138,24 +143,50 @@ def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in:
     return bb.emit(relax.op.add(acc, _const(bias))), bshape
 
 
-def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI) -> tvm.IRModule:
+def layer_scheme(scheme: Scheme, q: QNode) -> Scheme:
+    """The scheme of one weighted layer: the narrowest exact one of ``scheme``'s family for its plan width."""
+    return scheme.for_bits(q.setting.bits if q.setting is not None else 8)
+
+
+def _input_scheme(qg: QuantizedGraph, scheme: Scheme) -> Scheme:
+    """The network input is packed once, in the stored form of the layer that reads it."""
+    first = next((n for n in qg.graph.nodes if "input" in n.inputs), None)
+    return layer_scheme(scheme, qg.qnodes[first.name]) if first is not None and first.op == "conv" else scheme
+
+
+def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI,
+                        blocked_input: bool = False) -> tvm.IRModule:
     """``main(x: uint8[batch, C, H, W]) -> int32[batch, classes]``, convolutions in NCHW[x]c blocks.
 
     Between layers activations hold their *true* values (uint8 / int8, as in the reference), so
-    residual adds, pooling and flatten are unchanged; a conv input is converted to the scheme's
-    stored form just before the conv (an element-wise op that fuses into the producer).
+    residual adds, pooling and flatten are unchanged; a conv input is converted to its layer's
+    stored form just before the conv (an element-wise op that fuses into the producer). Each layer
+    takes the narrowest exact scheme of ``scheme``'s family for its weight width (:func:`layer_scheme`).
+
+    ``blocked_input``: ``x`` is already a blocked activation ``[batch, C/ob, H, W, ob]`` of true uint8 values,
+    as a layer inside the model receives it — how one layer is timed alone (:mod:`harness.layer_latency`).
     """
     ob = scheme.oc_block
+    assert all(s.oc_block == ob for s in scheme.family), "a scheme family shares one output-channel block"
+    first = _input_scheme(qg, scheme)
     bb = relax.BlockBuilder()
     c_in = qg.graph.input_shape[0]
-    x = relax.Var("x", relax.TensorType((batch, *qg.graph.input_shape), "uint8"))
+    in_shape = tuple(qg.graph.input_shape)
+    if blocked_input and len(in_shape) == 1:  # a flat activation, e.g. after a global pool
+        shape, in_layout = (batch, in_shape[0]), "flat"
+    elif blocked_input:
+        shape, in_layout = (batch, _ceil(in_shape[0], ob) // ob, *in_shape[1:], ob), "nchwc"
+    else:
+        shape, in_layout = (batch, *in_shape), "stored"
+    x = relax.Var("x", relax.TensorType(shape, "uint8"))
     signed = {"input": False}
     with bb.function("main", [x]):
         with bb.dataflow():
             # env: name -> (expr, layout "nchwc" | "stored" | "flat", true channel count)
             env: dict[str, tuple[relax.Expr, str, int]] = {
-                "input": (bb.emit_te(_pack_input, x, scheme.first_cb, scheme.act_offset, scheme.act_dtype,
-                                     primfunc_name_hint="pack_input"), "stored", c_in)}
+                "input": (x, in_layout, c_in) if blocked_input else
+                (bb.emit_te(_pack_input, x, first.first_cb, first.act_offset, first.act_dtype,
+                            primfunc_name_hint="pack_input"), "stored", c_in)}
             for n in qg.graph.nodes:
                 q = qg.qnodes[n.name]
                 signed[n.name] = q.out_signed
@@ -185,7 +216,7 @@ def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI) -
                         inp = bb.emit(relax.op.reshape(a, (batch, cblocks * h * w_ * cbk // ob, 1, 1, ob)))
                         w4d, stride, pad = blocked_dense_weight(q.w_q, ch, h, w_, cbk), 1, (0, 0)
                     acc, bshape = _blocked_acc(bb, inp, layout == "stored", signed[n.inputs[0]], n.name, w4d, q,
-                                               stride, pad, scheme)
+                                               stride, pad, layer_scheme(scheme, q))
                     o, op = q.w_q.shape[0], bshape[1] * ob
                     if q.final and n.op == "conv":
                         env[n.name] = (_to_nchw(bb, acc, o), "nchw", o)
