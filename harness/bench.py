@@ -26,6 +26,7 @@ import torch
 from harness import energy
 from harness.compile import Artefact, compile_module
 from harness.devices import Session, open_device
+from harness.layer_latency import LayerTime, as_constraint_table, layer_table
 from harness.measure import LatencyProtocol, latency, outputs
 from harness.profile import TargetProfile, resolve
 from harness.results import RunStore, atomic_write_text, row_tag
@@ -48,6 +49,7 @@ from laaq.quant.quantizers import quantize_input
 from laaq.quant.twin import Twin
 from laaq.robustness import EvalConfig, RobustResult, evaluate
 from laaq.search import Calibration, CalibrationRecipe
+from laaq.search.solver import CANDIDATE_BITS
 from laaq.train import TrainConfig, train_or_load
 
 __all__ = ["COLUMNS", "LAYER_COLUMNS", "BenchConfig", "BenchResult", "run_bench"]
@@ -66,6 +68,11 @@ class BenchConfig:
     variants: tuple[str, ...] = ("fp32", "int8", "laaq")
     plan_files: tuple[str, ...] = ()
     laaq_avg_bits: float = 4.0
+    # LAAQ's latency budget on the per-layer table measured on the target: "" none, "0.8x" = 0.8 × the
+    # int8 plan's summed table latency, "0.05" = milliseconds (batch 1). Measuring the table also fills
+    # layers.csv's latency_ms; layer_times alone measures it without constraining the plan.
+    latency_budget: str = ""
+    layer_times: bool = False
     batch_large: int = 64
     eval_samples: int = 1000
     calibration: CalibrationRecipe = field(default_factory=CalibrationRecipe)
@@ -82,10 +89,23 @@ class BenchConfig:
     tune: bool = True
     trials: int = 0
 
+    def __post_init__(self) -> None:
+        spec = self.latency_budget
+        try:
+            ok = not spec or float(spec[:-1] if spec.endswith("x") else spec) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"--latency-budget {spec!r}: give milliseconds > 0 (e.g. 0.05) or a fraction of the "
+                             "int8 model's latency (e.g. 0.8x)")
+
     def digest(self) -> str:
         d = asdict(self)
         for k in ("results_dir", "run_id", "rpc", "rpc_tracker", "rpc_key", "tune", "trials"):
             d.pop(k)
+        for k, off in (("latency_budget", ""), ("layer_times", False)):  # absent = earlier runs' digests unchanged
+            if d[k] == off:
+                d.pop(k)
         d["plan_digests"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12] for p in self.plan_files]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -121,11 +141,29 @@ def calibration(cfg: BenchConfig, model: torch.nn.Module, graph, data: Split) ->
     return cfg.calibration.make(graph, data.x_train, data.y_train, cfg.evaluation.eps, cfg.seed, model=model)
 
 
-def variants_for(cfg: BenchConfig, model: torch.nn.Module, data: Split) -> list[Variant]:
-    """The run's variants (built-in names, then plan files), on the run's calibration data."""
+def variants_for(cfg: BenchConfig, model: torch.nn.Module, data: Split, table: list[LayerTime] | None = None
+                 ) -> list[Variant]:
+    """The run's variants (built-in names, then plan files), on the run's calibration data; ``table``:
+    the per-layer latency table measured on the target (LAAQ then also respects ``cfg.latency_budget``)."""
     graph = model.to_graph()
-    req = PlanRequest(graph, calibration(cfg, model, graph, data), cfg.laaq_avg_bits, cfg.seed, cfg.train.adversarial)
+    latency = as_constraint_table(table) if table else None
+    limit = latency_limit(cfg.latency_budget, latency, [n.name for n in graph.weighted()]) if latency else None
+    req = PlanRequest(graph, calibration(cfg, model, graph, data), cfg.laaq_avg_bits, cfg.seed, cfg.train.adversarial,
+                      latency, limit)
     return build_variants(cfg.variants, cfg.plan_files, req)
+
+
+def latency_limit(spec: str, table: dict[str, dict[int, float]], layers: list[str]) -> float | None:
+    """``--latency-budget``: "" → None; "0.8x" → 0.8 × the int8 plan's summed table latency; "0.05" → ms."""
+    if not spec:
+        return None
+    try:
+        if spec.endswith("x"):
+            return float(spec[:-1]) * sum(table[n][8] for n in layers)
+        return float(spec)
+    except ValueError:
+        raise ValueError(f"--latency-budget {spec!r}: give milliseconds (e.g. 0.05) or a fraction of the int8 "
+                         "model's latency (e.g. 0.8x)") from None
 
 
 def write_per_image(folder: Path, tag: str, labels: np.ndarray, rob: RobustResult) -> Path:
@@ -179,11 +217,12 @@ def agreement_columns(v: Variant, model: torch.nn.Module, run, to_device, inputs
 
 
 def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, v: Variant, model: torch.nn.Module,
-                    data: Split, folder: Path, progress: bool, log=print) -> tuple[dict[str, Any], list[dict]]:
+                    data: Split, folder: Path, progress: bool, log=print, table: list[LayerTime] | None = None
+                    ) -> tuple[dict[str, Any], list[dict]]:
     """Compile one variant at both batch sizes, run it on the device and measure everything."""
     arts = compile_variant(cfg, profile, v, model, data.input_shape, folder, log, progress)
     if not session.available:  # e.g. no CUDA device: compiled and verified, nothing measured
-        return not_run_row(profile, session, v, model, arts), layer_rows(profile, v, model)
+        return not_run_row(profile, session, v, model, arts), layer_rows(profile, v, model, table)
     small, large = 1, cfg.batch_large
     loaded = {b: session.load(a.path) for b, a in arts.items()}
 
@@ -227,7 +266,7 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
         "threads": profile.threads, "warmup": cfg.latency.warmup, "number": cfg.latency.number,
         "repeat": cfg.latency.repeat, **latency_columns({"small": lat[small], "large": lat[large]}),
     }
-    return row, layer_rows(profile, v, model)
+    return row, layer_rows(profile, v, model, table)
 
 
 @dataclass
@@ -281,7 +320,13 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     if len(skipped) < len(todo):
         remaining = replace(cfg, variants=tuple(v for v in cfg.variants if v not in skipped),
                             plan_files=tuple(p for p, name in plan_names.items() if name not in skipped))
-        variants = variants_for(remaining, model, data)
+        table = None
+        if cfg.latency_budget or cfg.layer_times:  # measured on the device before any plan is searched
+            with open_device(profile, progress=progress) as session:
+                log(f"[{profile.name}] per-layer latency table ({session.measured_as}), widths {CANDIDATE_BITS} ...")
+                table = layer_table(model.to_graph(), profile, session, CANDIDATE_BITS,
+                                    log=log if progress else None)
+        variants = variants_for(remaining, model, data, table)
         for plan_v in variants:
             if plan_v.plan is not None:
                 atomic_write_text(folder / "plans" / f"{plan_v.name.replace(':', '_')}.json", plan_v.plan.to_json())
@@ -292,7 +337,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
             for v in variants:
                 t1 = time.perf_counter()
                 log(f"[{profile.name}] {v.name}: compile, run, attack, time ...")
-                row, layers = measure_variant(cfg, profile, session, v, model, data, folder, progress, log)
+                row, layers = measure_variant(cfg, profile, session, v, model, data, folder, progress, log, table)
                 store.add(row, layers)
                 # the row is safe: its resumable attack state is no longer needed
                 (folder / "attack_state" / f"{row_tag(profile.name, v.name)}.npz").unlink(missing_ok=True)

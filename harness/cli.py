@@ -195,6 +195,11 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 @click.option("--plan", "plan_files", multiple=True, type=click.Path(exists=True),
               help="Extra quantization plan JSON to measure (repeatable).")
 @click.option("--avg-bits", default=4.0, show_default=True, help="LAAQ budget: average weight bits.")
+@click.option("--latency-budget", default="", help="LAAQ budget on the per-layer latency table measured on the "
+              "target first (batch 1): milliseconds (0.05) or a fraction of the int8 model's (0.8x). Each target "
+              "then gets its own plan.")
+@click.option("--layer-times", is_flag=True, help="Measure the per-layer latency table (layers.csv latency_ms) "
+              "without constraining the plan.")
 @_attack_options
 @click.option("--eval-samples", default=1000, show_default=True, help="Test samples (0 = all).")
 @click.option("--batch-large", default=64, show_default=True, help="Larger batch for throughput and eval.")
@@ -212,7 +217,8 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 @click.option("--trials", default=0, show_default=True,
               help="Tuning trials to spend first on kernels the database lacks (0: only reuse).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variants, plan_files, avg_bits, attack,
+def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variants, plan_files, avg_bits,
+          latency_budget, layer_times, attack,
           square_queries, eval_samples, batch_large, repeat, number, warmup, results_dir, run_id, rpc, rpc_tracker,
           rpc_key, tune, trials, quiet) -> None:
     """Train/load, quantize, compile for TARGET, run on its device, and measure every variant.
@@ -228,9 +234,10 @@ def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variant
     variants = variants or ",".join(tgt.variants)
     tcfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
     evaluation = _run(_eval_config, attack, square_queries, eps, seed)
-    cfg = BenchConfig(target=target, dataset=dataset, data_dir=data_dir, train=tcfg, evaluation=evaluation,
+    cfg = _run(BenchConfig, target=target, dataset=dataset, data_dir=data_dir, train=tcfg, evaluation=evaluation,
                       variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
-                      plan_files=tuple(plan_files), laaq_avg_bits=avg_bits, batch_large=batch_large,
+                      plan_files=tuple(plan_files), laaq_avg_bits=avg_bits, latency_budget=latency_budget,
+                      layer_times=layer_times, batch_large=batch_large,
                       eval_samples=eval_samples, latency=LatencyProtocol(warmup, number, repeat), seed=seed,
                       results_dir=results_dir, run_id=run_id, rpc=rpc, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
                       tune=tune, trials=trials)

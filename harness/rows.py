@@ -17,6 +17,7 @@ from harness import energy
 if TYPE_CHECKING:
     from harness.compile import Artefact
     from harness.devices.base import Session
+    from harness.layer_latency import LayerTime
     from harness.measure import LatencyStats
     from harness.profile import TargetProfile
     from harness.variants import Variant
@@ -33,7 +34,7 @@ COLUMNS = [
     "energy_proxy_uj", "energy_measured_uj", "threads", "warmup", "number", "repeat", "compile_s", "timestamp",
 ]
 LAYER_COLUMNS = ["target", "variant", "layer", "kind", "shape", "macs", "weight_bits", "clip", "scale_min",
-                 "scale_max", "act_scale", "weight_bytes", "energy_proxy_pj"]
+                 "scale_max", "act_scale", "weight_bytes", "energy_proxy_pj", "latency_ms"]
 
 
 def is_not_run(row: dict[str, Any]) -> bool:
@@ -97,9 +98,12 @@ def not_run_row(profile: TargetProfile, session: Session, v: Variant, model: tor
             "device": f"{session.where} | compiled, exported, verified: {checked}"}
 
 
-def layer_rows(profile: TargetProfile, v: Variant, model: torch.nn.Module) -> list[dict[str, Any]]:
-    """One row per weighted layer of a variant: shape, MACs, bits, clip, scales, bytes, energy proxy."""
+def layer_rows(profile: TargetProfile, v: Variant, model: torch.nn.Module, table: list[LayerTime] | None = None
+               ) -> list[dict[str, Any]]:
+    """One row per weighted layer of a variant: shape, MACs, bits, clip, scales, bytes, energy proxy, and the
+    layer's measured latency at its width (batch 1, own module; empty unless the table was measured)."""
     graph = v.graph(model)
+    ms = {(t.layer, t.bits): t.median_ms for t in table or ()}
     rows = []
     for c in energy.layer_costs(graph, v.weight_bits(graph), 8, profile.energy):
         q = v.qg.qnodes[c.name] if v.qg else None
@@ -109,5 +113,6 @@ def layer_rows(profile: TargetProfile, v: Variant, model: torch.nn.Module) -> li
             "clip": q.setting.clip if q else "", "scale_min": f"{q.w_scale.min():.4g}" if q else "",
             "scale_max": f"{q.w_scale.max():.4g}" if q else "", "act_scale": f"{q.s_out:.4g}" if q else "",
             "weight_bytes": c.weight_bytes, "energy_proxy_pj": round(c.energy_pj, 1),
+            "latency_ms": ms.get((c.name, c.w_bits), ""),
         })
     return rows

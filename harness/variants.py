@@ -20,7 +20,7 @@ from harness.tuning.database import default_key
 from laaq.graph import Graph
 from laaq.quant.plan import QuantPlan
 from laaq.quant.quantizers import QuantizedGraph, calibrate, quantize_graph
-from laaq.search import Budget, Calibration, SearchConfig, search_plan
+from laaq.search import Budget, Calibration, SearchConfig, latency_budget, search_plan
 
 #: float variants and the bit width of their weights and activations (size and energy proxies)
 FLOAT_VARIANTS: dict[str, int] = {"fp32": 32, "fp16": 16}
@@ -35,6 +35,8 @@ class PlanRequest:
     avg_bits: float
     seed: int
     adversarial: bool  # the model was adversarially trained (LAAQ refines on the adversarial loss only then)
+    latency: dict[str, dict[int, float]] | None = None  # measured table[layer][bits] -> ms on the run's target
+    latency_ms: float | None = None  # LAAQ's latency budget on that table (None: no latency constraint)
 
 
 PlanMaker = Callable[[PlanRequest], QuantPlan]
@@ -79,7 +81,9 @@ register_plan_variant("int4")(_uniform(4))
 @register_plan_variant("laaq")
 def laaq_plan(req: PlanRequest) -> QuantPlan:
     """The LAAQ plan at the run's average-bit budget, on the run's adversarial calibration data."""
-    return searched_plan("laaq", req.graph, req.calib, Budget(avg_bits=req.avg_bits), req.seed, req.adversarial)
+    budget = (Budget(avg_bits=req.avg_bits) if req.latency_ms is None or req.latency is None
+              else latency_budget(req.latency, req.latency_ms, avg_bits=req.avg_bits))
+    return searched_plan("laaq", req.graph, req.calib, budget, req.seed, req.adversarial)
 
 
 @dataclass

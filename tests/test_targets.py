@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.profile import resolve
@@ -46,3 +48,14 @@ def test_extends_inherits_and_overrides(tmp_path) -> None:
     t = load_target("alias", tmp_path)
     assert t.name == "alias" and t.threads == 2 and t.cross_compiler == "cc"
     assert t.tvm == {"kind": "llvm", "mcpu": "cortex-a72", "mattr": ["+neon"]}
+
+
+def test_default_variants_are_target_data(tmp_path) -> None:
+    """x86 measures its vpmaddubsw path (int7) by default; a file may set its own list, checked on load."""
+    assert load_target("x86").variants == ("fp32", "int8", "int7", "laaq")
+    assert load_target("x86-vnni").variants == ("fp32", "int8", "laaq")  # vpdpbusd: 7 bits gain nothing
+    assert load_target("rpi4").variants == ("fp32", "int8", "laaq")
+    (tmp_path / "x86.toml").write_text((Path(load_target("x86").path)).read_text())
+    (tmp_path / "bad.toml").write_text('extends = "x86"\nvariants = "int8"\n')
+    with pytest.raises(TargetError, match="variants"):
+        load_target("bad", tmp_path)

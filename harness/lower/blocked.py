@@ -132,7 +132,7 @@ def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in:
         # the scheme's exactness rests on this bound (e.g. vpmaddubsw: 2·255·max|w| ≤ 32,767 needs max|w| ≤ 64)
         raise ValueError(f"{scheme.name}: layer {name!r} has |w| up to {np.abs(q.w_q).max()} > {bound}: "
                          f"not exact with {scheme.instruction}")
-    if not stored:
+    if not stored and (offset or str(a.ty.dtype) != scheme.act_dtype):  # else: already its own stored form
         a = bb.emit_te(_to_stored, a, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
     ob = scheme.oc_block
     op = _ceil(q.w_q.shape[0], ob)
