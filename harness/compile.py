@@ -40,6 +40,7 @@ class Artefact:
     batch: int
     compile_s: float
     size_bytes: int
+    tuned: bool = False  # a MetaSchedule database was applied (else TVM's default schedules / the hand schedule)
 
 
 def build_executable(mod: tvm.IRModule, profile: TargetProfile | Target, variant: str = "model",
@@ -52,9 +53,15 @@ def build_executable(mod: tvm.IRModule, profile: TargetProfile | Target, variant
     blocked int8 hand schedule covers convolutions the database does not win.
     """
     profile = as_profile(profile)
-    backend = backend_for(profile)
+    database = tuning_database(mod, profile, tuning_key, trials, tune, log, progress)
+    return _build(mod, profile, variant, database)
+
+
+def tuning_database(mod: tvm.IRModule, profile: TargetProfile, tuning_key: str | None, trials: int, tune: bool,
+                    log=print, progress: bool = True) -> str | None:
+    """The database folder to apply (after tuning what it lacks when ``trials`` > 0), or None."""
     database = None
-    if backend.tunable and tune and tuning_key is not None:
+    if backend_for(profile).tunable and tune and tuning_key is not None:
         from harness.tuning import existing_database
         from harness.tuning import tune as tune_kernels
 
@@ -63,8 +70,12 @@ def build_executable(mod: tvm.IRModule, profile: TargetProfile | Target, variant
             if progress and rep.note:
                 log(f"tuning {profile.name}/{tuning_key}: {rep.note}")
         database = existing_database(profile, tuning_key)
+    return database
+
+
+def _build(mod: tvm.IRModule, profile: TargetProfile, variant: str, database: str | None) -> Any:
     try:
-        return backend.build(mod, profile, database)
+        return backend_for(profile).build(mod, profile, database)
     except CompileError:
         raise
     except Exception as e:  # TVM raises its own error types; keep the first line, it is the useful one
@@ -79,7 +90,8 @@ def compile_module(mod: tvm.IRModule, profile: TargetProfile | Target, out: Path
     backend = backend_for(profile)
     host_linker(profile)  # a missing cross compiler fails now, not after the build
     t0 = time.perf_counter()
-    ex = build_executable(mod, profile, variant, tuning_key, trials, tune, log, progress)
+    database = tuning_database(mod, profile, tuning_key, trials, tune, log, progress)
+    ex = _build(mod, profile, variant, database)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so")
     os.close(fd)
@@ -95,4 +107,5 @@ def compile_module(mod: tvm.IRModule, profile: TargetProfile | Target, out: Path
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return Artefact(out, profile.name, variant, batch, time.perf_counter() - t0, out.stat().st_size)
+    return Artefact(out, profile.name, variant, batch, time.perf_counter() - t0, out.stat().st_size,
+                    tuned=database is not None)

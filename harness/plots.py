@@ -198,8 +198,11 @@ def latency_vs_robust(df: pd.DataFrame, context: str, name: str = "latency_vs_ro
             ax.scatter(lat, acc, color=colour, marker=_MARKERS.get(kind, "^"), s=46, zorder=3,
                        label=_group_label(t, d))
             _interval_bars(ax, lat, g, colour)
-            for x, y, v in zip(lat, acc, g["variant"].astype(str), strict=True):
-                ax.annotate(v, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            sched = g["schedule"].astype(str) if "schedule" in g.columns else [""] * len(g)
+            for x, y, v, s in zip(lat, acc, g["variant"].astype(str), sched, strict=True):
+                # an untuned float row inflates every speed-up read off this axis: say so on the point
+                ax.annotate(f"{v} (untuned)" if s == "untuned" else v, (x, y), textcoords="offset points",
+                            xytext=(5, 4), fontsize=8)
                 plotted.append((kind, t, d, v))
             front = pareto_front(lat, acc)
             if len(front) > 1:

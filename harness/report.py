@@ -27,12 +27,14 @@ from harness.results import ResultsError, row_tag
 
 SUMMARY_COLUMNS = ["target", "measured_as", "variant", "avg_weight_bits", "lat_small_median_ms", "lat_small_p90_ms",
                    "lat_large_median_ms", "thr_large_ips", "clean_acc", "robust_acc", "robust_ci_lo", "robust_ci_hi",
-                   "attack_preset", "gradient_masking", "agreement", "bitexact", "energy_proxy_uj", "weight_bytes"]
+                   "attack_preset", "gradient_masking", "agreement", "bitexact", "energy_proxy_uj", "weight_bytes",
+                   "schedule"]
 
 COMPARISON_COLUMNS = ["target", "measured_as", "device", "variant", "avg_weight_bits", "lat_small_median_ms",
                       "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips", "energy_proxy_uj",
                       "energy_measured_uj", "weight_bytes", "artefact_bytes", "clean_acc", "robust_acc", "robust_ci_lo",
-                      "robust_ci_hi", "attack_preset", "gradient_masking", "agreement", "legacy_pgd20_acc", "run"]
+                      "robust_ci_hi", "attack_preset", "gradient_masking", "agreement", "legacy_pgd20_acc", "schedule",
+                      "run"]
 
 # Figures that only a run on the device can produce: always empty in a table for a row not run, so a stale or
 # placeholder number can never pass for a measurement. Figures that need no device (sizes, op counts, the energy

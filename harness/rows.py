@@ -31,7 +31,8 @@ COLUMNS = [
     "lat_large_std_ms", "thr_large_ips", "clean_acc", "clean_ci_lo", "clean_ci_hi", "robust_acc", "robust_ci_lo",
     "robust_ci_hi", "attack_preset", "per_attack", "gradient_masking", "sanity", "eps_curve", "agreement",
     "bitexact", "max_abs_diff", "n_eval", "attack", "attack_s", "macs", "bops", "weight_bytes", "artefact_bytes",
-    "energy_proxy_uj", "energy_measured_uj", "threads", "warmup", "number", "repeat", "compile_s", "timestamp",
+    "energy_proxy_uj", "energy_measured_uj", "threads", "warmup", "number", "repeat", "compile_s", "schedule",
+    "timestamp",
 ]
 LAYER_COLUMNS = ["target", "variant", "layer", "kind", "shape", "macs", "weight_bits", "clip", "scale_min",
                  "scale_max", "act_scale", "weight_bytes", "energy_proxy_pj", "latency_ms"]
@@ -61,9 +62,19 @@ def static_columns(profile: TargetProfile, v: Variant, model: torch.nn.Module, a
         "act_bits": 8 if v.plan else v.float_bits, "batch_small": small, "batch_large": large,
         "macs": totals["macs"], "bops": totals["bops"], "weight_bytes": totals["weight_bytes"],
         "artefact_bytes": arts[small].size_bytes, "energy_proxy_uj": round(totals["energy_proxy_uj"], 4),
-        "compile_s": round(sum(a.compile_s for a in arts.values()), 2),
+        "compile_s": round(sum(a.compile_s for a in arts.values()), 2), "schedule": schedule(profile, v, arts),
         "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def schedule(profile: TargetProfile, v: Variant, arts: dict[int, Artefact]) -> str:
+    """How the kernels were scheduled — so that a speed-up over an *untuned* float row is read as such:
+    ``tuned`` (a MetaSchedule database applied at every batch size), ``untuned`` (TVM's defaults),
+    ``+hand`` (integer convolutions on the target's fixed blocked-scheme schedule), ``dlight`` (GPU rules)."""
+    if profile.backend != "cpu":
+        return "dlight"
+    base = "tuned" if all(a.tuned for a in arts.values()) else "untuned"
+    return f"{base}+hand" if v.kind == "int" and profile.scheme is not None else base
 
 
 def robust_columns(rob: RobustResult) -> dict[str, Any]:
