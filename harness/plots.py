@@ -331,3 +331,49 @@ def layer_bits(layers: pd.DataFrame, context: str, name: str = "layer_bits") -> 
     plotted = tuple(("bits", target, "", v) for v in shown) + (
         tuple(("lipschitz", target, "", v) for v in shown) if lip_drawn else ())
     return Plot(name, f"{title} — {context}", caption.strip(), _png(fig), plotted)
+
+
+def layer_latency(layers: pd.DataFrame, context: str, measured_as: str = "",
+                  name: str = "layer_latency") -> Plot | None:
+    """Per-layer measured latency of each variant at its own widths, beside the bit-width figure; None when
+    ``layers.csv`` has no ``latency_ms`` (the table is measured only with ``--layer-times`` /
+    ``--latency-budget``). Each layer was timed alone on the device (batch 1), so the bars say which layers a
+    narrower width made faster *on this target* — emulated tables are labelled so and rank nothing."""
+    if layers.empty or "latency_ms" not in layers.columns:
+        return None
+    lay = layers.copy()
+    lay["latency_ms"] = pd.to_numeric(lay["latency_ms"], errors="coerce")
+    lay = lay[np.isfinite(lay["latency_ms"])]
+    if lay.empty:
+        return None
+    variants = list(dict.fromkeys(lay["variant"].astype(str)))
+    layer_names = list(dict.fromkeys(lay["layer"].astype(str)))
+    x = np.arange(len(layer_names))
+    width = 0.8 / max(len(variants), 1)
+    fig = Figure(figsize=(max(6.0, 0.9 * len(layer_names) + 3), 4.4))
+    ax = fig.subplots()
+    for i, v in enumerate(variants):
+        sub = lay[lay["variant"] == v].set_index("layer")
+        ms = [float(sub.loc[n, "latency_ms"]) if n in sub.index else np.nan for n in layer_names]
+        bits = [str(sub.loc[n, "weight_bits"]) if n in sub.index and "weight_bits" in sub.columns else ""
+                for n in layer_names]
+        bars = ax.bar(x + (i - (len(variants) - 1) / 2) * width, ms, width, color=_COLOURS[i % len(_COLOURS)],
+                      label=v, alpha=0.85)
+        for bar, b in zip(bars, bits, strict=True):
+            if b:
+                ax.annotate(f"{b}b", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                            va="bottom", fontsize=6)
+    ax.set_xticks(x, layer_names, rotation=45 if len(layer_names) > 8 else 0, ha="right" if len(layer_names) > 8
+                  else "center")
+    how = f" ({measured_as})" if measured_as else ""
+    ax.set_ylabel(f"layer latency, batch 1, median (ms){how}")
+    ax.set_xlabel("layer (graph order)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    title = "Per-layer latency at each variant's widths"
+    ax.set_title(f"{title} — {context}", fontsize=11)
+    caption = ("Bars: each weighted layer compiled as its own module (the model's layout, requantization included, "
+               "residual add excluded) and timed on the target's device with time_evaluator at the variant's "
+               f"weight width (label above each bar){how}; from layers.csv latency_ms.")
+    target = str(lay["target"].iloc[0]) if "target" in lay.columns else ""
+    return Plot(name, f"{title} — {context}", caption, _png(fig), tuple(("latency", target, "", v) for v in variants))

@@ -93,6 +93,12 @@ def _model_context(info: dict) -> str:
 LEGACY_PRESET = "legacy PGD-20: not comparable"
 
 
+def _measured_kind(df: pd.DataFrame) -> str:
+    """native / emulated label for a run's per-layer latency figure (one target per run folder)."""
+    kinds = sorted({plots.measured_kind(m) for m in df.get("measured_as", pd.Series(dtype=str))} - {"not run"})
+    return ", ".join(kinds)
+
+
 def legacy_columns(df: pd.DataFrame) -> pd.DataFrame:
     """Runs made before the attack ensemble reported PGD-20 alone as ``pgd_acc``: that figure overstates
     robustness by 15-20 points on the default model, so it is kept apart (``legacy_pgd20_acc``), never shown
@@ -229,7 +235,9 @@ def write_run_report(folder: Path) -> Path:
         Block("h2", "Figures"),
     ]
     blocks += _plot_blocks([plots.latency_vs_robust(df, context), plots.energy_vs_robust(df, context),
-                            plots.layer_bits(layers, context)], "(no measured rows: nothing to plot)")
+                            plots.layer_bits(layers, context),
+                            plots.layer_latency(layers, context, _measured_kind(df))],
+                           "(no measured rows: nothing to plot)")
     blocks += _robustness_blocks(folder, df, cfg, context)
     if len(layers):
         blocks += [Block("h2", "Per layer"), Block("table", layers.drop(columns=["target"], errors="ignore"))]

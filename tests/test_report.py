@@ -171,6 +171,15 @@ def test_layer_bits_with_and_without_lipschitz(results: Path) -> None:
     assert not [x for x in plots.layer_bits(blank, "ctx").plotted if x[0] == "lipschitz"]
 
 
+def test_layer_latency_plot_only_when_measured(results: Path) -> None:
+    lay = pd.read_csv(results / "b-x86" / "layers.csv", dtype=str, keep_default_na=False)
+    assert plots.layer_latency(lay, "ctx") is None  # no latency_ms column: no figure, no invented bars
+    assert plots.layer_latency(lay.assign(latency_ms=""), "ctx") is None
+    timed = lay.assign(latency_ms=[str(0.01 * (i + 1)) for i in range(len(lay))])
+    p = plots.layer_latency(timed, "ctx", "native")
+    assert p is not None and {x[3] for x in p.plotted} == set(lay["variant"]) and "native" in p.caption
+
+
 # --- per-run report ----------------------------------------------------------------------------------------
 
 
