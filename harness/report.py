@@ -295,6 +295,28 @@ def latest_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return keep.drop(columns=["_measured", "_ts", "_order", "_device"]), len(df) - len(keep)
 
 
+def per_target_plans(root: Path, rows: pd.DataFrame, variant: str = "laaq") -> pd.DataFrame:
+    """``variant``'s per-layer widths on every target of ``rows`` (the latest row each), side by side — with
+    the layer's measured latency where the run measured its table: a latency-aware search gives each board
+    its own plan, and this is where one sees it. Empty when no row of that variant has a layers.csv."""
+    cols: dict[str, pd.Series] = {}
+    for r in rows[rows["variant"].astype(str) == variant].itertuples():
+        try:
+            lay = pd.read_csv(root / str(r.run) / "layers.csv", dtype=str, keep_default_na=False)
+        except OSError:
+            continue
+        lay = lay[(lay["target"] == str(r.target)) & (lay["variant"] == variant)].set_index("layer")
+        if lay.empty:
+            continue
+        label = f"{r.target} ({plots.measured_kind(r.measured_as)})"
+        cols[f"{label} bits"] = lay["weight_bits"]
+        if "latency_ms" in lay.columns and (lay["latency_ms"] != "").any():
+            cols[f"{label} ms"] = lay["latency_ms"]
+    if not cols:
+        return pd.DataFrame()
+    return pd.DataFrame(cols).fillna("").rename_axis("layer").reset_index()
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "model"
 
@@ -317,6 +339,14 @@ def write_comparison(root: Path) -> Path:
         for model, g in df.groupby("model", sort=False):
             table = blank_not_run(g[[c for c in COMPARISON_COLUMNS if c in g.columns]])
             blocks += [Block("h2", f"Model: {model}"), Block("table", table)]
+            plans = per_target_plans(root, g)
+            if len(plans):
+                blocks += [Block("h3", "LAAQ's plan on each target"),
+                           Block("p", "Weight bits per layer of each target's `laaq` row (its run's layers.csv), and "
+                                      "the layer's latency measured alone on that target where the run measured its "
+                                      "table (`--layer-times` / `--latency-budget`; emulated tables rank nothing). "
+                                      "The same bits on every target mean no per-target budget was given."),
+                           Block("table", plans)]
             slug = _slug(model)
             blocks += _plot_blocks([plots.latency_vs_robust(g, str(model), f"{slug}-latency_vs_robust"),
                                     plots.energy_vs_robust(g, str(model), f"{slug}-energy_vs_robust")],

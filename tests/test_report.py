@@ -180,6 +180,31 @@ def test_layer_latency_plot_only_when_measured(results: Path) -> None:
     assert p is not None and {x[3] for x in p.plotted} == set(lay["variant"]) and "native" in p.caption
 
 
+def test_per_target_plans_side_by_side(tmp_path: Path) -> None:
+    """Each target's laaq widths (and measured layer latency, where there is a table) in one table."""
+    from harness.report import per_target_plans
+
+    BASE["laaq"] = (4.0, 0.006, 0.007, 900000.0, 0.1, 600.0, 0.88, 0.6)
+    try:
+        for name, target, kind, bits, ms in (("p-x86", "x86", "native", 3, "0.01"),
+                                             ("p-rpi5", "rpi5", "emulated", 5, "")):
+            folder = _run_folder(tmp_path, name, target, target, [_row(target, kind, "dev", "laaq")], lipschitz=False)
+            lay = pd.read_csv(folder / "layers.csv", dtype=str, keep_default_na=False)
+            lay = lay.assign(weight_bits=str(bits), latency_ms=ms)
+            lay.to_csv(folder / "layers.csv", index=False)
+        rows, _ = latest_rows(collect(tmp_path))
+        t = per_target_plans(tmp_path, rows)
+        assert t.columns[0] == "layer"
+        assert set(t.columns[1:]) == {"x86 (native) bits", "x86 (native) ms", "rpi5 (emulated) bits"}
+        assert list(t["layer"]) == [n for n, *_ in LAYERS]
+        assert set(t["x86 (native) bits"]) == {"3"} and set(t["rpi5 (emulated) bits"]) == {"5"}
+        assert per_target_plans(tmp_path, rows, variant="int8").empty
+        write_comparison(tmp_path)
+        assert "LAAQ's plan on each target" in (tmp_path / "comparison.md").read_text()
+    finally:
+        del BASE["laaq"]
+
+
 # --- per-run report ----------------------------------------------------------------------------------------
 
 
