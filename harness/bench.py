@@ -90,14 +90,7 @@ class BenchConfig:
     trials: int = 0
 
     def __post_init__(self) -> None:
-        spec = self.latency_budget
-        try:
-            ok = not spec or float(spec[:-1] if spec.endswith("x") else spec) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"--latency-budget {spec!r}: give milliseconds > 0 (e.g. 0.05) or a fraction of the "
-                             "int8 model's latency (e.g. 0.8x)")
+        parse_latency_budget(self.latency_budget)  # a bad spec stops here, before any work
 
     def digest(self) -> str:
         d = asdict(self)
@@ -153,17 +146,28 @@ def variants_for(cfg: BenchConfig, model: torch.nn.Module, data: Split, table: l
     return build_variants(cfg.variants, cfg.plan_files, req)
 
 
-def latency_limit(spec: str, table: dict[str, dict[int, float]], layers: list[str]) -> float | None:
-    """``--latency-budget``: "" → None; "0.8x" → 0.8 × the int8 plan's summed table latency; "0.05" → ms."""
+def parse_latency_budget(spec: str) -> tuple[float, bool] | None:
+    """``--latency-budget``: "" → None; "0.8x" → (0.8, True: a fraction of the int8 model's latency);
+    "0.05" → (0.05, False: milliseconds). Anything else, or a value ≤ 0, is refused with one line."""
     if not spec:
         return None
     try:
-        if spec.endswith("x"):
-            return float(spec[:-1]) * sum(table[n][8] for n in layers)
-        return float(spec)
+        value, fraction = (float(spec[:-1]), True) if spec.endswith("x") else (float(spec), False)
     except ValueError:
-        raise ValueError(f"--latency-budget {spec!r}: give milliseconds (e.g. 0.05) or a fraction of the int8 "
-                         "model's latency (e.g. 0.8x)") from None
+        value, fraction = 0.0, False
+    if not value > 0:
+        raise ValueError(f"--latency-budget {spec!r}: give milliseconds > 0 (e.g. 0.05) or a fraction of the "
+                         "int8 model's latency (e.g. 0.8x)")
+    return value, fraction
+
+
+def latency_limit(spec: str, table: dict[str, dict[int, float]], layers: list[str]) -> float | None:
+    """The budget in ms on ``table``: a fraction is taken of the int8 plan's summed table latency."""
+    parsed = parse_latency_budget(spec)
+    if parsed is None:
+        return None
+    value, fraction = parsed
+    return value * sum(table[n][8] for n in layers) if fraction else value
 
 
 def write_per_image(folder: Path, tag: str, labels: np.ndarray, rob: RobustResult) -> Path:

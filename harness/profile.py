@@ -28,10 +28,10 @@ _HOST_ISA = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm", "arm64": "arm", 
 
 def profiles_built() -> int:
     """Profiles built so far in this process (``resolve`` is meant to run once per bench/compile)."""
-    return _count[0]
+    return _built
 
 
-_count = [0]  # how many profiles this process built (a test checks: one per run)
+_built = 0  # how many profiles this process built (a test checks: one per run)
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,8 @@ def resolve(target: Target | str, rpc: str = "", rpc_tracker: str = "", rpc_key:
     cross = is_llvm and ((t.arch != here) if t.arch else isa != _HOST_ISA.get(here, here))
     scheme = scheme_from_layout(t.int8_layout, tvm_target) if is_llvm else None
     host_runs, why = _host_runs(tvm_target, isa, cross)
-    _count[0] += 1
+    global _built
+    _built += 1
     return TargetProfile(t, tvm_target, isa, "cpu" if is_llvm else str(tvm_target.kind.name), scheme, cross,
                          host_runs, why, "int8" if scheme is None else f"int8-{scheme.name}")
 

@@ -25,24 +25,32 @@ AVX2_DOT_16x2 = "laaq_dot_16x2_i16_avx2"
 AVX2_DOT_16x4_U8 = "laaq_dot_16x4_u8s8_avx2"
 
 
-def _avx2_dot_16x2():
-    """16 lanes from one broadcast of the activation pair: two ``vpmaddwd`` share it."""
+def _dot_16_lanes_desc(a_dtype: str, b_dtype: str, k: int):
+    """What every intrinsic here computes: 16 int32 lanes ``C[i] += Σ_{j<k} A[j]·B[i, j]`` (the block the
+    hand schedule tensorizes); the implementations differ only in the instructions and operand dtypes."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((2,), "int16", offset_factor=1),
-        B: T.Buffer((16, 2), "int16", offset_factor=1),
+        A: T.Buffer((k,), a_dtype, offset_factor=1),
+        B: T.Buffer((16, k), b_dtype, offset_factor=1),
         C: T.Buffer((16,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+            T.reads(C[0:16], A[0:k], B[0:16, 0:k])
             T.writes(C[0:16])
             for i in T.serial(0, 16):
-                for k in T.serial(0, 2):
+                for j in T.serial(0, k):
                     with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+                        vi, vj = T.axis.remap("SR", [i, j])
+                        C[vi] = C[vi] + T.cast(A[vj], "int32") * T.cast(B[vi, vj], "int32")
+
+    return desc
+
+
+def _avx2_dot_16x2():
+    """16 lanes from one broadcast of the activation pair: two ``vpmaddwd`` share it."""
+    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def impl(
@@ -62,27 +70,12 @@ def _avx2_dot_16x2():
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_x16, B.vload([8, 0], dtype="int16x16"),
                 dtype="int32x8")
 
-    return desc, impl
+    return impl
 
 
 def _avx2_dot_16x4_u8():
     """16 lanes from one broadcast of 4 activation bytes: ``vpmaddubsw`` + ``vpmaddwd(·, 1)``, twice."""
     from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(
@@ -106,7 +99,7 @@ def _avx2_dot_16x4_u8():
             C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), hi, ones, dtype="int32x8")
 
-    return desc, impl
+    return impl
 
 
 def register_avx2() -> None:
@@ -116,6 +109,7 @@ def register_avx2() -> None:
         return
     from tvm.s_tir import TensorIntrin
 
-    TensorIntrin.register(AVX2_DOT_16x2, *_avx2_dot_16x2(), override=True)
-    TensorIntrin.register(AVX2_DOT_16x4_U8, *_avx2_dot_16x4_u8(), override=True)
+    TensorIntrin.register(AVX2_DOT_16x2, _dot_16_lanes_desc("int16", "int16", 2), _avx2_dot_16x2(), override=True)
+    TensorIntrin.register(AVX2_DOT_16x4_U8, _dot_16_lanes_desc("uint8", "int8", 4), _avx2_dot_16x4_u8(),
+                          override=True)
     _registered.add(AVX2_DOT_16x2)
