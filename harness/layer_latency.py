@@ -31,6 +31,7 @@ import tvm
 
 from harness.compile import compile_module
 from harness.lower import lower_integer, lower_integer_nchwc
+from harness.lower.blocked import subbyte_width
 from harness.measure import LatencyProtocol, latency
 from harness.results import atomic_write_text
 from laaq.cache import cache_root
@@ -59,7 +60,11 @@ class LayerTime:
 
 
 def scheme_name(profile: TargetProfile, bits: int) -> str:
-    return profile.scheme.for_bits(bits).name if profile.scheme is not None else "nchw"
+    """The kernel a layer of ``bits`` gets: its scheme, plus the packed field width where weights are packed."""
+    if profile.scheme is None:
+        return "nchw"
+    width = subbyte_width(bits) if profile.pack_weights else 0
+    return profile.scheme.for_bits(bits).name + (f"+packed{width}" if width else "")
 
 
 def _layer_graph(graph: Graph, node: Node) -> tuple[Graph, bool]:
@@ -107,7 +112,8 @@ def table_dir(profile: TargetProfile) -> Path:
 def _module(qsub: QuantizedGraph, batch: int, profile: TargetProfile, blocked_in: bool) -> tvm.IRModule:
     if profile.scheme is None:  # plain NCHW targets: the layer reads an NCHW uint8 activation, as in the model
         return lower_integer(qsub, batch)
-    return lower_integer_nchwc(qsub, batch, profile.scheme, blocked_input=blocked_in)
+    return lower_integer_nchwc(qsub, batch, profile.scheme, blocked_input=blocked_in,
+                               pack_weights=profile.pack_weights)
 
 
 def _input(mod: tvm.IRModule) -> np.ndarray:

@@ -86,6 +86,11 @@ class TargetProfile:
         return str(self.target.tvm.get("arch", "")) if self.backend == "cuda" else ""
 
     @property
+    def pack_weights(self) -> bool:
+        """≤ 4-bit kernels stored packed (the target file's ``pack_weights``); only blocked schemes pack."""
+        return self.target.pack_weights and self.scheme is not None
+
+    @property
     def database_name(self) -> str:
         """Folder of its tuning databases: records tuned under QEMU rank candidates by their emulated
         speed, so they live apart (``<name>-emulated``) and never reach a real board's build."""
@@ -146,8 +151,9 @@ def resolve(target: Target | str, rpc: str = "", rpc_tracker: str = "", rpc_key:
     host_runs, why = _host_runs(tvm_target, isa, cross)
     global _built
     _built += 1
+    pattern = "int8" if scheme is None else f"int8-{scheme.name}" + ("-packed" if t.pack_weights else "")
     return TargetProfile(t, tvm_target, isa, "cpu" if is_llvm else str(tvm_target.kind.name), scheme, cross,
-                         host_runs, why, "int8" if scheme is None else f"int8-{scheme.name}")
+                         host_runs, why, pattern)
 
 
 def as_profile(target: TargetProfile | Target | str) -> TargetProfile:

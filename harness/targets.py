@@ -64,6 +64,9 @@ class Target:
     # int8 convolution scheme (harness/backend/schemes.py): "" = automatic from mcpu/mattr; "nchw" = plain;
     # "nchwc_vnni" | "nchwc_avx2" | "nchwc_sdot" | "nchwc_neon" = that blocked scheme
     int8_layout: str = ""
+    # blocked schemes: store ≤ 4-bit layers' kernels packed (two 4-bit / four 2-bit weights per byte) and
+    # unpack them at run time — a smaller artefact for an unpack pass per call (docs/performance.md)
+    pack_weights: bool = False
     # what `bench` measures on this target when --variants is not given (e.g. x86 adds int7: its ≤ 7-bit path)
     variants: tuple[str, ...] = ("fp32", "int8", "laaq")
     path: str = ""
@@ -113,7 +116,8 @@ def _read(name: str, directory: Path, seen: tuple[str, ...]) -> dict[str, Any]:
 
 
 _FIELDS = {"name", "description", "tvm", "threads", "device", "cross_compiler", "arch", "peak_int8_gmacs",
-           "peak_fp32_gmacs", "energy", "gpu_code", "int8_layout", "variants", "path"}
+           "peak_fp32_gmacs", "energy", "gpu_code", "int8_layout", "pack_weights", "variants",
+           "path"}
 
 
 def load_target(name: str, directory: Path | None = None) -> Target:
@@ -156,6 +160,8 @@ def load_target(name: str, directory: Path | None = None) -> Target:
     if data.get("int8_layout", "") not in INT8_LAYOUTS:
         raise TargetError(f"{path}: key 'int8_layout' must be one of {INT8_LAYOUTS[1:]} (or absent = automatic), "
                           f"got {data['int8_layout']!r}")
+    if not isinstance(data.get("pack_weights", False), bool):
+        raise TargetError(f"{path}: key 'pack_weights' must be true or false, got {data['pack_weights']!r}")
     for key in ("peak_int8_gmacs", "peak_fp32_gmacs"):
         if key in data and not isinstance(data[key], (int, float)):
             raise TargetError(f"{path}: key {key!r} must be a number")

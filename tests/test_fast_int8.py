@@ -17,7 +17,7 @@ from harness.backend.cpu import compile_fast
 from harness.backend.schemes import AVX2, AVX2_U8, NEON, SCHEMES, SDOT
 from harness.backend.schemes import VNNI as VNNI_SCHEME
 from harness.lower import lower_integer_for, lower_integer_nchwc
-from harness.lower.blocked import blocked_dense_weight, offset_bias, pack_kernel
+from harness.lower.blocked import blocked_dense_weight, offset_bias, pack_kernel, pack_subbyte, subbyte_width
 from harness.profile import resolve
 from harness.targets import TargetError, load_target
 from laaq.graph import Graph, Node
@@ -249,3 +249,81 @@ def test_single_conv_layouts_exact() -> None:
                 y = bb.emit_output(_to_nchw(bb, acc, o))
             bb.emit_func_output(y)
         assert np.array_equal(_run(tvm.compile(bb.get(), target=HOST), x), conv2d_int(x, w, s, p))
+
+
+# ---- packed sub-byte weights (target file ``pack_weights = true``) ----
+
+
+def test_pack_subbyte_layout_and_bounds() -> None:
+    """Fields of one ob×k tile: run f of the flattened tile in bit field f of bytes 0..run−1, two's complement;
+    weights that do not fit the field are refused (never wrapped)."""
+    rng = np.random.default_rng(3)
+    for width, wmax in ((4, 7), (2, 1)):
+        k = rng.integers(-wmax, wmax + 1, (2, 3, 16, 4)).astype(np.int8)
+        p = pack_subbyte(k, width)
+        per, run = 8 // width, 64 * width // 8
+        assert p.shape == (2, 3, run) and p.dtype == np.uint8
+        flat = k.reshape(2, 3, 64)
+        for f in range(per):  # numpy unpack: the same arithmetic the kernel's unpack stage does in int8 lanes
+            field = ((p.astype(np.int16) >> (width * f)) & (2 ** width - 1)).astype(np.int16)
+            assert np.array_equal(np.where(field >= 2 ** (width - 1), field - 2 ** width, field),
+                                  flat[..., f * run:(f + 1) * run])
+    assert subbyte_width(2) == 2 and subbyte_width(3) == subbyte_width(4) == 4 and subbyte_width(5) == 0
+    with pytest.raises(ValueError, match="do not fit 4-bit fields"):
+        pack_subbyte(np.full((1, 16, 4), 8, np.int8), 4)
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES.values()), ids=list(SCHEMES))
+def test_packed_weights_bit_exact_every_scheme(resnet_qg, scheme) -> None:
+    """Mixed 2–8-bit plan with packing on: 2-bit layers four per byte, 3–4-bit two per byte, wider ones plain."""
+    mod = lower_integer_nchwc(resnet_qg, 4, scheme, pack_weights=True)
+    assert "unpack_weights" in mod.script()
+    x = quantize_input(torch.rand(4, 3, 16, 16)).numpy()
+    assert np.array_equal(_run(tvm.compile(mod, target=HOST), x), run_integer(resnet_qg, x))
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_packed_weights_extremes_hand_scheduled(bits, tmp_path: Path) -> None:
+    """All weights at ±(2^(b−1)−1) (±7 in 4-bit fields, ±1 in 2-bit ones — the sign extension's extreme) and
+    activations at 0/255, through the AVX2 hand schedule (vpmaddubsw) with the unpack stage; a dense reads its
+    tile unpacked per output-channel chunk."""
+    rng = np.random.default_rng(bits)
+    graph = _extreme_graph(rng, 2 ** (bits - 1) - 1)
+    qg = quantize_graph(graph, QuantPlan({n.name: LayerSetting(bits, 1.0) for n in graph.weighted()}),
+                        torch.rand(16, 1, 6, 6))
+    assert all(np.abs(q.w_q).max() == 2 ** (bits - 1) - 1 for q in qg.qnodes.values() if q.w_q is not None)
+    x = np.stack([np.full((1, 6, 6), 255, np.uint8), np.zeros((1, 6, 6), np.uint8),
+                  (np.indices((1, 6, 6)).sum(0) % 2 * 255).astype(np.uint8)])
+    ex = compile_fast(lower_integer_nchwc(qg, len(x), AVX2, pack_weights=True), resolve("x86").tvm_target,
+                      scheme=AVX2)
+    assert np.array_equal(_run(ex, x), run_integer(qg, x))
+
+
+def test_packed_artefact_is_smaller(tiny_model, tmp_path: Path) -> None:
+    """The point of packing: a 4-bit plan's library carries half the weight bytes (sizes, not times)."""
+    from harness.backend.cpu import compile_fast as build
+    from laaq.models import SmallCNN
+
+    torch.manual_seed(0)
+    graph = SmallCNN().eval().to_graph()  # fc1 holds most weights: the artefact is mostly weights
+    names = [n.name for n in graph.weighted()]
+    size = {}
+    for tag, bits, pack in (("int8", 8, False), ("int4", 4, False), ("int4-packed", 4, True)):
+        qg = quantize_graph(graph, QuantPlan.uniform(names, bits), torch.rand(16, 1, 28, 28))
+        so = tmp_path / f"{tag}.so"
+        build(lower_integer_nchwc(qg, 1, AVX2, pack_weights=pack), HOST, scheme=AVX2).export_library(str(so))
+        size[tag] = so.stat().st_size
+    weights = sum(int(np.prod(n.weight.shape)) for n in graph.weighted())
+    assert size["int4"] - size["int4-packed"] >= 0.4 * weights  # ≈ half a byte saved per weight
+    assert size["int4-packed"] <= 0.6 * size["int8"]
+
+
+def test_pack_weights_from_target_file(tmp_path: Path) -> None:
+    (tmp_path / "x86.toml").write_text((Path(VNNI.path).parent / "x86.toml").read_text())
+    (tmp_path / "packed.toml").write_text('extends = "x86"\npack_weights = true\n')
+    profile = resolve(load_target("packed", tmp_path))
+    assert profile.pack_weights and profile.int8_pattern.endswith("-packed")  # its own tuning records
+    assert not resolve("x86").pack_weights
+    (tmp_path / "bad.toml").write_text('extends = "x86"\npack_weights = "yes"\n')
+    with pytest.raises(TargetError, match="pack_weights"):
+        load_target("bad", tmp_path)

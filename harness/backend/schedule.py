@@ -14,6 +14,8 @@ from tvm import relax
 
 from harness.backend.schemes import AVX2, AVX2_U8, CONV_BLOCK, VNNI, Scheme
 
+UNPACK = "unpack_weights"  # the stage that rebuilds a packed sub-byte kernel (harness.lower.blocked)
+
 
 def _pick(extent: int, options=(8, 7, 4, 2, 1)) -> int:
     for f in options:
@@ -44,7 +46,18 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
     n, occ, oh, ow, ocb, ico, kh, kw, icf, ics = loops
     ow_ext = int(sch.get(ow).extent)
     ow_o, ow_i = sch.split(ow, [None, _pick(ow_ext, ow_options)])
-    if pad_per_row:
+    unpack = next((b for b in sch.get_producers(conv) if sch.get(b).name_hint.startswith(UNPACK)), None)
+    chunk = None  # the loop a packed kernel's tile is unpacked under (None: whole kernel once per call)
+    if unpack is not None and int(sch.get(oh).extent) * ow_ext == 1:
+        # a dense (1×1 output) with packed weights: output-channel chunks outermost, so each chunk's tile is
+        # unpacked once, into cache, and used by every image of the batch (the whole-kernel pass would
+        # write and re-read the unpacked weights through memory: ~3× the traffic at batch 1)
+        sch.reorder(occ, n, oh, ow_o, ico, kh, kw, icf, ow_i, ocb, ics)
+        sch.parallel(occ)
+        sch.compute_at(unpack, occ)
+        _vectorize_unpack(sch, unpack, parallel=False)
+        chunk, row = occ, None
+    elif pad_per_row:
         sch.reorder(n, oh, occ, ow_o, ico, kh, kw, icf, ow_i, ocb, ics)
         row = sch.fuse(n, oh)
         sch.parallel(row)
@@ -61,8 +74,8 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
     out_block = None
     for b in blocks:
         name = sch.get(b).name_hint
-        if name.startswith(("data_pad", "pad")):
-            continue
+        if name.startswith(("data_pad", "pad", UNPACK)):
+            continue  # padding stays separate; packed weights are unpacked once per call, not per use
         try:
             sch.compute_inline(b)
         except Exception:  # noqa: BLE001 - the output block (or a reduction) cannot be inlined
@@ -83,6 +96,8 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
             ls = sch.get_loops(b)
             sch.parallel(sch.fuse(*ls[:3]))
             sch.vectorize(ls[-1])
+        elif sch.get(b).name_hint.startswith(UNPACK) and chunk is None:  # at the root: whole kernel once per call
+            _vectorize_unpack(sch, b, parallel=True)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
@@ -101,6 +116,22 @@ def ensure_intrinsic(scheme: Scheme) -> None:
         tvm_fixes.light_tensor_intrin("arm")
 
 
+def _vectorize_unpack(sch, block, parallel: bool) -> None:
+    """Unpack loops ``[O/ob, C/cb, kh, kw, cb/k, ob, k]`` from bytes ``[..., run]``: the ``ob × k`` tile is
+    split into its runs, each one contiguous load + shift + sign extension, vectorized."""
+    ls = sch.get_loops(block)
+    if parallel:
+        sch.parallel(ls[0])
+    run = int(_region_buffer(sch.get(block).reads[0]).shape[-1])
+    sch.vectorize(sch.split(sch.fuse(*ls[-2:]), [None, run])[1])
+
+
+def _region_buffer(region):
+    """TVM 0.27: ``TensorRegion.source``; older releases: ``BufferRegion.buffer``."""
+    source = getattr(region, "source", None)
+    return region.buffer if source is None else source
+
+
 def conv_operands(func: tvm.tirx.PrimFunc) -> tuple[str, str, int] | None:
     """(data dtype, kernel dtype, kernel's innermost extent k) of a function's conv2d_NCHWc_int8 block, or None."""
     from tvm import s_tir
@@ -110,10 +141,7 @@ def conv_operands(func: tvm.tirx.PrimFunc) -> tuple[str, str, int] | None:
         block = sch.get(sch.get_sblock(CONV_BLOCK))
     except Exception:  # noqa: BLE001 - not a conv function
         return None
-    def buf(region):  # TVM 0.27: ``TensorRegion.source``; older releases: ``BufferRegion.buffer``
-        source = getattr(region, "source", None)
-        return region.buffer if source is None else source
-
+    buf = _region_buffer
     reads = [buf(r) for r in block.reads if buf(r).name != buf(block.writes[0]).name]
     if len(reads) != 2:
         return None

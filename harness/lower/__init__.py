@@ -36,5 +36,5 @@ def lower_integer_for(qg: QuantizedGraph, batch: int, profile: TargetProfile | T
 
     profile = as_profile(profile)
     if profile.scheme is not None:
-        return lower_integer_nchwc(qg, batch, profile.scheme)
+        return lower_integer_nchwc(qg, batch, profile.scheme, pack_weights=profile.pack_weights)
     return lower_integer(qg, batch)

@@ -46,6 +46,57 @@ def pack_kernel(w: np.ndarray, cb: int, scheme: Scheme = VNNI) -> np.ndarray:
     return np.ascontiguousarray(wp.transpose(0, 2, 5, 6, 3, 1, 4))
 
 
+def subbyte_width(bits: int) -> int:
+    """Storage width of a packed weight: 2 bits for ≤ 2-bit layers (four per byte), 4 for 3–4-bit ones
+    (two per byte); 0 = not packed (5–8-bit layers keep one byte per weight)."""
+    return 2 if bits <= 2 else 4 if bits <= 4 else 0
+
+
+def pack_subbyte(kernel: np.ndarray, width: int) -> np.ndarray:
+    """int8 packed kernel ``[..., ob, k]`` → uint8 ``[..., ob·k·width/8]``: each ``ob × k`` tile (the block one
+    instruction reads) flattened to ``t = o·k + j`` and split in ``8/width`` contiguous runs of ``L`` values;
+    run ``f`` goes into bit field ``f`` of bytes ``0..L−1`` (two's complement). Rebuilding a run is one
+    contiguous load, a shift and a sign extension — vector code, no gathers. Exact for
+    |w| < 2^(width−1), which the plan's symmetric range guarantees (``b``-bit weights:
+    |w| ≤ 2^(b−1) − 1 ≤ 2^(width−1) − 1 for b ≤ width; checked here)."""
+    per = 8 // width
+    tile = kernel.shape[-2] * kernel.shape[-1]
+    if tile % per:
+        raise ValueError(f"a {kernel.shape[-2]}×{kernel.shape[-1]} kernel tile does not split into {per} runs")
+    if np.abs(kernel.astype(np.int32)).max(initial=0) >= 2 ** (width - 1):
+        raise ValueError(f"weights up to {np.abs(kernel).max()} do not fit {width}-bit fields")
+    fields = (kernel.astype(np.int16) & (2 ** width - 1)).astype(np.uint8)
+    fields = fields.reshape(*kernel.shape[:-2], per, tile // per)
+    packed = np.zeros((*kernel.shape[:-2], tile // per), dtype=np.uint8)
+    for f in range(per):
+        packed |= (fields[..., f, :] << (width * f)).astype(np.uint8)
+    return np.ascontiguousarray(packed)
+
+
+def _unpack_subbyte(packed: te.Tensor, ob: int, k: int, width: int, dtype: str) -> te.Tensor:
+    """The kernel ``[..., ob, k]`` a conv reads, rebuilt from :func:`pack_subbyte`'s bytes at run time
+    (sign-extended field: ``((b >> shift & mask) ^ half) − half``). A stage of its own in the conv's
+    function (never folded into a constant, never inlined into the tensorized block): one pass over the
+    packed weights per call."""
+    assert dtype == "int8", "packed kernels are rebuilt as int8"
+    run = int(packed.shape[-1])
+
+    def f(*i):
+        t = i[-2] * k + i[-1]
+        # field f of byte l, where t = f·run + l; sign-extended without any wrap-around: (byte >> shift) & mask ∈
+        # [0, 2^width), then (v ^ half) − half ∈ [−half, half). Each field is its own branch with a *constant*
+        # shift: a shift by the loop-dependent amount ``t // run · width`` was miscompiled by LLVM for AVX2
+        # (wrong bytes in larger kernels); after the schedule splits t into (f, l) one branch is taken per run.
+        mask, half = tvm.tirx.const(2 ** width - 1, "int32"), tvm.tirx.const(2 ** (width - 1), "int32")
+        value = None
+        for field in range(8 // width):
+            v = ((packed[(*i[:-2], t - field * run)].astype("int32") >> (field * width)) & mask ^ half) - half
+            value = v if value is None else tvm.tirx.if_then_else(t >= field * run, v, value)
+        return value.astype("int8")
+
+    return te.compute((*packed.shape[:-1], ob, k), f, name="unpack_weights")
+
+
 def blocked_dense_weight(w: np.ndarray, c: int, h: int, w_: int, cb: int) -> np.ndarray:
     """Dense weights ``[O, C·H·W]`` (torch's NCHW flatten order) → 1×1-conv weights ``[O, Kp, 1, 1]``
     whose columns follow the blocked activation order ``(c // cb, h, w, c % cb)``; columns of padded
@@ -92,8 +143,11 @@ def _to_stored(a: te.Tensor, offset: int, dtype: str) -> te.Tensor:
 
 
 def conv_block(data: te.Tensor, kernel: te.Tensor, stride, padding: tuple[int, int], pad_value: int,
-               n_elems: int) -> te.Tensor:
-    """Pad with the stored value of zero (``pad_value``), then ``conv2d_NCHWc_int8`` without padding."""
+               n_elems: int, packed_width: int = 0, weight_dtype: str = "int8", oc_block: int = 16) -> te.Tensor:
+    """Pad with the stored value of zero (``pad_value``), then ``conv2d_NCHWc_int8`` without padding.
+    ``packed_width``: ``kernel`` holds :func:`pack_subbyte` bytes, unpacked in this function."""
+    if packed_width:
+        kernel = _unpack_subbyte(kernel, oc_block, n_elems, packed_width, weight_dtype)
     ph, pw = padding
     if ph or pw:
         data = topi.nn.pad(data, (0, 0, ph, pw, 0), (0, 0, ph, pw, 0), pad_value=pad_value, name="data_pad")
@@ -117,8 +171,8 @@ def _requant(bb: relax.BlockBuilder, acc: relax.Expr, q: QNode, shape: tuple[int
 
 
 def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in: bool, name: str,
-                 w4d: np.ndarray, q: QNode, stride, padding: tuple[int, int], scheme: Scheme
-                 ) -> tuple[relax.Expr, tuple[int, ...]]:
+                 w4d: np.ndarray, q: QNode, stride, padding: tuple[int, int], scheme: Scheme,
+                 pack_weights: bool = False) -> tuple[relax.Expr, tuple[int, ...]]:
     """One tensorized conv (a dense is a 1×1 one) on a blocked input: convert the input to the
     scheme's stored form unless it already is, pack ``w4d`` ``[O, C, kh, kw]``, add the bias corrected
     for the storage offset. Returns the int32 accumulator ``[N, Op/ob, OH, OW, ob]`` and the shape
@@ -136,8 +190,14 @@ def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in:
         a = bb.emit_te(_to_stored, a, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
     ob = scheme.oc_block
     op = _ceil(q.w_q.shape[0], ob)
-    acc = bb.emit_te(conv_block, a, _const(pack_kernel(w4d, int(a.ty.shape[4]), scheme)), stride, padding, offset,
-                     scheme.k_block, primfunc_name_hint="conv2d_nchwc_int8")
+    kernel = pack_kernel(w4d, int(a.ty.shape[4]), scheme)
+    width = subbyte_width(q.setting.bits) if pack_weights and q.setting is not None else 0
+    if width and scheme.weight_dtype == "int8":
+        kernel = pack_subbyte(kernel, width)
+    else:
+        width = 0
+    acc = bb.emit_te(conv_block, a, _const(kernel), stride, padding, offset, scheme.k_block, width,
+                     scheme.weight_dtype, ob, primfunc_name_hint="conv2d_nchwc_int8")
     bshape = (1, op // ob, 1, 1, ob)
     bias = _pad_vec(offset_bias(q.b_q, q.w_q, offset), op, np.int32).reshape(bshape)
     return bb.emit(relax.op.add(acc, _const(bias))), bshape
@@ -155,7 +215,7 @@ def _input_scheme(qg: QuantizedGraph, scheme: Scheme) -> Scheme:
 
 
 def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI,
-                        blocked_input: bool = False) -> tvm.IRModule:
+                        blocked_input: bool = False, pack_weights: bool = False) -> tvm.IRModule:
     """``main(x: uint8[batch, C, H, W]) -> int32[batch, classes]``, convolutions in NCHW[x]c blocks.
 
     Between layers activations hold their *true* values (uint8 / int8, as in the reference), so
@@ -165,6 +225,10 @@ def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI,
 
     ``blocked_input``: ``x`` is already a blocked activation ``[batch, C/ob, H, W, ob]`` of true uint8 values,
     as a layer inside the model receives it — how one layer is timed alone (:mod:`harness.layer_latency`).
+
+    ``pack_weights``: layers of ≤ 4 bits store their kernels packed (two 4-bit or four 2-bit fields per
+    byte, :func:`pack_subbyte`) and unpack them inside the conv's function at run time — a smaller
+    artefact for one extra pass over those weights per call.
     """
     ob = scheme.oc_block
     assert all(s.oc_block == ob for s in scheme.family), "a scheme family shares one output-channel block"
@@ -216,7 +280,7 @@ def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI,
                         inp = bb.emit(relax.op.reshape(a, (batch, cblocks * h * w_ * cbk // ob, 1, 1, ob)))
                         w4d, stride, pad = blocked_dense_weight(q.w_q, ch, h, w_, cbk), 1, (0, 0)
                     acc, bshape = _blocked_acc(bb, inp, layout == "stored", signed[n.inputs[0]], n.name, w4d, q,
-                                               stride, pad, layer_scheme(scheme, q))
+                                               stride, pad, layer_scheme(scheme, q), pack_weights)
                     o, op = q.w_q.shape[0], bshape[1] * ob
                     if q.final and n.op == "conv":
                         env[n.name] = (_to_nchw(bb, acc, o), "nchw", o)
