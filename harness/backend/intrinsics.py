@@ -167,10 +167,12 @@ def _neon_chain_impl(chain: int):
                 T.reads(C[0:4], A[0:k], B[0:chain, 0:4, 0:4])
                 T.writes(C[0:4])
                 halves: list = [None, None]  # int16x8 accumulators: output lanes (0, 1) and (2, 3), 4 k each
+                # the k activations in one load, as `chain` int32 lanes (one per block of 4 channels)
+                a_all = T.reinterpret(A.vload([0], f"int8x{k}"), dtype=f"int32x{chain}")
                 for f in range(chain):
-                    # a[4f..4f+3] twice (one copy per output lane of the half), as TVM's NEON intrinsic
-                    a4 = T.reinterpret(A.vload([f * 4], "int8x4"), dtype="int32")
-                    a = T.reinterpret(T.broadcast(a4, 2), dtype="int8x8")
+                    # a[4f..4f+3] twice (one copy per output lane of the half), as TVM's NEON intrinsic,
+                    # but a lane dup of the one load instead of a broadcast load (ld1r) per block
+                    a = T.reinterpret(T.Shuffle([a_all], [f, f]), dtype="int8x8")
                     b = B.vload([f, 0, 0], dtype="int8x16")
                     for h, part in enumerate((T.vectorlow(b, dtype="int8x8"), T.vectorhigh(b, dtype="int8x8"))):
                         prod = intrin("llvm.aarch64.neon.smull.v8i16", a, part, dtype="int16x8")
