@@ -1,5 +1,11 @@
 """Tensor intrinsics of our own (TVM ships VNNI, AVX-512 ``vpmaddubsw``, NEON and ``sdot`` ones).
 
+``laaq_dot_4x{4·chain}_i8i8s32_neon_i16`` (:func:`register_neon_chain`): 4 int32 lanes += Σ of
+``chain`` of TVM's 4×4 ``dot_4x4_i8i8s32_neon`` blocks, with the products summed in int16 (``smull``
+then ``smlal``) and widened once (``saddlp`` + ``addp``) instead of once per block. Exact only while
+``chain``·128·max|w| ≤ 32,767 (activations stored as s8, |a| ≤ 128): chain 4 takes |w| ≤ 63, every
+symmetric 7-bit weight (``harness.backend.schemes.NEON_I16``; the lowering refuses larger weights).
+
 ``laaq_dot_16x4_u8s8_avx2``: 16 int32 lanes += Σ_{k<4} a[k]·b[lane, k] with u8 activations and s8
 weights — ``vpmaddubsw`` (u8 × s8, adjacent pairs summed into a *saturating* int16) then
 ``vpmaddwd`` against ones (pairs of int16 into int32), twice (8 lanes each). Exact only for narrow
