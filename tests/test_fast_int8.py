@@ -14,7 +14,7 @@ import tvm
 from tvm import relax
 
 from harness.backend.cpu import compile_fast
-from harness.backend.schemes import AVX2, AVX2_U8, NEON, SCHEMES, SDOT
+from harness.backend.schemes import AVX2, AVX2_U8, NEON, NEON_I16, SCHEMES, SDOT
 from harness.backend.schemes import VNNI as VNNI_SCHEME
 from harness.lower import lower_integer_for, lower_integer_nchwc
 from harness.lower.blocked import blocked_dense_weight, offset_bias, pack_kernel, pack_subbyte, subbyte_width
@@ -166,7 +166,8 @@ def test_avx2_narrow_layers_use_vpmaddubsw_and_stay_exact(resnet_qg, tmp_path: P
 
 def test_scheme_per_layer_width() -> None:
     assert AVX2.for_bits(8) is AVX2 and AVX2.for_bits(7) is AVX2_U8 and AVX2.for_bits(2) is AVX2_U8
-    assert VNNI_SCHEME.for_bits(4) is VNNI_SCHEME and NEON.for_bits(3) is NEON  # no narrower scheme (yet)
+    assert VNNI_SCHEME.for_bits(4) is VNNI_SCHEME and SDOT.for_bits(3) is SDOT  # no narrower scheme (yet)
+    assert NEON.for_bits(8) is NEON and NEON.for_bits(7) is NEON_I16 and NEON.for_bits(3) is NEON_I16
     assert AVX2.family == (AVX2, AVX2_U8) and AVX2_U8.instruction == "vpmaddubsw"
     with pytest.raises(ValueError, match="<= 7 bits"):
         AVX2_U8.for_bits(8)

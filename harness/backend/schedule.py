@@ -25,13 +25,15 @@ def _pick(extent: int, options=(8, 7, 4, 2, 1)) -> int:
 
 
 def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
-                     ow_options: tuple[int, ...] = (8, 7, 4, 2, 1), pad_per_row: bool = False
-                     ) -> tvm.tirx.PrimFunc | None:
+                     ow_options: tuple[int, ...] = (8, 7, 4, 2, 1), pad_per_row: bool = False,
+                     chain: int = 1) -> tvm.tirx.PrimFunc | None:
     """Hand schedule for a (fused) PrimFunc holding a ``conv2d_NCHWc_int8`` block; None if not one.
 
     Loops (n, oc_chunk, oh, ow, oc_block | ic_outer, kh, kw, ic_f_inner, ic_s_inner) become
     ``parallel(n·oc_chunk·oh) · ow_o · ic_outer · kh · kw · ic_f_inner · unroll(ow_i) · [ob×k intrin]``;
     element-wise consumers are inlined into one epilogue computed per (ow_o) tile, vectorized.
+    ``chain`` > 1 (int16 chains, :data:`harness.backend.schemes.NEON_I16`): ``ic_f_inner`` (extent ``chain``)
+    moves inside ``ow_i`` and into the intrinsic, which then covers ``chain × ob × k``.
     """
     from tvm import s_tir
 
@@ -46,19 +48,20 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
     n, occ, oh, ow, ocb, ico, kh, kw, icf, ics = loops
     ow_ext = int(sch.get(ow).extent)
     ow_o, ow_i = sch.split(ow, [None, _pick(ow_ext, ow_options)])
+    inner = (ow_i, icf) if chain > 1 else (icf, ow_i)  # the intrinsic covers ic_f too when it chains blocks
     unpack = next((b for b in sch.get_producers(conv) if sch.get(b).name_hint.startswith(UNPACK)), None)
     chunk = None  # the loop a packed kernel's tile is unpacked under (None: whole kernel once per call)
     if unpack is not None and int(sch.get(oh).extent) * ow_ext == 1:
         # a dense (1×1 output) with packed weights: output-channel chunks outermost, so each chunk's tile is
         # unpacked once, into cache, and used by every image of the batch (the whole-kernel pass would
         # write and re-read the unpacked weights through memory: ~3× the traffic at batch 1)
-        sch.reorder(occ, n, oh, ow_o, ico, kh, kw, icf, ow_i, ocb, ics)
+        sch.reorder(occ, n, oh, ow_o, ico, kh, kw, *inner, ocb, ics)
         sch.parallel(occ)
         sch.compute_at(unpack, occ)
         _vectorize_unpack(sch, unpack, parallel=False)
         chunk, row = occ, None
     elif pad_per_row:
-        sch.reorder(n, oh, occ, ow_o, ico, kh, kw, icf, ow_i, ocb, ics)
+        sch.reorder(n, oh, occ, ow_o, ico, kh, kw, *inner, ocb, ics)
         row = sch.fuse(n, oh)
         sch.parallel(row)
         for b in sch.get_producers(conv):
@@ -66,7 +69,7 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
                 sch.compute_at(b, row)  # pad only the input rows this output row reads, while in cache
                 sch.vectorize(sch.get_loops(b)[-1])
     else:
-        sch.reorder(n, occ, oh, ow_o, ico, kh, kw, icf, ow_i, ocb, ics)
+        sch.reorder(n, occ, oh, ow_o, ico, kh, kw, *inner, ocb, ics)
         row = None
         sch.parallel(sch.fuse(n, occ, oh))  # before tensorize: parallel needs a plain reduction block below
     # everything else: inline element-wise stages (bias, requant chain), keep padding separate
@@ -87,7 +90,7 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
         except Exception:  # noqa: BLE001 - different shape of epilogue: leave it as a separate loop nest
             pass
     sch.decompose_reduction(conv, ico)
-    sch.tensorize(ocb, intrin)
+    sch.tensorize(icf if chain > 1 else ocb, intrin)
     sch.unroll(ow_i)
     for b in sch.get_child_blocks(sch.get_sblock("root")):
         if sch.get(b).name_hint.startswith(("data_pad", "pad")):
@@ -112,6 +115,10 @@ def ensure_intrinsic(scheme: Scheme) -> None:
         from harness.backend.intrinsics import register_avx2
 
         register_avx2()
+    elif scheme.chain > 1:
+        from harness.backend.intrinsics import register_neon_chain
+
+        assert register_neon_chain(scheme.chain) == scheme.intrin
     else:
         tvm_fixes.light_tensor_intrin("arm")
 
@@ -132,8 +139,9 @@ def _region_buffer(region):
     return region.buffer if source is None else source
 
 
-def conv_operands(func: tvm.tirx.PrimFunc) -> tuple[str, str, int] | None:
-    """(data dtype, kernel dtype, kernel's innermost extent k) of a function's conv2d_NCHWc_int8 block, or None."""
+def conv_operands(func: tvm.tirx.PrimFunc) -> tuple[str, str, int, int] | None:
+    """(data dtype, kernel dtype, kernel's innermost extent k, its ``ic_f`` extent) of a function's
+    conv2d_NCHWc_int8 block, or None."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -146,7 +154,7 @@ def conv_operands(func: tvm.tirx.PrimFunc) -> tuple[str, str, int] | None:
     if len(reads) != 2:
         return None
     data, kernel = reads
-    return str(data.dtype), str(kernel.dtype), int(kernel.shape[-1])
+    return str(data.dtype), str(kernel.dtype), int(kernel.shape[-1]), int(kernel.shape[-3])
 
 
 def scheme_of(func: tvm.tirx.PrimFunc, family: tuple[Scheme, ...]) -> Scheme | None:
@@ -154,7 +162,11 @@ def scheme_of(func: tvm.tirx.PrimFunc, family: tuple[Scheme, ...]) -> Scheme | N
     ops = conv_operands(func)
     if ops is None:
         return None
-    return next((s for s in family if (s.act_dtype, s.weight_dtype, s.k_block) == ops), None)
+    # a chain scheme is told apart from its parent (same dtypes and k) by the ic_f extent of its kernel
+    for s in sorted(family, key=lambda s: s.chain == 1):
+        if (s.act_dtype, s.weight_dtype, s.k_block) == ops[:3] and (s.chain == 1 or ops[3] == s.chain):
+            return s
+    return None
 
 
 def blocked_schedule_pass(scheme: Scheme) -> tvm.transform.Pass:
@@ -172,7 +184,7 @@ def blocked_schedule_pass(scheme: Scheme) -> tvm.transform.Pass:
             if member is None:
                 continue
             new = schedule_blocked(func.with_attr("global_symbol", gv.name_hint), member.intrin, member.ow_options,
-                                   member.pad_per_row)
+                                   member.pad_per_row, member.chain)
             if new is not None:
                 mod[gv] = new
         return mod

@@ -23,13 +23,20 @@ nchwc_avx2_u8  ``vpmaddubsw``+``vpmaddwd``  u8 act × s8 w, 16×4    only for �
                                                                   saturation); signed inputs stored
                                                                   as ``s8 + 128``, ``128·Σw`` removed
                                                                   through the bias
+nchwc_neon_i16 ``smull``+``smlal`` chain,  s8 act × s8 w, 4×16    only for ≤ 7-bit weights: an int16
+               one ``saddlp`` (NEON,                              lane sums 4 products, 4·128·63 =
+               layers ≤ 7 bits)                                   32,256 ≤ 32,767; input re-blocked to
+                                                                  16 channels (zero weights pad it)
 =============  ==========================  =====================  ==============================
 
 A scheme may hand its narrow layers to a faster one (``narrower``): on AVX2, layers whose plan width
 is ≤ 7 bits take ``nchwc_avx2_u8`` (twice the multiply rate of the int16 ``vpmaddwd`` path, no int16
 widening of activations), the others keep ``nchwc_avx2``. Both use 16-channel output blocks, so
 activations between layers need no re-layout; each convolution converts its input to its own stored
-form (an element-wise op fused into the producer).
+form (an element-wise op fused into the producer). On NEON without dot product, layers of ≤ 7 bits take
+``nchwc_neon_i16``: the same 4-lane output blocks, but the intrinsic sums ``chain`` = 4 of TVM's 4×4
+blocks in int16 (``smull`` then ``smlal``) before one widening ``saddlp``; its input is re-blocked from 4
+to ``k_block·chain`` = 16 channels by that same per-layer conversion.
 """
 
 from __future__ import annotations
@@ -66,12 +73,22 @@ class Scheme:
     max_weight_bits: int = 8  # the widest weights this scheme is exact for
     signed_act_offset: int = 0  # stored = true + this for *signed* (int8) inputs; 0 with a uint8 act_dtype = refused
     narrower: Scheme | None = None  # a faster scheme for layers of ≤ narrower.max_weight_bits (same oc_block)
+    # the largest |w| the instruction pattern is exact for; schemes without an int16 step take any int8
+    max_abs_weight: int = 128
+    # k_block-wide blocks one intrinsic call sums in int16 before widening (1: widen every block); the
+    # conv then reads its input in blocks of k_block·chain channels (``in_block``)
+    chain: int = 1
+
+    @property
+    def in_block(self) -> int | None:
+        """Channel block the conv's input must have (None: whatever the activation has)."""
+        return self.k_block * self.chain if self.chain > 1 else None
 
     @property
     def instruction(self) -> str:
         """What to grep for in the disassembly of a compiled library."""
         return {"nchwc_vnni": "vpdpbusd", "nchwc_avx2": "vpmaddwd", "nchwc_sdot": "sdot",
-                "nchwc_neon": "smull", "nchwc_avx2_u8": "vpmaddubsw"}[self.name]
+                "nchwc_neon": "smull", "nchwc_avx2_u8": "vpmaddubsw", "nchwc_neon_i16": "smlal"}[self.name]
 
     def for_bits(self, bits: int) -> Scheme:
         """The scheme a layer with ``bits``-wide weights gets: the narrowest exact one of the family."""
@@ -91,14 +108,19 @@ VNNI = Scheme("nchwc_vnni", 16, 4, "uint8", 0, "int8", "dot_16x4_vnni", 4, metas
 # 16 lanes = 2 ymm accumulators per output pixel; 4 pixels → 8 accumulators + 2 weight registers + 1
 # broadcast of the 16 ymm registers (ow = 8 spills)
 # the same register budget: 2 accumulators per pixel × 4 pixels + 2 weight registers + broadcast + ones
+# vpmaddubsw pair sums: 2·255·|w| ≤ 32,767 ⇔ |w| ≤ 64
 AVX2_U8 = Scheme("nchwc_avx2_u8", 16, 4, "uint8", 0, "int8", "laaq_dot_16x4_u8s8_avx2", 4, ow_options=(4, 2, 1),
-                 pad_per_row=True, max_weight_bits=7, signed_act_offset=128)
+                 pad_per_row=True, max_weight_bits=7, signed_act_offset=128, max_abs_weight=64)
 AVX2 = Scheme("nchwc_avx2", 16, 2, "int16", 0, "int16", "laaq_dot_16x2_i16_avx2", 2, ow_options=(4, 2, 1),
               pad_per_row=True, narrower=AVX2_U8)
 SDOT = Scheme("nchwc_sdot", 4, 4, "int8", -128, "int8", "dot_4x4_i8i8s32_sdot", 4)
-NEON = Scheme("nchwc_neon", 4, 4, "int8", -128, "int8", "dot_4x4_i8i8s32_neon", 4)
+# smull/smlal chain of 4: an int16 lane sums 4 products a·w, |a| ≤ 128 (s8), so 4·128·|w| ≤ 32,767 ⇔ |w| ≤ 63:
+# every symmetric 7-bit weight (±63), not −64
+NEON_I16 = Scheme("nchwc_neon_i16", 4, 4, "int8", -128, "int8", "laaq_dot_4x16_i8i8s32_neon_i16", 16,
+                  max_weight_bits=7, max_abs_weight=32767 // (4 * 128), chain=4)
+NEON = Scheme("nchwc_neon", 4, 4, "int8", -128, "int8", "dot_4x4_i8i8s32_neon", 4, narrower=NEON_I16)
 SCHEMES = {s.name: s for s in (VNNI, AVX2, SDOT, NEON)}  # what a target file's int8_layout may name
-ALL_SCHEMES = {s.name: s for s in (*SCHEMES.values(), AVX2_U8)}  # + those only reached through ``narrower``
+ALL_SCHEMES = {s.name: s for s in (*SCHEMES.values(), AVX2_U8, NEON_I16)}  # + those only reached through ``narrower``
 PLAIN = "nchw"
 
 

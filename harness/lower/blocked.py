@@ -142,6 +142,20 @@ def _to_stored(a: te.Tensor, offset: int, dtype: str) -> te.Tensor:
     return te.compute(a.shape, lambda *i: _store(a(*i), offset, dtype), name="to_stored")
 
 
+def _to_stored_blocks(a: te.Tensor, ib: int, offset: int, dtype: str) -> te.Tensor:
+    """``[N, C/cb, H, W, cb]`` true values → stored ``[N, Cp/ib, H, W, ib]``: the input of a scheme whose
+    intrinsic reads ``ib`` channels at once (an int16 chain). Channels beyond ``C`` (up to ``Cp``, a
+    multiple of ``ib``) hold the stored zero and meet zero weights (:func:`pack_kernel` pads them)."""
+    n, cbs, h, w, cb = (int(s) for s in a.shape)
+    cp = _ceil(cbs * cb, ib)
+    return te.compute((n, cp // ib, h, w, ib),
+                      lambda i, co, y, z, ci: tvm.tirx.if_then_else(
+                          co * ib + ci < cbs * cb,
+                          _store(a[i, (co * ib + ci) // cb, y, z, (co * ib + ci) % cb], offset, dtype),
+                          tvm.tirx.const(offset, dtype)),
+                      name="to_stored")
+
+
 def conv_block(data: te.Tensor, kernel: te.Tensor, stride, padding: tuple[int, int], pad_value: int,
                n_elems: int, packed_width: int = 0, weight_dtype: str = "int8", oc_block: int = 16) -> te.Tensor:
     """Pad with the stored value of zero (``pad_value``), then ``conv2d_NCHWc_int8`` without padding.
@@ -181,12 +195,17 @@ def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in:
     if signed_in and scheme.act_dtype == "uint8" and not offset:
         raise ValueError(f"{scheme.name}: layer {name!r} takes signed activations; "
                          "this scheme multiplies unsigned activations only")
-    bound = 2 ** (scheme.max_weight_bits - 1)
-    if scheme.max_weight_bits < 8 and np.abs(q.w_q).max(initial=0) > bound:
-        # the scheme's exactness rests on this bound (e.g. vpmaddubsw: 2·255·max|w| ≤ 32,767 needs max|w| ≤ 64)
+    bound = scheme.max_abs_weight
+    if np.abs(q.w_q).max(initial=0) > bound:
+        # the scheme's exactness rests on this bound (vpmaddubsw: 2·255·max|w| ≤ 32,767 needs max|w| ≤ 64;
+        # the NEON int16 chain of 4: 4·128·max|w| ≤ 32,767 needs max|w| ≤ 63)
         raise ValueError(f"{scheme.name}: layer {name!r} has |w| up to {np.abs(q.w_q).max()} > {bound}: "
                          f"not exact with {scheme.instruction}")
-    if not stored and (offset or str(a.ty.dtype) != scheme.act_dtype):  # else: already its own stored form
+    ib = scheme.in_block
+    if ib is not None and int(a.ty.shape[4]) != ib:  # an int16 chain reads ib channels per intrinsic call
+        assert not stored, f"{name}: network input packed in blocks of {int(a.ty.shape[4])}, not {ib}"
+        a = bb.emit_te(_to_stored_blocks, a, ib, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
+    elif not stored and (offset or str(a.ty.dtype) != scheme.act_dtype):  # else: already its own stored form
         a = bb.emit_te(_to_stored, a, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
     ob = scheme.oc_block
     op = _ceil(q.w_q.shape[0], ob)
