@@ -40,6 +40,13 @@ def short_cells(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def overview(rows: pd.DataFrame) -> list[str]:
+    """One line per target, device (short) and ``measured_as``: which variants were measured how."""
+    view = rows.assign(_device=[short(d) for d in rows["device"]])
+    return [f"`{t}` on {d or '(no device)'}: **{m}** — {', '.join(g['variant'])}"
+            for (t, d, m), g in view.groupby(["target", "_device", "measured_as"], sort=False)]
+
+
 def provenance(rows: pd.DataFrame) -> list[str]:
     """One line per (target, device, measured_as) whose full text a short cell hides: what was measured, where."""
     lines = []

@@ -342,10 +342,7 @@ def write_comparison(root: Path) -> Path:
     if df.empty:
         blocks.append(Block("p", "(no runs found)"))
     else:
-        overview = []
-        for (t, d, m), g in df.groupby(["target", "device", "measured_as"], sort=False):
-            overview.append(f"`{t}` on {notes.short(d) or '(no device)'}: **{m}** — {', '.join(g['variant'])}")
-        blocks += [Block("h2", "Targets and how they were measured"), Block("ul", overview)]
+        blocks += [Block("h2", "Targets and how they were measured"), Block("ul", notes.overview(df))]
         if dropped:
             blocks.append(Block("p", f"{dropped} older or not-run duplicate row(s) of the same (model, target, device, "
                                      "variant) left out; the latest measurement is shown."))
