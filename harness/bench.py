@@ -26,6 +26,7 @@ import torch
 from harness import energy
 from harness.compile import Artefact, compile_module
 from harness.devices import Session, open_device
+from harness.devices.system import MemoryWindow, pin_cpus, pin_threads, read_state, runtime_threads, state_record
 from harness.layer_latency import LayerTime, as_constraint_table, layer_table
 from harness.measure import LatencyProtocol, latency, outputs
 from harness.profile import TargetProfile, resolve
@@ -33,6 +34,7 @@ from harness.results import RunStore, atomic_write_text, row_tag
 from harness.rows import (
     COLUMNS,
     LAYER_COLUMNS,
+    conditions_columns,
     is_not_run,
     latency_columns,
     layer_rows,
@@ -99,6 +101,9 @@ class BenchConfig:
         for k, off in (("latency_budget", ""), ("layer_times", False)):  # absent = earlier runs' digests unchanged
             if d[k] == off:
                 d.pop(k)
+        for k, off in (("cooldown_ms", 0), ("cooldown_every", 1), ("pin_threads", "")):  # likewise
+            if d["latency"][k] == off:
+                d["latency"].pop(k)
         d["plan_digests"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12] for p in self.plan_files]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -228,8 +233,6 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
     if not session.available:  # e.g. no CUDA device: compiled and verified, nothing measured
         return not_run_row(profile, session, v, model, arts), layer_rows(profile, v, model, table)
     small, large = 1, cfg.batch_large
-    loaded = {b: session.load(a.path) for b, a in arts.items()}
-
     n = min(cfg.eval_samples or len(data.x_test), len(data.x_test))
     x, y = data.x_test[:n], data.y_test[:n]
     if v.kind == "float":
@@ -238,6 +241,16 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
     else:
         host_model = Twin(v.qg)
         to_device = lambda t: quantize_input(t).numpy()  # noqa: E731
+
+    def timing_input(b: int) -> np.ndarray:
+        return to_device(x[:b] if b <= n else x[:1].repeat(b, 1, 1, 1))
+
+    window = MemoryWindow(session.system)  # the runtime's footprint: both libraries loaded, one call at each batch
+    window.start()
+    loaded = {b: session.load(a.path) for b, a in arts.items()}
+    for b in (small, large):
+        loaded[b].run(timing_input(b))
+    memory = window.stop()
 
     def run(t: torch.Tensor) -> np.ndarray:  # the artefact's own raw outputs
         return outputs(loaded[large], to_device(t), large)
@@ -255,10 +268,9 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
     attack_s = time.perf_counter() - t_att
     write_per_image(folder, tag, y.numpy(), rob)
 
-    def timing_input(b: int) -> np.ndarray:
-        return to_device(x[:b] if b <= n else x[:1].repeat(b, 1, 1, 1))
-
+    before = read_state(session.system)
     lat = {b: latency(loaded[b], timing_input(b), cfg.latency) for b in (small, large)}
+    after = read_state(session.system)
     row = {
         **static_columns(profile, v, model, arts), "measured_as": session.measured_as, "device": session.where,
         "n_eval": n, **robust_columns(rob), **agreement_columns(v, model, run, to_device, [x, rob.x_worst]),
@@ -267,8 +279,11 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
                   ", every example judged on the artefact's outputs",
         "attack_s": round(attack_s, 1),
         "energy_measured_uj": measured_energy_uj(session, loaded[large], timing_input(large), lat[large].median_ms),
-        "threads": profile.threads, "warmup": cfg.latency.warmup, "number": cfg.latency.number,
-        "repeat": cfg.latency.repeat, **latency_columns({"small": lat[small], "large": lat[large]}),
+        "threads": runtime_threads(session.system, profile.threads), "warmup": cfg.latency.warmup,
+        "number": cfg.latency.number, "repeat": cfg.latency.repeat, "cooldown_ms": cfg.latency.cooldown_ms,
+        **latency_columns({"small": lat[small], "large": lat[large]}),
+        "pinned_cpus": ",".join(map(str, pin_cpus(cfg.latency.pin_threads, profile.threads))),
+        **conditions_columns(before, after, memory),
     }
     return row, layer_rows(profile, v, model, table)
 
@@ -338,6 +353,11 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
             pretune(cfg, profile, variants, model, data.input_shape, log)
         with open_device(profile, progress=progress) as session:
             log(f"device: {session.where} ({session.measured_as})")
+            pin_threads(session.system, pin_cpus(cfg.latency.pin_threads, profile.threads))
+            run_info["device_state"] = state_record(session.system)
+            if runtime_threads(session.system, profile.threads) != profile.threads:
+                log(f"NOTE: {session.where}'s TVM runtime uses {runtime_threads(session.system, 0)} thread(s), the "
+                    f"target asks for {profile.threads} (pool sized earlier, or fewer cores); rows say what it uses")
             for v in variants:
                 t1 = time.perf_counter()
                 log(f"[{profile.name}] {v.name}: compile, run, attack, time ...")
@@ -352,6 +372,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
                 log(f"[{profile.name}] {v.name}: clean {row['clean_acc']:.3f} robust {row['robust_acc']:.3f} "
                     f"[{row['robust_ci_lo']:.3f}, {row['robust_ci_hi']:.3f}] ({row['attack_preset']}) "
                     f"b1 {row['lat_small_median_ms']:.3f} ms ({time.perf_counter() - t1:.0f} s)")
+            run_info["device_state"]["at_end"] = asdict(read_state(session.system))
     not_run = sorted({str(r["measured_as"]) for r in store.rows if is_not_run(r)})
     if not_run:
         log(f"NOTE: {'; '.join(not_run)}. The libraries were compiled, exported and verified, but no latency, "

@@ -206,6 +206,11 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 @click.option("--repeat", default=20, show_default=True, help="time_evaluator repeats.")
 @click.option("--number", default=10, show_default=True, help="Calls averaged per repeat.")
 @click.option("--warmup", default=5, show_default=True, help="Untimed warm-up calls.")
+@click.option("--cooldown-ms", default=0, show_default=True, help="Pause after every --cooldown-every repeats, "
+              "outside the timed region (time_evaluator's cool-down); e.g. 1000 on a passively cooled Pi.")
+@click.option("--cooldown-every", default=1, show_default=True, help="Repeats between cool-down pauses.")
+@click.option("--pin-threads", default="", is_flag=False, flag_value="auto", help="Bind the runtime's threads one "
+              "per core: alone = cores 0..threads-1, or a list (--pin-threads 2,3). Default: TVM's own placement.")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path())
 @click.option("--run-id", default="", help="Run folder name (default: derived from the configuration, so a "
               "re-run resumes).")
@@ -219,8 +224,8 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variants, plan_files, avg_bits,
           latency_budget, layer_times, attack,
-          square_queries, eval_samples, batch_large, repeat, number, warmup, results_dir, run_id, rpc, rpc_tracker,
-          rpc_key, tune, trials, quiet) -> None:
+          square_queries, eval_samples, batch_large, repeat, number, warmup, cooldown_ms, cooldown_every, pin_threads,
+          results_dir, run_id, rpc, rpc_tracker, rpc_key, tune, trials, quiet) -> None:
     """Train/load, quantize, compile for TARGET, run on its device, and measure every variant.
 
     Writes results/<run>/{run.json, metrics.csv, layers.csv, report.md}. Interrupted runs resume.
@@ -234,11 +239,12 @@ def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variant
     variants = variants or ",".join(tgt.variants)
     tcfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
     evaluation = _run(_eval_config, attack, square_queries, eps, seed)
+    latency = _run(LatencyProtocol, warmup, number, repeat, cooldown_ms, cooldown_every, pin_threads)
     cfg = _run(BenchConfig, target=target, dataset=dataset, data_dir=data_dir, train=tcfg, evaluation=evaluation,
                       variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
                       plan_files=tuple(plan_files), laaq_avg_bits=avg_bits, latency_budget=latency_budget,
                       layer_times=layer_times, batch_large=batch_large,
-                      eval_samples=eval_samples, latency=LatencyProtocol(warmup, number, repeat), seed=seed,
+                      eval_samples=eval_samples, latency=latency, seed=seed,
                       results_dir=results_dir, run_id=run_id, rpc=rpc, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
                       tune=tune, trials=trials)
     res = _run(run_bench, cfg, progress=not quiet)

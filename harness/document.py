@@ -90,7 +90,7 @@ code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:.92em}
 .tablewrap{overflow-x:auto}
 table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:.25em .5em;white-space:nowrap}
-th{background:#f0f3f7;position:sticky;top:0}
+th{background:#f0f3f7;position:sticky;top:0;white-space:normal;vertical-align:bottom}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.notrun td{color:#888;background:#fafafa;font-style:italic}
 tr.emulated td{background:#fff8e6}
@@ -108,7 +108,8 @@ def _is_number(s: str) -> bool:
 
 
 def _html_table(df: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    # a long column name may break after its underscores (lat_small_<wbr>median_ms): headers, not figures, set widths
+    head = "".join(f"<th>{html.escape(str(c)).replace('_', '_<wbr>')}</th>" for c in df.columns)
     body = []
     for _, r in df.iterrows():
         kind = plots.measured_kind(r["measured_as"]) if "measured_as" in df.columns else ""

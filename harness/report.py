@@ -21,26 +21,30 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import plots
+from harness import notes, plots
 from harness.document import Block, md_table, write_document
 from harness.results import ResultsError, row_tag
 
 SUMMARY_COLUMNS = ["target", "measured_as", "variant", "avg_weight_bits", "lat_small_median_ms", "lat_small_p90_ms",
-                   "lat_large_median_ms", "thr_large_ips", "clean_acc", "robust_acc", "robust_ci_lo", "robust_ci_hi",
-                   "attack_preset", "gradient_masking", "agreement", "bitexact", "energy_proxy_uj", "weight_bytes",
-                   "schedule"]
+                   "lat_small_p99_ms", "lat_large_median_ms", "thr_large_ips", "clean_acc", "robust_acc",
+                   "robust_ci_lo", "robust_ci_hi", "attack_preset", "gradient_masking", "agreement", "bitexact",
+                   "energy_proxy_uj", "weight_bytes", "schedule"]
 
+# Figures first (latency, then accuracy), sizes and provenance after; device cells are short (harness.notes).
 COMPARISON_COLUMNS = ["target", "measured_as", "device", "variant", "avg_weight_bits", "lat_small_median_ms",
-                      "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips", "energy_proxy_uj",
-                      "energy_measured_uj", "weight_bytes", "artefact_bytes", "clean_acc", "robust_acc", "robust_ci_lo",
-                      "robust_ci_hi", "attack_preset", "gradient_masking", "agreement", "legacy_pgd20_acc", "schedule",
-                      "run"]
+                      "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips", "clean_acc", "robust_acc",
+                      "robust_ci_lo", "robust_ci_hi", "energy_proxy_uj", "energy_measured_uj", "weight_bytes",
+                      "artefact_bytes", "attack_preset", "gradient_masking", "agreement", "legacy_pgd20_acc",
+                      "schedule", "run"]
 
 # Figures that only a run on the device can produce: always empty in a table for a row not run, so a stale or
 # placeholder number can never pass for a measurement. Figures that need no device (sizes, op counts, the energy
 # proxy, compile time) are kept: they are as true for a row not run as for any other.
-MEASURED_COLUMNS = {"lat_small_median_ms", "lat_small_p90_ms", "lat_small_mean_ms", "lat_small_std_ms", "thr_small_ips",
-                    "lat_large_median_ms", "lat_large_p90_ms", "lat_large_mean_ms", "lat_large_std_ms", "thr_large_ips",
+MEASURED_COLUMNS = {"lat_small_median_ms", "lat_small_p90_ms", "lat_small_p99_ms", "lat_small_mean_ms",
+                    "lat_small_std_ms", "thr_small_ips", "lat_large_median_ms", "lat_large_p90_ms", "lat_large_p99_ms",
+                    "lat_large_mean_ms", "lat_large_std_ms", "thr_large_ips", "governor", "freq_mhz_before",
+                    "freq_mhz_after", "temp_c_before", "temp_c_after", "throttled_before", "throttled_after",
+                    "rss_peak_mb", "rss_delta_mb",
                     "clean_acc", "clean_ci_lo", "clean_ci_hi", "robust_acc", "robust_ci_lo", "robust_ci_hi",
                     "per_attack", "gradient_masking", "sanity", "eps_curve", "agreement", "bitexact", "max_abs_diff",
                     "n_eval", "energy_measured_uj"}
@@ -196,6 +200,11 @@ def _robustness_blocks(folder: Path, df: pd.DataFrame, cfg: dict, context: str) 
     return blocks
 
 
+def _warning_blocks(rows: pd.DataFrame) -> list[Block]:
+    lines = notes.warning_lines(rows)
+    return [Block("p", notes.WARNING_INTRO), Block("ul", lines)] if lines else []
+
+
 def write_run_report(folder: Path) -> Path:
     """``report.md`` + ``report.html`` (+ ``plots/*.png``) for one run folder, from its files alone."""
     try:
@@ -217,7 +226,10 @@ def write_run_report(folder: Path) -> Path:
         Block("ul", [
             f"Latency: TVM `time_evaluator` on the device; {info['latency_protocol']}; batch "
             f"{df['batch_small'].iloc[0] if len(df) and 'batch_small' in df else 1} and {cfg['batch_large']}; "
-            f"{tgt['threads']} runtime threads.",
+            f"{tgt['threads']} runtime threads. Device conditions (`governor`, `freq_mhz_*`, `temp_c_*`, "
+            f"`throttled_*` in metrics.csv, before and after timing): "
+            f"{(info.get('device_state') or {}).get('exposed', 'not recorded (an older run)')}; peak memory "
+            f"(`rss_*`): {(info.get('device_state') or {}).get('memory', 'not recorded')}.",
             f"Accuracy: from the compiled artefact's outputs on {cfg['eval_samples']} test samples of "
             f"`{cfg['dataset']}`, each with its Wilson 95 % interval (`*_ci_lo`/`*_ci_hi`). Robust accuracy: "
             f"{info.get('attack', 'see run.json')}. Gradient members attack the exact host twin (integer variants) "
@@ -232,6 +244,7 @@ def write_run_report(folder: Path) -> Path:
         Block("h2", "Variants"),
         Block("table", blank_not_run(df[[c for c in SUMMARY_COLUMNS if c in df.columns]])) if len(df)
         else Block("p", "(no rows yet)"),
+        *_warning_blocks(df),
         Block("h2", "Figures"),
     ]
     blocks += _plot_blocks([plots.latency_vs_robust(df, context), plots.energy_vs_robust(df, context),
@@ -329,16 +342,15 @@ def write_comparison(root: Path) -> Path:
     if df.empty:
         blocks.append(Block("p", "(no runs found)"))
     else:
-        overview = []
-        for (t, d, m), g in df.groupby(["target", "device", "measured_as"], sort=False):
-            overview.append(f"`{t}` on {d or '(no device)'}: **{m}** — {', '.join(g['variant'])}")
-        blocks += [Block("h2", "Targets and how they were measured"), Block("ul", overview)]
+        blocks += [Block("h2", "Targets and how they were measured"), Block("ul", notes.overview(df))]
         if dropped:
             blocks.append(Block("p", f"{dropped} older or not-run duplicate row(s) of the same (model, target, device, "
                                      "variant) left out; the latest measurement is shown."))
         for model, g in df.groupby("model", sort=False):
-            table = blank_not_run(g[[c for c in COMPARISON_COLUMNS if c in g.columns]])
-            blocks += [Block("h2", f"Model: {model}"), Block("table", table)]
+            table = notes.short_cells(blank_not_run(g[[c for c in COMPARISON_COLUMNS if c in g.columns]]))
+            blocks += [Block("h2", f"Model: {model}"), Block("table", table), *_warning_blocks(g)]
+            if where := notes.provenance(g):
+                blocks += [Block("p", "Where and how each target was measured, in full:"), Block("ul", where)]
             plans = per_target_plans(root, g)
             if len(plans):
                 blocks += [Block("h3", "LAAQ's plan on each target"),

@@ -17,6 +17,7 @@ from harness import energy
 if TYPE_CHECKING:
     from harness.compile import Artefact
     from harness.devices.base import Session
+    from harness.devices.system import DeviceState, PeakMemory
     from harness.layer_latency import LayerTime
     from harness.measure import LatencyStats
     from harness.profile import TargetProfile
@@ -26,13 +27,16 @@ if TYPE_CHECKING:
 # Every column of metrics.csv, in order.
 COLUMNS = [
     "target", "measured_as", "device", "variant", "kind", "plan", "avg_weight_bits", "act_bits",
-    "batch_small", "lat_small_median_ms", "lat_small_p90_ms", "lat_small_mean_ms", "lat_small_std_ms",
-    "thr_small_ips", "batch_large", "lat_large_median_ms", "lat_large_p90_ms", "lat_large_mean_ms",
-    "lat_large_std_ms", "thr_large_ips", "clean_acc", "clean_ci_lo", "clean_ci_hi", "robust_acc", "robust_ci_lo",
-    "robust_ci_hi", "attack_preset", "per_attack", "gradient_masking", "sanity", "eps_curve", "agreement",
-    "bitexact", "max_abs_diff", "n_eval", "attack", "attack_s", "macs", "bops", "weight_bytes", "artefact_bytes",
-    "energy_proxy_uj", "energy_measured_uj", "threads", "warmup", "number", "repeat", "compile_s", "schedule",
-    "timestamp",
+    "batch_small", "lat_small_median_ms", "lat_small_p90_ms", "lat_small_p99_ms", "lat_small_mean_ms",
+    "lat_small_std_ms", "thr_small_ips", "batch_large", "lat_large_median_ms", "lat_large_p90_ms", "lat_large_p99_ms",
+    "lat_large_mean_ms", "lat_large_std_ms", "thr_large_ips", "clean_acc", "clean_ci_lo", "clean_ci_hi", "robust_acc",
+    "robust_ci_lo", "robust_ci_hi", "attack_preset", "per_attack", "gradient_masking", "sanity", "eps_curve",
+    "agreement", "bitexact", "max_abs_diff", "n_eval", "attack", "attack_s", "macs", "bops", "weight_bytes",
+    "artefact_bytes", "energy_proxy_uj", "energy_measured_uj", "threads", "warmup", "number", "repeat",
+    # the measurement's conditions: cool-down, pinning, and the device's state around the timing
+    "cooldown_ms", "pinned_cpus", "governor", "freq_mhz_before", "freq_mhz_after", "temp_c_before", "temp_c_after",
+    "throttled_before", "throttled_after", "rss_peak_mb", "rss_delta_mb",
+    "compile_s", "schedule", "timestamp",
 ]
 LAYER_COLUMNS = ["target", "variant", "layer", "kind", "shape", "macs", "weight_bits", "clip", "scale_min",
                  "scale_max", "act_scale", "weight_bytes", "energy_proxy_pj", "latency_ms"]
@@ -91,9 +95,27 @@ def latency_columns(lat: dict[str, LatencyStats]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for tag, s in lat.items():
         row.update({f"lat_{tag}_median_ms": round(s.median_ms, 4), f"lat_{tag}_p90_ms": round(s.p90_ms, 4),
-                    f"lat_{tag}_mean_ms": round(s.mean_ms, 4), f"lat_{tag}_std_ms": round(s.std_ms, 4),
-                    f"thr_{tag}_ips": round(s.throughput, 1)})
+                    f"lat_{tag}_p99_ms": round(s.p99_ms, 4), f"lat_{tag}_mean_ms": round(s.mean_ms, 4),
+                    f"lat_{tag}_std_ms": round(s.std_ms, 4), f"thr_{tag}_ips": round(s.throughput, 1)})
     return row
+
+
+def _blank(value: object) -> object:
+    """None (the device does not expose it) becomes an empty cell — never a zero."""
+    return "" if value is None else value
+
+
+def conditions_columns(before: DeviceState, after: DeviceState, memory: PeakMemory | None) -> dict[str, Any]:
+    """The device's state around the timing (governor, clock, temperature, throttling word as hex) and the
+    process's peak memory; empty where the device does not expose a figure."""
+    def hexword(v: int | None) -> str:
+        return "" if v is None else hex(v)
+
+    return {"governor": _blank(after.governor or before.governor),
+            "freq_mhz_before": _blank(before.freq_mhz), "freq_mhz_after": _blank(after.freq_mhz),
+            "temp_c_before": _blank(before.temp_c), "temp_c_after": _blank(after.temp_c),
+            "throttled_before": hexword(before.throttled), "throttled_after": hexword(after.throttled),
+            "rss_peak_mb": memory.peak_mb if memory else "", "rss_delta_mb": memory.delta_mb if memory else ""}
 
 
 def not_run_row(profile: TargetProfile, session: Session, v: Variant, model: torch.nn.Module,

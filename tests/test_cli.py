@@ -16,6 +16,8 @@ from laaq.robustness import PRESETS, EvalConfig
 TINY = ["--dataset", "digits", "--arch", "tinycnn", "--epochs", "6", "--lr", "0.01", "--eps", "0.1",
         "--eval-samples", "200",
         "--batch-large", "16", "--repeat", "3", "--number", "3", "--warmup", "1", "--attack", "quick", "--quiet"]
+# the measurement protocol's options (a bare --pin-threads followed by another option means "auto")
+PROTOCOL = ["--cooldown-ms", "1", "--cooldown-every", "2", "--pin-threads"]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     before = profiles_built()
     r = CliRunner().invoke(main, ["bench", "--target", "x86", "--variants", "fp32,int8", "--results-dir", str(out),
-                                  *TINY])
+                                  *PROTOCOL, *TINY])
     assert r.exit_code == 0, r.output
     PROFILES_PER_RUN.append(profiles_built() - before)
     return out, r.output
@@ -96,15 +98,37 @@ def test_bench_writes_every_result_file(bench_run) -> None:
     assert fp32.agreement >= 0.99 and float(fp32.max_abs_diff) < 1e-3
     # a fresh cache has no tuning database: the float row says it is untuned, the int8 one names its hand schedule
     assert fp32.schedule == "untuned" and int8.schedule == "untuned+hand"
+    _protocol_recorded(df, info)
     layers = pd.read_csv(folder / "layers.csv")
     assert set(layers.layer) == {"conv1", "conv2", "fc1", "fc2"} and (layers.macs > 0).all()
     assert "How this was measured" in (folder / "report.md").read_text()
 
 
+def _protocol_recorded(df: pd.DataFrame, info: dict) -> None:
+    """Cool-down, pinning, p99, the runtime's real thread count, and this machine's conditions: filled where
+    it exposes them, empty (never zero) where it does not."""
+    from harness.devices.system import LocalSystem, read_state
+
+    for tag in ("small", "large"):
+        assert (df[f"lat_{tag}_p99_ms"] >= df[f"lat_{tag}_p90_ms"]).all()
+        assert (df[f"lat_{tag}_p90_ms"] >= df[f"lat_{tag}_median_ms"]).all()
+    assert (df.cooldown_ms == 1).all() and (df.pinned_cpus == "0,1").all()
+    assert (df.threads == 2).all(), "the runtime ran the target's two threads (TVM alone would take half the CPUs)"
+    here = read_state(LocalSystem())
+    for col, value in (("governor", here.governor), ("freq_mhz_before", here.freq_mhz), ("temp_c_after", here.temp_c),
+                       ("throttled_after", here.throttled)):
+        assert df[col].isna().all() == (value is None), col  # an empty cell where the machine says nothing
+    if "clear_refs" in info["device_state"]["memory"]:
+        assert (df.rss_peak_mb > 0).all() and (df.rss_delta_mb >= 0).all() and (df.rss_peak_mb > df.rss_delta_mb).all()
+    assert "1 ms cool-down after every 2 repeat(s)" in info["latency_protocol"]
+    assert "pinned one per core (auto)" in info["latency_protocol"]
+    assert {"at_open", "at_end", "exposed", "memory"} <= set(info["device_state"])
+
+
 def test_rerun_resumes_without_remeasuring(bench_run) -> None:
     out, _ = bench_run
     r = CliRunner().invoke(main, ["bench", "--target", "x86", "--variants", "fp32,int8", "--results-dir", str(out),
-                                  *TINY])
+                                  *PROTOCOL, *TINY])
     assert r.exit_code == 0, r.output
     assert "already measured fp32, int8" in r.output
     (folder,) = [p for p in out.iterdir() if p.is_dir()]

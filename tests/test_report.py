@@ -40,6 +40,11 @@ from harness.results import ResultsError, RunStore
 
 REPO = Path(__file__).resolve().parent.parent
 NOT_RUN = "not run: no CUDA device on this machine"
+# the device text of a real not-run CUDA row (results/reference): a cell this long pushed every figure off-screen
+CUDA_DEVICE = ("no CUDA device here (libcuda.so.1 not found: the NVIDIA driver is not installed or not on the loader "
+               "path) | compiled, exported, verified: b1: sm_89 library for x86_64 host: SASS sm_89 + PTX compute_89, "
+               "6 kernels verified; b64: sm_89 library for x86_64 host: SASS sm_89 + PTX compute_89, "
+               "6 kernels verified")
 # Figures only a device can produce: empty in every table row not run (sizes and the energy proxy stay).
 MEASURED = ["lat_small_median_ms", "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips", "clean_acc",
             "robust_acc", "agreement", "bitexact", "energy_measured_uj"]
@@ -101,8 +106,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _run_folder(root, "c-rpi4", "rpi4", "Raspberry Pi 4 (emulated)",
                 [_row("rpi4", "emulated", "RPC server 127.0.0.1:9091", v, slow=300.0) for v in ("int8", "int4")],
                 lipschitz=False)
-    stale = {**_row("cuda", NOT_RUN, "", "fp32"), "lat_small_median_ms": 99.0, "clean_acc": 0.999}
-    _run_folder(root, "d-cuda", "cuda", "NVIDIA GPU", [stale, {**_row("cuda", NOT_RUN, "", "int8")}],
+    stale = {**_row("cuda", NOT_RUN, CUDA_DEVICE, "fp32"), "lat_small_median_ms": 99.0, "clean_acc": 0.999}
+    _run_folder(root, "d-cuda", "cuda", "NVIDIA GPU", [stale, {**_row("cuda", NOT_RUN, CUDA_DEVICE, "int8")}],
                 lipschitz=False)
     r = CliRunner().invoke(main, ["report", str(root)])
     assert r.exit_code == 0, r.output
@@ -261,10 +266,13 @@ def test_comparison_one_row_per_target_device_variant(results: Path) -> None:
     assert t[(t.target == "rpi4") & (t.variant == "int8")].iloc[0]["run"] == "c-rpi4"
     assert set(t[t.target == "rpi4"]["measured_as"]) == {"emulated"}
     cuda = t[t.target == "cuda"]
-    assert (cuda["measured_as"] == NOT_RUN).all()
     assert (cuda[[c for c in MEASURED if c in cuda.columns]] == "").all().all()
     assert (cuda["energy_proxy_uj"] != "").all(), "figures that need no device are kept"
-    assert "`cuda` on (no device): **not run: no CUDA device on this machine**" in md
+    assert "`cuda` on no CUDA device here: **not run: no CUDA device on this machine**" in md
+    assert set(cuda["device"]) == {"no CUDA device here"} and set(cuda["measured_as"]) == {"not run: no CUDA device…"}
+    assert max(len(str(v)) for v in t["device"]) <= 32, "table cells stay short"
+    below = md[md.index("| run |"):]
+    assert f"`cuda` (fp32, int8) — **{NOT_RUN}** — on {CUDA_DEVICE}" in below, "the provenance moved under the table"
     for rel in re.findall(r"\]\((comparison-plots/[^)]+\.png)\)", md):
         assert (results / rel).read_bytes().startswith(b"\x89PNG")
     page = (results / "comparison.html").read_text()
@@ -325,6 +333,7 @@ class PageCheck:
     text: str
     errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
+    value: Any = None  # what ``check(..., evaluate=JS)`` returned
 
 
 class DevTools:
@@ -381,12 +390,16 @@ class DevTools:
                 return m.get("result", {})
             self.events.append(m)
 
-    def check(self, url: str, timeout: float = 60) -> PageCheck:
-        """Open ``url`` in a fresh tab, wait for the load event, and report images and every error seen."""
+    def check(self, url: str, timeout: float = 60, width: int = 0, evaluate: str = "") -> PageCheck:
+        """Open ``url`` in a fresh tab, wait for the load event, and report images and every error seen;
+        ``width``: the window's width in CSS pixels; ``evaluate``: a JS expression whose JSON value is kept."""
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         sid = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.call(f"{domain}.enable", session=sid)
+        if width:
+            self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1,
+                                                             "mobile": False}, session=sid)
         self.events.clear()
         self.call("Page.navigate", {"url": url}, session=sid)
         while not any(e.get("method") == "Page.loadEventFired" and e.get("sessionId") == sid for e in self.events):
@@ -396,6 +409,10 @@ class DevTools:
         got = json.loads(self.call("Runtime.evaluate", {"expression": probe, "returnByValue": True},
                                    session=sid)["result"]["value"])
         out = PageCheck(got["images"], got["text"])
+        if evaluate:
+            res = self.call("Runtime.evaluate", {"expression": f"JSON.stringify({evaluate})", "returnByValue": True},
+                            session=sid)
+            out.value = json.loads(res["result"]["value"])
         for e in self.events:
             p, m = e.get("params", {}), e.get("method")
             if m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
@@ -445,6 +462,34 @@ def test_html_renders_in_chromium(results: Path, devtools: DevTools, page: str, 
         assert complete and natural_width > 0 and shown_width > 0, seen.images
     assert phrase in seen.text
     assert all(u == path.as_uri() or u.startswith("data:") for u in seen.requests), seen.requests
+
+
+# Where each named header cell of the first table holding them lies, against what the reader sees without
+# scrolling: the window's width and the table's own scroll box (.tablewrap clips what overflows it).
+HEADER_BOXES = """(() => {
+  const table = Array.from(document.querySelectorAll('table')).find(t => t.textContent.includes('robust_acc'));
+  const wrap = table.closest('.tablewrap').getBoundingClientRect();
+  const out = {inner: window.innerWidth, page: document.documentElement.scrollWidth, headers: {}};
+  for (const th of table.querySelectorAll('th')) {
+    const r = th.getBoundingClientRect();
+    out.headers[th.textContent] = [r.left, r.right, Math.min(window.innerWidth, wrap.right)];
+  }
+  return out;
+})()"""
+
+
+def test_comparison_figures_visible_without_scrolling(results: Path, devtools: DevTools) -> None:
+    """In a 1,400-pixel-wide window the comparison shows latency and accuracy headers without horizontal
+    scrolling — although a not-run CUDA row's device text is 300 characters long (it sits under the table)."""
+    seen = devtools.check((results / "comparison.html").as_uri(), width=1400, evaluate=HEADER_BOXES)
+    assert seen.errors == [], seen.errors
+    boxes = seen.value
+    assert boxes["inner"] == 1400 and boxes["page"] <= 1400, boxes
+    for col in ("variant", "lat_small_median_ms", "lat_small_p90_ms", "lat_large_median_ms", "thr_large_ips",
+                "clean_acc", "robust_acc", "robust_ci_lo", "robust_ci_hi"):
+        left, right, limit = boxes["headers"][col]
+        assert 0 <= left and right <= limit, (col, boxes["headers"])
+    assert CUDA_DEVICE in seen.text, "the full device description is still on the page"
 
 
 def test_committed_reference_pages_render(devtools: DevTools) -> None:
@@ -506,3 +551,28 @@ def test_legacy_pgd_rows_are_never_shown_as_robust_accuracy(tmp_path: Path) -> N
     p = plots.latency_vs_robust(rows.reset_index(), "ctx")
     assert [pt[1] for pt in p.plotted] == ["x86"]
     assert new.exists()
+
+
+def test_unstable_figures_are_flagged(tmp_path: Path) -> None:
+    """A native row timed with a wide spread, on a heating and throttling board, is flagged in the run report
+    and the comparison; a steady row, a row whose sensors are absent (empty cells) and an emulated row are not."""
+    from harness.notes import row_warnings
+
+    hot = {**_row("rpi4", "native", "tracker 10.0.0.2:9190 key rasp4", "int8"), "lat_small_median_ms": 10.0,
+           "lat_small_p90_ms": 13.0, "lat_large_median_ms": 100.0, "lat_large_p90_ms": 104.0, "temp_c_before": 61.2,
+           "temp_c_after": 71.9, "freq_mhz_before": 1800.0, "freq_mhz_after": 1500.0, "throttled_before": "0x0",
+           "throttled_after": "0x20002"}
+    steady = {**_row("rpi4", "native", "tracker 10.0.0.2:9190 key rasp4", "fp32"), "temp_c_before": 50.0,
+              "temp_c_after": 51.0, "throttled_before": "0x50000", "throttled_after": "0x50000"}  # old, not now
+    warned = row_warnings(hot)
+    assert len(warned) == 4 and "batch 1: p90 13 ms is 30% above the median 10 ms" in warned[0]
+    assert "rose 10.7 °C" in warned[1] and "1800 to 1500 MHz" in warned[2] and "0x20002" in warned[3]
+    assert row_warnings(steady) == [] and row_warnings(_row("x86", "native", "local", "int4")) == []
+    assert all(row_warnings({**hot, "measured_as": m}) == [] for m in ("emulated", NOT_RUN))
+    folder = _run_folder(tmp_path, "pi", "rpi4", "Raspberry Pi 4", [hot, steady], lipschitz=False)
+    write_run_report(folder)
+    write_comparison(tmp_path)
+    for page in (folder / "report.md", tmp_path / "comparison.md"):
+        text = page.read_text()
+        assert "Figures that may not be steady" in text and "`rpi4` / `int8`: batch 1: p90" in text, page
+        assert "`rpi4` / `fp32`" not in text, page

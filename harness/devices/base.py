@@ -16,6 +16,7 @@ import tvm
 from tvm import relax
 
 if TYPE_CHECKING:
+    from harness.devices.system import System
     from harness.sensors import Sensor
 
 
@@ -38,13 +39,18 @@ class LoadedModule:
         except Exception as e:  # an RPC failure surfaces as a TVMError; say where it happened
             raise DeviceError(f"running the artefact on {self.where} failed: {str(e).splitlines()[0]}") from e
 
-    def time(self, x: np.ndarray, warmup: int, number: int, repeat: int) -> list[float]:
-        """Seconds per call, one figure per repeat (each the mean of ``number`` back-to-back calls)."""
+    def time(self, x: np.ndarray, warmup: int, number: int, repeat: int, cooldown_ms: int = 0,
+             cooldown_every: int = 1) -> list[float]:
+        """Seconds per call, one figure per repeat (each the mean of ``number`` back-to-back calls).
+
+        ``cooldown_ms``: the device sleeps that long after every ``cooldown_every`` repeats, outside the
+        timed region (``time_evaluator``'s own cool-down, so it happens on the board, not over the network)."""
         try:
             arg = tvm.runtime.tensor(np.ascontiguousarray(x), self.dev)
             for _ in range(warmup):
                 self.vm["main"](arg)
-            res = self.vm.time_evaluator("main", self.dev, number=number, repeat=repeat)(arg)
+            res = self.vm.time_evaluator("main", self.dev, number=number, repeat=repeat,
+                                         cooldown_interval_ms=cooldown_ms, repeats_to_cooldown=cooldown_every)(arg)
             return [float(r) for r in res.results]
         except Exception as e:
             raise DeviceError(f"timing on {self.where} failed: {str(e).splitlines()[0]}") from e
@@ -57,6 +63,8 @@ class Session(Protocol):
     ``available`` False means the device is absent (no CUDA GPU here): the harness then compiles and
     verifies, writes a not-run row and measures nothing. ``sensor`` measures energy where the device
     exposes a readable power or energy counter, else None (the column stays empty, never estimated).
+    ``system`` reads the device's clock, temperature and memory files and configures its runtime's
+    thread pool (None: nothing readable, e.g. no device).
     """
 
     measured_as: str  # "native" | "emulated" | "not run: ..." — how its figures are labelled
@@ -64,6 +72,7 @@ class Session(Protocol):
     info: dict[str, Any]  # device facts for run.json
     available: bool
     sensor: Sensor | None
+    system: System | None
 
     def load(self, path: Path) -> LoadedModule: ...
 
@@ -84,6 +93,7 @@ class SessionBase:
     info: dict[str, Any]
     available: bool = True
     sensor: Sensor | None = None
+    system: System | None = None
 
     def load(self, path: Path) -> LoadedModule:  # pragma: no cover - every device overrides it
         raise NotImplementedError

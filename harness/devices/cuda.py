@@ -75,6 +75,9 @@ class CudaSession(SessionBase):
             self.why_not = f"tvm.cuda({index}).exist is false"
         self.sensor = None
         if self.available:
+            from harness.devices.system import LocalSystem
+
+            self.system = LocalSystem()  # the host's clock and memory; the GPU's own state is NVML's (sensor)
             self.measured_as = "native"
             self.where = f"local CUDA {self.dev.device_name} (sm_{str(self.dev.compute_version).replace('.', '')})"
             self.jit = ensure_jit_compiler()

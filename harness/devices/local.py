@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -38,6 +39,11 @@ def elf_machine(path: Path) -> str | None:
 class LocalSession(SessionBase):
     """Loads artefacts into this process; thread count set on TVM's runtime pool.
 
+    Threads: TVM sizes its pool once, when first used, at ``TVM_NUM_THREADS`` or else — on x86 — *half*
+    the logical CPUs ("ignore hyper-threading"), so on a 2-core VM without SMT a 2-thread target
+    silently ran on one thread. The pool is sized to the usable cores here unless the variable is set;
+    ``runtime_threads`` says what the runtime really uses (a pool created earlier cannot grow).
+
     Energy: the CPU package's RAPL counter where Linux powercap exposes a readable one (whole package,
     idle included: an upper bound on the model's share), else no sensor and an empty column."""
 
@@ -45,7 +51,11 @@ class LocalSession(SessionBase):
         if expect_arch and expect_arch != platform.machine():
             raise DeviceError(f"this machine is {platform.machine()}, the target wants {expect_arch}: "
                               "use an rpc/tracker/emulated device for it")
-        tvm.get_global_func("runtime.config_threadpool")(1, threads)
+        from harness.devices.system import LocalSystem
+
+        os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))  # read when the pool is made
+        self.system = LocalSystem()
+        self.system.config_threadpool(1, threads)  # TVM's default placement; --pin-threads re-binds later
         self.where = f"local {platform.machine()}"
         self.info = {"device_arch": platform.machine(), "device_tvm": tvm.__version__}
         if sensor:

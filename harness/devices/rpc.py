@@ -15,6 +15,7 @@ import tvm
 from tvm import relax, rpc
 
 from harness.devices.base import DeviceError, LoadedModule, SessionBase
+from harness.devices.system import RemoteSystem
 
 
 def _probe(host: str, port: int, timeout_s: float, what: str) -> None:
@@ -91,8 +92,9 @@ class RPCSession(SessionBase):
         except Exception as e:
             raise DeviceError(f"cannot open an RPC session with {self.where}: {str(e).splitlines()[0]} "
                               "(host and device must run the same TVM version)") from e
+        self.system = RemoteSystem(self.remote, self.where)
         try:
-            self.remote.get_function("runtime.config_threadpool")(1, threads)
+            self.system.config_threadpool(1, threads)
         except Exception as e:
             raise DeviceError(f"{self.where} did not accept a thread-pool setting: {str(e).splitlines()[0]}") from e
         self.info = {"device_tvm": tvm.__version__ + " (RPC protocol checked at connect)"}
@@ -111,3 +113,4 @@ class RPCSession(SessionBase):
 
     def close(self) -> None:
         self.remote = None
+        self.system = None
