@@ -31,7 +31,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@touch $@
 
 bench: $(STAMP)
-	$(BIN)/laaq-bench bench --target $(TARGET) $(ARGS)
+	$(BIN)/laaq-bench bench $(foreach t,$(TARGET),--target $(t)) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

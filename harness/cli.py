@@ -186,8 +186,9 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 
 
 @main.command()
-@click.option("--target", default="x86", show_default=True, envvar="TARGET",
-              help="Name of a file in targets/ (see `laaq-bench targets`).")
+@click.option("--target", "targets", default=("x86",), show_default=True, envvar="TARGET", multiple=True,
+              help="Name of a file in targets/ (see `laaq-bench targets`). Repeat (or TARGET=\"x86 rpi4\") for "
+              "several: tracker-reached ones run in parallel, the others in turn, then one comparison report.")
 @_train_options
 @click.option("--variants", default=None,
               help="Comma list of fp32, fp16 (GPU), int8, int7, int4 (uniform) and laaq (searched at --avg-bits). "
@@ -222,36 +223,44 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 @click.option("--trials", default=0, show_default=True,
               help="Tuning trials to spend first on kernels the database lacks (0: only reuse).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variants, plan_files, avg_bits,
+def bench(targets, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variants, plan_files, avg_bits,
           latency_budget, layer_times, attack,
           square_queries, eval_samples, batch_large, repeat, number, warmup, cooldown_ms, cooldown_every, pin_threads,
           results_dir, run_id, rpc, rpc_tracker, rpc_key, tune, trials, quiet) -> None:
-    """Train/load, quantize, compile for TARGET, run on its device, and measure every variant.
+    """Train/load, quantize, compile for each TARGET, run on its device, and measure every variant.
 
     Writes results/<run>/{run.json, metrics.csv, layers.csv, report.md}. Interrupted runs resume.
     """
     from harness.bench import BenchConfig, run_bench
+    from harness.farm import outcome_summary, run_targets
     from harness.measure import LatencyProtocol
     from harness.report import summary_table
     from harness.targets import load_target
 
-    tgt = _run(load_target, target)  # unknown target: fail before training anything (run_bench resolves it, once)
-    variants = variants or ",".join(tgt.variants)
     tcfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
     evaluation = _run(_eval_config, attack, square_queries, eps, seed)
     latency = _run(LatencyProtocol, warmup, number, repeat, cooldown_ms, cooldown_every, pin_threads)
-    cfg = _run(BenchConfig, target=target, dataset=dataset, data_dir=data_dir, train=tcfg, evaluation=evaluation,
-                      variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
-                      plan_files=tuple(plan_files), laaq_avg_bits=avg_bits, latency_budget=latency_budget,
-                      layer_times=layer_times, batch_large=batch_large,
-                      eval_samples=eval_samples, latency=latency, seed=seed,
-                      results_dir=results_dir, run_id=run_id, rpc=rpc, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
-                      tune=tune, trials=trials)
-    res = _run(run_bench, cfg, progress=not quiet)
+    cfgs = []
+    for target in dict.fromkeys(targets):  # unknown target: fail before training anything
+        names = variants or ",".join(_run(load_target, target).variants)  # default: each target file's own
+        cfgs.append(_run(BenchConfig, target=target, dataset=dataset, data_dir=data_dir, train=tcfg,
+                         evaluation=evaluation, variants=tuple(v.strip() for v in names.split(",") if v.strip()),
+                         plan_files=tuple(plan_files), laaq_avg_bits=avg_bits, latency_budget=latency_budget,
+                         layer_times=layer_times, batch_large=batch_large, eval_samples=eval_samples,
+                         latency=latency, seed=seed, results_dir=results_dir,
+                         run_id=run_id if len(targets) == 1 else "", rpc=rpc, rpc_tracker=rpc_tracker,
+                         rpc_key=rpc_key, tune=tune, trials=trials))
     import pandas as pd
 
-    click.echo("\n" + summary_table(pd.DataFrame(res.rows)))
-    click.echo(f"\nresults: {res.folder}")
+    if len(cfgs) == 1:
+        res = _run(run_bench, cfgs[0], progress=not quiet)
+        click.echo("\n" + summary_table(pd.DataFrame(res.rows)))
+        click.echo(f"\nresults: {res.folder}")
+        return
+    outcomes = _run(run_targets, cfgs, progress=not quiet)
+    click.echo("\n" + outcome_summary(outcomes))
+    if any(o.error for o in outcomes):
+        raise Fail(f"{sum(bool(o.error) for o in outcomes)} of {len(outcomes)} targets failed (see above)")
 
 
 @main.command()
