@@ -268,7 +268,8 @@ class Translator:
             return replace(x, nonneg=True, end=n)
         if x.nonneg and hi is None:  # ReLU of values that are ≥ 0 anyway
             return replace(x, end=n, open=x.open and len(x.end.users) == 1)
-        raise self.refuse(n, "ReLU / clamp must follow a conv, linear or add whose output is used nowhere else")
+        raise self.refuse(n, "ReLU / clamp must follow a conv, linear or add whose output is used nowhere else "
+                             "(here its input is also used without it, or comes from an op it cannot join)")
 
     def _through_maxpool(self, x: Value) -> Node | None:
         """relu(maxpool(y)) = maxpool(relu(y)): the activation moves to y's layer when it may."""
@@ -306,7 +307,7 @@ class Translator:
         node = Node(self.unique("cat"), "cat", [x.node for x in xs], relu=nonneg)
         return self.emit(node, n, nonneg=nonneg, flat=False)
 
-    def _pool(self, n: fx.Node, x: Value, op: str, k: int, stride: int, pad: int) -> Value:
+    def _pool(self, n: fx.Node, x: Value, op: str, k: int, stride: int, pad: int, check: bool = True) -> Value:
         if x.flat:
             raise self.refuse(n, "pooling needs an NCHW activation")
         h, w = self.values_shape(n.args[0])[1:]
@@ -315,7 +316,7 @@ class Translator:
         node = Node(self.unique(op), op, [x.node], stride=stride, padding=pad, kernel=k, relu=x.nonneg)
         expected = (k, stride, pad)
         out = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-        if tuple(_val(n).shape[2:4]) != out:
+        if check and tuple(_val(n).shape[2:4]) != out:
             raise self.refuse(n, f"ceil_mode changes the output size ({tuple(_val(n).shape[2:4])} vs {out}) "
                                  f"for kernel/stride/padding {expected}")
         return self.emit(node, n, nonneg=x.nonneg, flat=False)
@@ -370,7 +371,7 @@ class Translator:
         h, w = _per_sample(n.args[0])[1:]
         if h != w:
             raise self.refuse(n, f"a global max pool of a non-square {h}×{w} activation")
-        pooled = self._pool(n, x, "maxpool", h, h, 0)
+        pooled = self._pool(n, x, "maxpool", h, h, 0, check=False)
         if len(_val(n).shape) == 2:  # keepdim=False: [N, C]
             return self.emit(Node(self.unique("flatten"), "flatten", [pooled.node]), n, pooled.nonneg, True)
         return pooled
