@@ -28,6 +28,29 @@ def _requant_torch(acc: torch.Tensor, q: QNode, residual: torch.Tensor | None) -
     return torch.clamp(t, q.lo, q.hi)
 
 
+def exact_conv(x: torch.Tensor, w: torch.Tensor, stride: int, pad: int, groups: int) -> torch.Tensor:
+    """Convolution of integer-valued float64 tensors, exact (integers < 2^53).
+
+    Grouped / depthwise convs are summed tap by tap (one small einsum per kernel position) instead of
+    ``F.conv2d``: PyTorch has no fast float64 depthwise kernel (measured 20–60× slower than float32), and
+    float32 is not an option for exactness. Dense convs keep ``F.conv2d``, fast in float64.
+    """
+    if groups == 1:
+        return F.conv2d(x, w, stride=stride, padding=pad)
+    n, _, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    oh, ow = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    xp = F.pad(x, (pad, pad, pad, pad)).reshape(n, groups, cg, h + 2 * pad, wd + 2 * pad)
+    wg = w.reshape(groups, o // groups, cg, kh, kw)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = torch.einsum("ngcyx,goc->ngoyx", xp[..., i:i + stride * oh:stride, j:j + stride * ow:stride],
+                               wg[..., i, j])
+            out = tap if out is None else out + tap
+    return out.reshape(n, o, oh, ow)
+
+
 def _rescale_torch(codes: list[torch.Tensor], q: QNode) -> torch.Tensor:
     """``add``: ``clamp((Σ q_i·M_i + half) >> sh)``; ``cat``: each input rescaled alone, then concatenated."""
     half = 1 << (q.shift - 1)
@@ -86,8 +109,7 @@ class Twin(torch.nn.Module):
                 approx = ins[0][1] + ins[1][1] if n.op == "add" else torch.cat([r for _, r in ins], dim=1)
             else:
                 if n.op == "conv":
-                    acc = F.conv2d(c_in.double(), self._w_int[n.name], stride=n.stride, padding=n.padding,
-                                   groups=n.groups)
+                    acc = exact_conv(c_in.double(), self._w_int[n.name], n.stride, n.padding, n.groups)
                     approx = F.conv2d(r_in, self._w_real[n.name], self._b_real[n.name], stride=n.stride,
                                       padding=n.padding, groups=n.groups)
                 else:
