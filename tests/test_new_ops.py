@@ -129,3 +129,17 @@ def test_search_and_baselines_run_per_node_on_new_ops() -> None:
     for method in ("laaq", "uniform", "mse", "sensitivity", "hessian", "random"):
         plan = search_plan(method, graph, calib, Budget(avg_bits=5.0))
         assert set(plan.layers) == names, method
+
+
+def test_layer_latency_table_for_new_ops(private_cache) -> None:
+    """``--layer-times`` / ``--latency-budget``: each layer of a depthwise model alone, as it sits in the model."""
+    from harness.devices import open_device
+    from harness.layer_latency import layer_table
+    from harness.measure import LatencyProtocol
+
+    graph = import_model(build("depthwise"), SHAPE)
+    x86 = resolve("x86")
+    with open_device(x86, progress=False) as session:
+        table = layer_table(graph, x86, session, (4, 8), proto=LatencyProtocol(1, 2, 2))
+    assert {t.layer for t in table} == {n.name for n in graph.weighted()}
+    assert all(t.median_ms > 0 for t in table)
