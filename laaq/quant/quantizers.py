@@ -69,8 +69,9 @@ def bias_scale_floor(bias: np.ndarray, s_in: float, fan_in: int, bits: int) -> n
     Why: the bias lives in int32 at scale ``s_in·s_w[o]``. A channel that batch-norm all but switched off
     (γ → 0: common in trained MobileNets) has tiny weights, hence a tiny ``s_w[o]``, while its folded bias
     ``β − μγ/σ`` stays finite — so ``b/(s_in·s_w)`` overflows int32. Raising that channel's scale until
-    ``|b_q| + fan_in·255·qmax ≤ 2^31 − 1`` keeps every sum exact; the channel's weights were ~0 anyway
-    and quantize to (near) zero at the larger scale. Other channels are untouched (their floor is lower).
+    ``|b_q| + fan_in·255·qmax ≤ 2^31 − 1`` keeps every sum exact. Only channels whose whole weight
+    contribution is a small fraction of their bias are affected (they get a coarser grid); the others'
+    scales are above their floor and unchanged.
     """
     room = (2**31 - 1) - fan_in * 255 * qmax(bits)
     if room <= 0:
