@@ -194,30 +194,49 @@ def compile_variant(cfg: BenchConfig, profile: TargetProfile, v: Variant, model:
     return arts
 
 
-def agreement_columns(v: Variant, model: torch.nn.Module, run, to_device, inputs: list[torch.Tensor]
-                      ) -> dict[str, Any]:
-    """The artefact (``run``: inputs → its raw outputs) against the host reference on each input set:
-    top-1 agreement, bit-exact output rows (integer variants) and the largest output difference."""
+def host_side(v: Variant, model: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
+    """The variant's white-box stand-in (the float model, or the bit-exact twin of the integer graph) and
+    ``to_device``: float images → the array the artefact takes (float32, or uint8 codes)."""
+    if v.kind == "float":
+        return model, lambda t: t.numpy().astype(np.float32)
+    return Twin(v.qg), lambda t: quantize_input(t).numpy()
+
+
+def reference_outputs(v: Variant, model: torch.nn.Module, arr: np.ndarray) -> np.ndarray:
+    """The host reference's raw outputs for device-format inputs ``arr``: PyTorch's logits (float variants),
+    the integer reference's int32 accumulators (integer variants)."""
+    if v.kind == "float":
+        with torch.no_grad():
+            return model(torch.from_numpy(arr)).numpy()
+    return run_integer(v.qg, arr)
+
+
+def timing_batch(x: torch.Tensor, b: int) -> torch.Tensor:
+    """The input timed at batch ``b``: the first ``b`` evaluation images (the first one repeated if fewer)."""
+    return x[:b] if b <= len(x) else x[:1].repeat(b, 1, 1, 1)
+
+
+def agreement_figures(kind: str, pairs: list[tuple[np.ndarray, np.ndarray]], to_logits) -> dict[str, Any]:
+    """(artefact outputs, host reference outputs) per input set → top-1 agreement, bit-exact output rows
+    (integer variants) and the largest output difference; ``to_logits`` maps raw outputs to logits."""
     agree = bitexact = total = 0
     max_diff = 0.0
-    for inp in inputs:
-        dev_out = run(inp)
-        if v.kind == "float":
-            with torch.no_grad():
-                ref = model(inp).numpy()
-            logits = dev_out
-            max_diff = max(max_diff, float(np.abs(dev_out - ref).max()))
-            bitexact += int(np.all(dev_out == ref, axis=1).sum())
-        else:
-            ref_int = run_integer(v.qg, to_device(inp))
-            bitexact += int(np.all(dev_out == ref_int, axis=1).sum())
-            max_diff = max(max_diff, float(np.abs(dev_out.astype(np.int64) - ref_int).max()))
-            logits = logits_from_int(v.qg, dev_out)
-            ref = logits_from_int(v.qg, ref_int)
-        agree += int((logits.argmax(1) == ref.argmax(1)).sum())
-        total += len(inp)
-    return {"agreement": round(agree / total, 4), "bitexact": round(bitexact / total, 4) if v.kind == "int" else "",
+    for dev_out, ref in pairs:
+        bitexact += int(np.all(dev_out == ref, axis=1).sum())
+        wide = (dev_out, ref) if kind == "float" else (dev_out.astype(np.int64), ref)
+        max_diff = max(max_diff, float(np.abs(wide[0] - wide[1]).max()))
+        agree += int((to_logits(dev_out).argmax(1) == to_logits(ref).argmax(1)).sum())
+        total += len(dev_out)
+    return {"agreement": round(agree / total, 4), "bitexact": round(bitexact / total, 4) if kind == "int" else "",
             "max_abs_diff": f"{max_diff:.3g}"}
+
+
+def agreement_columns(v: Variant, model: torch.nn.Module, run, to_device, inputs: list[torch.Tensor]
+                      ) -> dict[str, Any]:
+    """The artefact (``run``: inputs → its raw outputs) against the host reference on each input set."""
+    pairs = [(run(inp), reference_outputs(v, model, to_device(inp))) for inp in inputs]
+    return agreement_figures(v.kind, pairs, (lambda o: o) if v.kind == "float" else
+                             (lambda o: logits_from_int(v.qg, o)))
 
 
 def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, v: Variant, model: torch.nn.Module,
@@ -232,12 +251,7 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
 
     n = min(cfg.eval_samples or len(data.x_test), len(data.x_test))
     x, y = data.x_test[:n], data.y_test[:n]
-    if v.kind == "float":
-        host_model: torch.nn.Module = model
-        to_device = lambda t: t.numpy().astype(np.float32)  # noqa: E731
-    else:
-        host_model = Twin(v.qg)
-        to_device = lambda t: quantize_input(t).numpy()  # noqa: E731
+    host_model, to_device = host_side(v, model)
 
     def run(t: torch.Tensor) -> np.ndarray:  # the artefact's own raw outputs
         return outputs(loaded[large], to_device(t), large)
@@ -256,7 +270,7 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
     write_per_image(folder, tag, y.numpy(), rob)
 
     def timing_input(b: int) -> np.ndarray:
-        return to_device(x[:b] if b <= n else x[:1].repeat(b, 1, 1, 1))
+        return to_device(timing_batch(x, b))
 
     lat = {b: latency(loaded[b], timing_input(b), cfg.latency) for b in (small, large)}
     row = {
