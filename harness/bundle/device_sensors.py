@@ -30,18 +30,20 @@ def _read(path: str) -> str:
 
 
 def emulation() -> str:
-    """Why this looks emulated ("" when it does not)."""
+    """Every sign that this runs emulated, "; "-joined ("" when there is none). qemu user mode shows the host's
+    /proc/cpuinfo to the emulated interpreter; full-system emulation is not recognised: set LAAQ_EMULATED=1."""
+    why = []
     if os.environ.get("LAAQ_EMULATED") == "1":
-        return "LAAQ_EMULATED=1"
+        why.append("LAAQ_EMULATED=1")
     if os.environ.get("QEMU_CPU"):
-        return f"QEMU_CPU={os.environ['QEMU_CPU']} (qemu user mode)"
+        why.append(f"QEMU_CPU={os.environ['QEMU_CPU']}")
     machine, cpuinfo = platform.machine(), _read("/proc/cpuinfo")
-    x86_cpu = any(v in cpuinfo for v in ("GenuineIntel", "AuthenticAMD", "HygonGenuine"))
-    if machine in ("aarch64", "arm64", "armv7l", "armv8l", "riscv64") and x86_cpu:
-        return f"the interpreter is {machine} but /proc/cpuinfo describes an x86 CPU (qemu user mode)"
+    if machine in ("aarch64", "arm64", "armv7l", "armv8l", "riscv64") and any(
+            v in cpuinfo for v in ("GenuineIntel", "AuthenticAMD", "HygonGenuine")):
+        why.append(f"x86 /proc/cpuinfo under an {machine} interpreter")
     if machine in ("x86_64", "AMD64", "i686") and "CPU implementer" in cpuinfo:
-        return f"the interpreter is {machine} but /proc/cpuinfo describes an Arm CPU (emulation)"
-    return ""
+        why.append(f"Arm /proc/cpuinfo under an {machine} interpreter")
+    return "; ".join(why)
 
 
 def describe_device() -> dict:

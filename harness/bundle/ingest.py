@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.backend.base import manifest_path
 from harness.bench import agreement_figures, write_per_image
 from harness.bundle.craft import distinct_rows
 from harness.bundle.manifest import (
@@ -215,10 +216,11 @@ def ingest_output(output: Path, bundle: Path | None = None, results_dir: str = "
     store.write_json("run.json", _run_info(folder, bundle, manifest, digest, result))
     for m in measured:
         entry = manifest.variant(m.tag)
-        for lib in entry.libs.values():
-            for src in relpath_ok(bundle, lib).parent.glob(Path(lib).name + "*"):  # the library and its manifests
-                (folder / "artefacts").mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, folder / "artefacts" / src.name)
+        for lib in entry.libs.values():  # the library, and its verification manifest where it has one
+            for src in (relpath_ok(bundle, lib), manifest_path(relpath_ok(bundle, lib), "cuda")):
+                if src.is_file():
+                    (folder / "artefacts").mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, folder / "artefacts" / src.name)
         if m.plan_json:
             atomic_write_text(folder / "plans" / f"{entry.name.replace(':', '_')}.json", m.plan_json)
         write_per_image(folder, row_tag(manifest.target.name, entry.name), m.labels, m.rob)

@@ -152,9 +152,9 @@ class OutputResult:
         """Short, for the `device` cell: the board / GPU / CPU, where it ran, and emulation said plainly."""
         d = self.device
         if self.emulated:
-            return f"emulated {d.get('machine', '?')} on {d.get('hostname', '?')} (bundle runner; {self.emulation})"
+            return f"emulated {d.get('machine', '?')} ({self.emulation}) on {d.get('hostname', '?')}, bundle runner"
         what = d.get("gpu") or d.get("board") or d.get("cpu") or d.get("machine", "?")
-        return f"{what} ({d.get('machine', '?')}, host {d.get('hostname', '?')}, bundle runner)"
+        return f"{what} ({d.get('machine', '?')}) on {d.get('hostname', '?')}, bundle runner"
 
 
 def write_manifest(root: Path, target: TargetEntry, protocol: dict[str, Any], variants: list[VariantEntry]

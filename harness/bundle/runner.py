@@ -117,6 +117,7 @@ def atomic_write(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be copied and shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -130,15 +131,17 @@ def open_device(manifest: dict):
     if manifest["target"]["backend"] != "cuda":
         tvm.get_global_func("runtime.config_threadpool")(1, int(manifest["target"]["threads"]))
         return tvm.cpu(0)
-    dev = tvm.cuda(0)
+    dev, why = tvm.cuda(0), "tvm.cuda(0).exist is false"
     if not dev.exist:  # a runtime-only TVM may not have loaded its CUDA runtime library yet
         lib = os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so")
-        if os.path.exists(lib):
+        try:
             ctypes.CDLL(lib, ctypes.RTLD_GLOBAL)
             dev = tvm.cuda(0)
+        except OSError as e:  # e.g. libcuda.so.1 (the driver) or libcudart.so.13 missing
+            why = str(e)
     if not dev.exist:
-        raise BundleError("this bundle is for a CUDA GPU and tvm.cuda(0) does not exist here (no GPU, no driver, "
-                          "or no libtvm_runtime_cuda.so / libcudart.so.13 on the loader path)")
+        raise BundleError(f"this bundle is for a CUDA GPU and none is usable here ({why}): run it on the GPU "
+                          "machine, with its driver and the CUDA 13 runtime on the loader path")
     return dev
 
 
