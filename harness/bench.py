@@ -369,7 +369,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     not_run = sorted({str(r["measured_as"]) for r in store.rows if is_not_run(r)})
     if not_run:
         log(f"NOTE: {'; '.join(not_run)}. The libraries were compiled, exported and verified, but no latency, "
-            "accuracy or measured energy exists for those rows (left empty, never estimated).")
+            "accuracy or measured energy exists for those rows (left empty, never estimated). To measure them on a "
+            f"machine that has the device: `laaq-bench bundle` with these options, run its runner.py there, then "
+            f"`laaq-bench ingest OUTPUT` fills this run folder ({folder.name}).")
     run_info["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     store.write_json("run.json", run_info)
     from harness.report import write_run_report

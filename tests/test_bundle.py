@@ -96,6 +96,7 @@ def test_x86_round_trip_rows_equal_bench(x86) -> None:
     ran = json.loads(run_json.read_text())["bundles"][-1]
     assert ran["emulated"] is False and ran["device"]["machine"] == platform.machine()
     assert (root / "b.tar.gz").stat().st_size > 0 and "results:" in text
+    assert run_json.parent.name == next((root / "bench").iterdir()).name, "bench's run folder: rows land beside its own"
 
 
 def test_device_outputs_bit_identical_to_bench_artefacts(x86) -> None:
