@@ -157,7 +157,11 @@ def _measure(manifest: Manifest, bundle: Path, output: Path, result: OutputResul
     examples = ExampleLog.from_bytes(relpath_ok(bundle, entry.examples).read_bytes())
     rob = rejudge(examples, x, y, EvalConfig.from_dict(rec.evaluation), predict, rec.transfer)
     unattacked = sum(examples.unattacked.values())
-    proto = LatencyProtocol(*(int(manifest.protocol[k]) for k in ("warmup", "number", "repeat")))
+    try:
+        proto = LatencyProtocol(**manifest.protocol)  # the protocol the device timed under, every field of it
+    except TypeError as e:
+        raise BundleError(f"bundle {manifest.bundle_id}'s timing protocol {manifest.protocol} is not this "
+                          f"harness's ({e}): ingest it with the laaq-bench version that built it") from None
     batches = sorted(int(b) for b in vr.timings_s)
     lat = {b: latency(_Recorded(vr.timings_s[str(b)]), np.empty((b, 0)), proto) for b in batches}
     e = vr.energy
@@ -185,6 +189,7 @@ def _run_info(folder: Path, bundle: Path, manifest: Manifest, digest: str, resul
         info = json.loads((folder / "run.json").read_text())
     except (OSError, ValueError):
         info = json.loads((bundle / "host" / "run.json").read_text())["run_info"]
+        info.update(started=result.started, finished=result.finished)
     ran = {"bundle_id": manifest.bundle_id, "manifest_sha256": digest, "bundle": str(bundle.resolve()),
            "started": result.started, "finished": result.finished, "device": result.device,
            "emulated": result.emulated, "emulation": result.emulation, "energy_sensor": result.energy_sensor,

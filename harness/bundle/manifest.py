@@ -152,7 +152,7 @@ class OutputResult:
         """Short, for the `device` cell: the board / GPU / CPU, where it ran, and emulation said plainly."""
         d = self.device
         if self.emulated:
-            return f"emulated {d.get('machine', '?')} ({self.emulation}) on {d.get('hostname', '?')}, bundle runner"
+            return f"emulated {d.get('machine', '?')} on {d.get('hostname', '?')}, bundle runner"  # why: run.json
         what = d.get("gpu") or d.get("board") or d.get("cpu") or d.get("machine", "?")
         return f"{what} ({d.get('machine', '?')}) on {d.get('hostname', '?')}, bundle runner"
 

@@ -46,6 +46,7 @@ else:  # run as a script inside a bundle: the file beside this one
 
 BUNDLE_FORMAT = "laaq-bench-bundle/1"
 OUTPUT_FORMAT = "laaq-bench-output/1"
+TIME_EVALUATOR_OPTIONS = ("min_repeat_ms", "limit_zero_time_iterations", "cooldown_interval_ms", "repeats_to_cooldown")
 ENERGY_WINDOW_S = 1.0  # power sensors update every few to 100 ms: the energy window must be long
 
 
@@ -192,8 +193,13 @@ def run_variant(root: str, out: str, v: dict, manifest: dict, dev, sensor, log) 
     import numpy as np
 
     proto = manifest["protocol"]
-    # time_evaluator options a protocol may carry besides warmup/number/repeat (e.g. a cool-down)
-    extra = {k: proto[k] for k in ("min_repeat_ms", "cooldown_interval_ms", "repeats_to_cooldown") if k in proto}
+    # time_evaluator options a protocol may carry besides warmup/number/repeat (e.g. a cool-down); any other
+    # field would be silently ignored here, so it is refused: the timing would not be the protocol stated
+    extra = {k: proto[k] for k in TIME_EVALUATOR_OPTIONS if k in proto}
+    unknown = set(proto) - {"warmup", "number", "repeat", *TIME_EVALUATOR_OPTIONS}
+    if unknown:
+        raise BundleError(f"the bundle's timing protocol has {sorted(unknown)}, which this runner cannot apply; "
+                          "teach harness/bundle/runner.py to, and rebuild the bundle")
     t0 = time.perf_counter()
     with np.load(os.path.join(root, v["inputs"]), allow_pickle=False) as z:
         x = z["eval"]
