@@ -134,7 +134,8 @@ def sample_plans(params: Mapping[str, int], n: int, lo: float, hi: float, bits: 
     is ``lo + (hi − lo)·u`` with ``u`` uniform in stratum ``i mod 10`` of ten, so targets cover the range
     evenly; each layer draws a clip from ``clips`` and a preference from a Dirichlet(0.5) draw; from the
     smallest width everywhere, a layer chosen with probability ∝ its preference is raised to the next width
-    while the average stays ≤ target; a plan below ``lo`` is redrawn.
+    while the average stays ≤ target; a plan below ``lo`` is redrawn (after ``max_tries // 2`` failures with
+    a target anywhere in the range: with one dominant layer, some strata hold no plan).
     """
     levels = sorted(bits)
     names = list(params)
@@ -143,8 +144,10 @@ def sample_plans(params: Mapping[str, int], n: int, lo: float, hi: float, bits: 
     out = []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        for _ in range(max_tries):
-            target = lo + (hi - lo) * ((i % 10) + rng.random()) / 10
+        for t in range(max_tries):
+            # the plan's stratum first; a model with a dominant layer may have no plan there: then anywhere
+            u = ((i % 10) + rng.random()) / 10 if t < max_tries // 2 else rng.random()
+            target = lo + (hi - lo) * u
             pref = rng.dirichlet(np.full(len(names), 0.5))
             alloc = {m: LayerSetting(levels[0], float(rng.choice(clips))) for m in names}
             open_ = list(range(len(names)))
@@ -442,7 +445,8 @@ def run(data: Split, cfg: ValidityConfig, out_dir: str | Path, cache_dir: Path |
         _atomic_text(csv, pd.DataFrame(rows).to_csv(index=False))
         log(f"  plan {i}: {row['avg_bits']:.2f} bits, robust {r.robust_acc:.3f} (drop {row['drop']:+.3f}), "
             f"{row['seconds']} s")
-    df = pd.DataFrame(rows).sort_values("plan").reset_index(drop=True)
+    df = pd.DataFrame(rows).sort_values("plan")
+    df = df[df["plan"] < cfg.n_plans].reset_index(drop=True)  # a longer earlier run: analyse the first n_plans
     for m in cfg.metrics:  # costs come from the cached tables, so metrics can be added without re-attacking
         df[f"cost_{m}"] = [plan_cost(tables[m], parse_alloc(a)) for a in df["alloc"]]
     corr = correlation_table(df, cfg.metrics, cfg.bootstrap) if len(df) >= 3 else pd.DataFrame()
