@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from laaq.attacks import PGDConfig, pgd_step
 from laaq.data import load_dataset
-from laaq.robustness import PRESETS, EvalConfig, evaluate
+from laaq.robustness import PRESETS, EvalConfig, curve_radii, evaluate
 from laaq.train import TrainConfig, train_or_load
 
 PGD7 = PGDConfig(eps=0.3, step_size=pgd_step(0.3, 7), steps=7, restarts=1, random_start=True, seed=0)
@@ -40,6 +41,9 @@ def main() -> None:
     ap.add_argument("--models", default="vgg8,smallcnn")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--curve", type=int, default=0, help="also the eps-curve on the first N test images (the "
+                    "ensemble's own curve budget: APGD-CE 25 + APGD-T 25 x 3 targets; must fall to ~0 at eps 0.5)")
+    ap.add_argument("--skip-main", action="store_true", help="only the eps-curve")
     ap.add_argument("--out", default="results/robust-models")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -55,6 +59,17 @@ def main() -> None:
         graph = model.to_graph()
         sizes = {n.name: int(n.weight.size) for n in graph.weighted()}
         total = sum(sizes.values())
+        if a.curve:
+            light = replace(PRESETS["standard"], name="curve", pgd_steps=0, apgd_ce_steps=25, apgd_t_steps=25,
+                            apgd_t_targets=3, square_queries=0)
+            curve = []
+            for r_eps in curve_radii(0.3, light.curve_factors):
+                rc = evaluate(model, x[: a.curve], y[: a.curve], EvalConfig(light, r_eps, seed=3, checks=False))
+                curve.append((r_eps, rc.robust_acc))
+                print(f"  eps {r_eps:g}: robust {rc.robust_acc:.3f} (n={rc.n})", flush=True)
+            (out / f"{name}-curve.json").write_text(json.dumps({"n": a.curve, "curve": curve}))
+        if a.skip_main:
+            continue
         t1 = time.perf_counter()
         r = evaluate(model, x, y, EvalConfig(PRESETS["standard"], 0.3, seed=0, checks=False),
                      log=lambda m: print(m, flush=True))

@@ -314,12 +314,15 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, reps: int = 2000, 
     return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
 
 
-def correlation_table(df: pd.DataFrame, metrics: Sequence[str], reps: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per metric: ρ(cost, drop) and partial ρ given avg bits, each with a bootstrap 95 % interval over plans.
+def correlation_table(df: pd.DataFrame, metrics: Sequence[str], reps: int = 2000, seed: int = 0,
+                      reference: str = "mse") -> pd.DataFrame:
+    """Per metric: ρ(cost, drop) and partial ρ given avg bits, each with a bootstrap 95 % interval over plans,
+    and ``d_ref``: its ρ minus ``reference``'s ρ, paired (the same resampled plans for both).
 
     Also the row ``avg-bits`` (predicted cost = −average bits): what counting bits alone achieves."""
     drop = df["drop"].to_numpy(float)
     bits = df["avg_bits"].to_numpy(float)
+    ref = df[f"cost_{reference}"].to_numpy(float) if reference in metrics else None
     rows = []
     for m in ["avg-bits", *metrics]:
         cost = -bits if m == "avg-bits" else df[f"cost_{m}"].to_numpy(float)
@@ -330,6 +333,10 @@ def correlation_table(df: pd.DataFrame, metrics: Sequence[str], reps: int = 2000
             row["partial"] = partial_spearman(cost, drop, bits)
             row["partial_lo"], row["partial_hi"] = bootstrap_ci(
                 lambda i, c=cost: partial_spearman(c[i], drop[i], bits[i]), len(df), reps, seed)
+        if ref is not None:
+            row["d_ref"] = rho - spearman(ref, drop)
+            row["d_ref_lo"], row["d_ref_hi"] = bootstrap_ci(
+                lambda i, c=cost: spearman(c[i], drop[i]) - spearman(ref[i], drop[i]), len(df), reps, seed)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -462,10 +469,12 @@ def to_markdown(corr: pd.DataFrame, df: pd.DataFrame, cfg: ValidityConfig, ref: 
              f"{ref['int8_robust']:.3f}. Plans measured: {len(df)}; avg bits {df['avg_bits'].min():.2f}–"
              f"{df['avg_bits'].max():.2f}; drop {df['drop'].min():+.3f} to {df['drop'].max():+.3f} "
              f"(median {df['drop'].median():+.3f}).", "",
-             "| metric | Spearman ρ [95 % CI] | partial ρ given avg bits [95 % CI] | table s |", "|---|---|---|---|"]
+             "| metric | Spearman ρ [95 % CI] | partial ρ given avg bits [95 % CI] | ρ − ρ(mse) [95 % CI] | table s |",
+             "|---|---|---|---|---|"]
     for r in corr.itertuples():
         part = "—" if r.metric == "avg-bits" else f"{r.partial:+.2f} [{r.partial_lo:+.2f}, {r.partial_hi:+.2f}]"
-        lines.append(f"| {r.metric} | {r.rho:+.2f} [{r.rho_lo:+.2f}, {r.rho_hi:+.2f}] | {part} | "
+        d = f"{r.d_ref:+.2f} [{r.d_ref_lo:+.2f}, {r.d_ref_hi:+.2f}]" if "d_ref" in corr else "—"
+        lines.append(f"| {r.metric} | {r.rho:+.2f} [{r.rho_lo:+.2f}, {r.rho_hi:+.2f}] | {part} | {d} | "
                      f"{seconds.get(r.metric, '')} |")
     lines += ["", "Intervals: percentile bootstrap over plans, " + f"{cfg.bootstrap} resamples.",
               "avg-bits: predicted cost = −(average bits) — what counting bits alone achieves.", ""]

@@ -77,6 +77,11 @@ def test_correlation_table_on_known_synthetic_costs() -> None:
     assert t.loc["avg-bits", "rho"] > 0.8  # counting bits alone already ranks these plans well
     lo, hi = t.loc["noise", "rho_lo"], t.loc["noise", "rho_hi"]
     assert lo < t.loc["noise", "rho"] < hi and lo < 0 < hi
+    # paired difference to a reference metric: same resampled plans for both
+    d = correlation_table(df, ["perfect", "noise"], reps=300, reference="noise").set_index("metric")
+    assert d.loc["noise", "d_ref"] == 0 and d.loc["noise", "d_ref_lo"] == 0
+    assert d.loc["perfect", "d_ref"] == pytest.approx(1 - t.loc["noise", "rho"])
+    assert d.loc["perfect", "d_ref_lo"] > 0
     # partial rho removes what avg bits explains: a cost that is just -bits has nothing left (nan or ~0)
     p = partial_spearman(-bits, drop, bits)
     assert np.isnan(p) or abs(p) < 1e-9
