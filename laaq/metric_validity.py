@@ -445,7 +445,7 @@ def run(data: Split, cfg: ValidityConfig, out_dir: str | Path, cache_dir: Path |
         twin = Twin(quantize_graph(graph, plan, prep.calib.all_x)).eval()
         r = evaluate(twin, prep.x_val, prep.y_val, ecfg)
         row = {"plan": i, "target": round(target, 4), "avg_bits": round(avg_bits(alloc, params), 4),
-               "clean": r.clean_acc, "robust": r.robust_acc, "drop": ref["robust"] - r.robust_acc,
+               "clean": r.clean_acc, "robust": r.robust_acc, "drop": round(ref["robust"] - r.robust_acc, 6),
                "seconds": round(time.perf_counter() - t0, 1), "alloc": alloc_str(alloc)}
         rows.append(row)
         new += 1
