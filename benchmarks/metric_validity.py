@@ -16,19 +16,11 @@ from dataclasses import replace
 
 import torch
 
-from laaq.attacks import PGDConfig, pgd_step
+from laaq.attacks import PGDConfig
 from laaq.data import load_dataset
-from laaq.metric_validity import METRICS, ValidityConfig, run
+from laaq.metric_validity import METRICS, RECIPES, ValidityConfig, run
 from laaq.search import CalibrationRecipe
 from laaq.train import TrainConfig
-
-
-def train_recipe(arch: str) -> TrainConfig:
-    """The PGD-AT recipe of each MNIST model in this study (CLI: ``--arch A --epochs E --lr LR``)."""
-    pgd7 = PGDConfig(eps=0.3, step_size=pgd_step(0.3, 7), steps=7, restarts=1, random_start=True, seed=0)
-    if arch == "vgg8":
-        return TrainConfig(arch="vgg8", epochs=6, lr=3e-3, pgd=pgd7)
-    return TrainConfig(arch=arch, epochs=6, lr=1e-3, pgd=pgd7)  # the CLI's (make bench) defaults
 
 
 def quick_config() -> ValidityConfig:
@@ -42,7 +34,7 @@ def quick_config() -> ValidityConfig:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="vgg8")
+    ap.add_argument("--arch", default="vgg8", choices=sorted(RECIPES))
     ap.add_argument("--plans", type=int, default=60)
     ap.add_argument("--eval", type=int, default=200, help="validation images attacked per plan")
     ap.add_argument("--steps", type=int, default=50, help="APGD-CE steps")
@@ -56,7 +48,7 @@ def main() -> None:
     if a.quick:
         cfg = quick_config()
     else:
-        cfg = ValidityConfig(train=train_recipe(a.arch), n_plans=a.plans, n_eval=a.eval, apgd_steps=a.steps,
+        cfg = ValidityConfig(train=RECIPES[a.arch], n_plans=a.plans, n_eval=a.eval, apgd_steps=a.steps,
                              metrics=tuple(a.metrics.split(",")))
     cfg = replace(cfg, n_plans=a.plans if not a.quick else cfg.n_plans)
     data = load_dataset(cfg.dataset, seed=0)
