@@ -139,3 +139,11 @@ def test_vgg8_graph_equals_module() -> None:
     x = torch.rand(5, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(run_float(model.to_graph(), x), model(x), atol=1e-5)
+
+
+def test_recipes_are_the_cli_checkpoints() -> None:
+    from harness.cli_common import train_config
+    from laaq.metric_validity import RECIPES
+
+    assert train_config("mnist5k", "vgg8", 6, 3e-3, False, None, 0)[0] == RECIPES["vgg8"]
+    assert train_config("mnist5k", None, 6, 1e-3, False, None, 0)[0] == RECIPES["smallcnn"]
