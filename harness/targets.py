@@ -44,6 +44,7 @@ class DeviceSpec:
     key: str = ""  # tracker key (e.g. "rasp4")
     qemu_cpu: str = ""  # emulated: CPU model QEMU enforces (must match the board)
     accelerator: str = "cpu"  # "cuda": kernels run on the machine's GPU (tvm.cuda() / remote.cuda())
+    emulated: bool = False  # rpc/tracker boards that are themselves QEMU-emulated (their figures say so)
     session_timeout_s: float = 600.0
     connect_timeout_s: float = 30.0
 
@@ -73,7 +74,9 @@ class Target:
 
     @property
     def emulated(self) -> bool:
-        return self.device.kind == "emulated"
+        """The harness's own emulated board, or boards behind an RPC server / tracker declared QEMU-emulated
+        (``[device] emulated = true``: a farm of emulated boards) — labelled emulated either way."""
+        return self.device.kind == "emulated" or self.device.emulated
 
     @property
     def measured_as(self) -> str:
