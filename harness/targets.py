@@ -150,6 +150,8 @@ def load_target(name: str, directory: Path | None = None) -> Target:
         raise TargetError(f"{path}: bad [device] table ({e})") from e
     if device.kind not in DEVICE_KINDS:
         raise TargetError(f"{path}: [device] kind must be one of {DEVICE_KINDS}, got {device.kind!r}")
+    if not isinstance(device.emulated, bool):
+        raise TargetError(f"{path}: [device] emulated must be true or false, got {device.emulated!r}")
     if device.kind == "emulated" and not device.qemu_cpu:
         raise TargetError(f"{path}: an emulated device needs [device] qemu_cpu (e.g. \"cortex-a72\")")
     if device.accelerator not in ACCELERATORS:
