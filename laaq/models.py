@@ -1,7 +1,9 @@
-"""Models (small CNN for MNIST, ResNet-20 for CIFAR-10) and their export to a BN-folded Graph.
+"""The built-in models (small CNN for MNIST, ResNet-20 for CIFAR-10, a tiny CNN for tests).
 
-Each model knows how to describe itself as a :class:`laaq.graph.Graph` with batch-norm folded into
-the preceding convolution, so quantization always sees the weights that are actually deployed.
+They become a :class:`laaq.graph.Graph` like any other model, through the importer
+(:func:`laaq.importer.model_graph`: ``torch.export``, batch-norm folded). Their hand-written
+``to_graph()`` are kept only as the tests' independent cross-check of the importer (same nodes,
+bit-identical folded weights, ``tests/test_importer.py``); nothing in the pipeline calls them.
 """
 
 from __future__ import annotations
