@@ -94,10 +94,11 @@ def build_model(name: str):
 def quantized(model, shape, variant: str):
     import torch
 
+    from laaq.importer import model_graph
     from laaq.quant.plan import LayerSetting, QuantPlan
     from laaq.quant.quantizers import quantize_graph
 
-    graph = model.to_graph()
+    graph = model_graph(model, shape)
     names = [n.name for n in graph.weighted()]
     if variant == "int8":
         plan = QuantPlan.uniform(names, 8)

@@ -35,6 +35,7 @@ def main(a: argparse.Namespace) -> int:
     from harness.profile import resolve
     from harness.results import atomic_write_text
     from harness.targets import load_target
+    from laaq.importer import model_graph
     from laaq.models import ResNet20, SmallCNN
     from laaq.quant.plan import QuantPlan
     from laaq.quant.quantizers import quantize_graph
@@ -50,7 +51,7 @@ def main(a: argparse.Namespace) -> int:
         print(f"{'model':9s} {'bits':>4s} {'batch':>5s} {'plain B':>9s} {'packed B':>9s} {'size':>5s} "
               f"{'plain ms':>9s} {'packed ms':>9s} {'time':>5s}  (packed / plain; size also vs int8)")
         for name, model, shape in (("smallcnn", SmallCNN(), (1, 28, 28)), ("resnet20", ResNet20(), (3, 32, 32))):
-            graph = model.eval().to_graph()
+            graph = model_graph(model.eval(), shape)
             names = [n.name for n in graph.weighted()]
             calib = torch.rand(16, *shape)
             int8_bytes = 0

@@ -229,6 +229,7 @@ def main(a: argparse.Namespace) -> int:
     from harness.profile import resolve
     from harness.results import atomic_write_text
     from harness.tuning import default_key
+    from laaq.importer import model_graph
     from laaq.quant.integer import run_integer
     from laaq.quant.plan import QuantPlan
     from laaq.quant.quantizers import calibrate, quantize_graph, quantize_input
@@ -251,7 +252,7 @@ def main(a: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="laaq-peers-"))
     for arch in a.models.split(","):
         model, shape = make_model(arch)
-        graph = model.to_graph()
+        graph = model_graph(model, shape)
         names = [n.name for n in graph.weighted()]
         macs = macs_per_sample(graph)
         gen = torch.Generator().manual_seed(1)

@@ -44,6 +44,7 @@ def main(a: argparse.Namespace) -> int:
     from harness.lower import lower_integer_for
     from harness.measure import LatencyProtocol
     from harness.profile import resolve
+    from laaq.importer import model_graph
     from laaq.models import ResNet20, randomize_bn_stats
     from laaq.quant.plan import QuantPlan
     from laaq.quant.quantizers import quantize_graph
@@ -55,7 +56,7 @@ def main(a: argparse.Namespace) -> int:
     torch.manual_seed(0)
     model = ResNet20().eval()
     randomize_bn_stats(model)
-    graph = model.to_graph()
+    graph = model_graph(model, (3, 32, 32))  # the importer, as bench
     qg = quantize_graph(graph, QuantPlan.uniform([n.name for n in graph.weighted()], 8), torch.rand(16, 3, 32, 32))
     proto = LatencyProtocol()
     xs = torch.rand(32, 3, 32, 32, requires_grad=True)

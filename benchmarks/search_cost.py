@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from laaq.data import load_dataset
 from laaq.experiment import ExperimentConfig
+from laaq.importer import model_graph
 from laaq.search import Budget, SearchConfig, search_plan
 from laaq.train import TrainConfig, train_or_load
 
@@ -29,7 +30,7 @@ def main() -> None:
     tcfg = TrainConfig(arch=cfg.arch, epochs=cfg.train_epochs, lr=cfg.train_lr, adversarial=True, pgd=cfg.train_pgd,
                        seed=0)
     model, _, _ = train_or_load(data, tcfg)
-    graph = model.to_graph()
+    graph = model_graph(model, data.input_shape)
     budget = Budget(avg_bits=cfg.budget_bits)
     scfg = replace(SearchConfig(), refine=not args.no_refine)
     def make_calib():

@@ -39,6 +39,7 @@ def main(a: argparse.Namespace) -> int:
     from harness.measure import LatencyProtocol, latency
     from harness.profile import resolve
     from harness.results import atomic_write_text
+    from laaq.importer import model_graph
     from laaq.models import ResNet20, SmallCNN
     from laaq.quant.plan import QuantPlan
     from laaq.quant.quantizers import quantize_graph
@@ -51,7 +52,7 @@ def main(a: argparse.Namespace) -> int:
         print(f"target {profile.name} ({session.measured_as}, {session.where}), threads {profile.threads}, "
               f"scheme {profile.scheme.name if profile.scheme else 'nchw'}; {proto.describe()}")
         for name, model, shape in (("resnet20", ResNet20(), (3, 32, 32)), ("smallcnn", SmallCNN(), (1, 28, 28))):
-            graph = model.eval().to_graph()
+            graph = model_graph(model.eval(), shape)
             names = [n.name for n in graph.weighted()]
             calib = torch.rand(16, *shape)
             for batch in a.batches:

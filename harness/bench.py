@@ -45,6 +45,7 @@ from harness.rows import (
 from harness.sensors import measured_energy_uj
 from harness.variants import PlanRequest, Variant, build_variants, plan_variant_name
 from laaq.data import Split, load_dataset
+from laaq.importer import model_graph
 from laaq.quant.integer import logits_from_int, run_integer
 from laaq.quant.plan import QuantPlan
 from laaq.quant.quantizers import quantize_input
@@ -52,7 +53,8 @@ from laaq.quant.twin import Twin
 from laaq.robustness import EvalConfig, RobustResult, evaluate
 from laaq.search import Calibration, CalibrationRecipe
 from laaq.search.solver import CANDIDATE_BITS
-from laaq.train import TrainConfig, train_or_load
+from laaq.train import TrainConfig, obtain_model
+from laaq.usermodel import ModelSource, file_digest
 
 __all__ = ["COLUMNS", "LAYER_COLUMNS", "BenchConfig", "BenchResult", "run_bench"]
 
@@ -69,6 +71,8 @@ class BenchConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     variants: tuple[str, ...] = ("fp32", "int8", "laaq")
     plan_files: tuple[str, ...] = ()
+    model: str = ""  # a user's model, path/to/file.py:factory ("" = the built-in train.arch); weights: its state dict
+    weights: str = ""
     laaq_avg_bits: float = 4.0
     # LAAQ's latency budget on the per-layer table measured on the target: "" none, "0.8x" = 0.8 × the
     # int8 plan's summed table latency, "0.05" = milliseconds (batch 1). Measuring the table also fills
@@ -93,6 +97,10 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         parse_latency_budget(self.latency_budget)  # a bad spec stops here, before any work
+        self.model_source()  # so does a missing model file, factory spec or weights file
+
+    def model_source(self) -> ModelSource | None:
+        return ModelSource.parse(self.model, self.weights) if self.model else None
 
     def digest(self) -> str:
         d = asdict(self)
@@ -105,6 +113,10 @@ class BenchConfig:
             if d["latency"][k] == off:
                 d["latency"].pop(k)
         d["plan_digests"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12] for p in self.plan_files]
+        for k in ("model", "weights"):  # absent for built-in models; else the files' content, not their paths
+            path, _, factory = d.pop(k).rpartition(":") if k == "model" else (d.pop(k), "", "")
+            if path:
+                d[k] = file_digest(path) + factory
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def folder(self) -> Path:
@@ -143,7 +155,7 @@ def variants_for(cfg: BenchConfig, model: torch.nn.Module, data: Split, table: l
                  ) -> list[Variant]:
     """The run's variants (built-in names, then plan files), on the run's calibration data; ``table``:
     the per-layer latency table measured on the target (LAAQ then also respects ``cfg.latency_budget``)."""
-    graph = model.to_graph()
+    graph = model_graph(model, data.input_shape)
     latency = as_constraint_table(table) if table else None
     limit = latency_limit(cfg.latency_budget, latency, [n.name for n in graph.weighted()]) if latency else None
     req = PlanRequest(graph, calibration(cfg, model, graph, data), cfg.laaq_avg_bits, cfg.seed, cfg.train.adversarial,
@@ -314,7 +326,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     data = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)
     train_cfg = replace(cfg.train, seed=cfg.seed)
     t0 = time.perf_counter()
-    model, ckpt, cached = train_or_load(data, train_cfg, progress=progress)
+    model, ckpt, cached = obtain_model(data, train_cfg, cfg.model_source(), progress=progress)
     log(f"model: {ckpt} ({'cached' if cached else f'trained in {time.perf_counter() - t0:.0f} s'})")
     folder = cfg.folder()
     store = RunStore(folder, COLUMNS, LAYER_COLUMNS)
@@ -336,7 +348,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
         if cfg.latency_budget or cfg.layer_times:  # measured on the device before any plan is searched
             with open_device(profile, progress=progress) as session:
                 log(f"[{profile.name}] per-layer latency table ({session.measured_as}), widths {CANDIDATE_BITS} ...")
-                table = layer_table(model.to_graph(), profile, session, CANDIDATE_BITS,
+                table = layer_table(model_graph(model, data.input_shape), profile, session, CANDIDATE_BITS,
                                     log=log if progress else None)
         variants = variants_for(remaining, model, data, table)
         for plan_v in variants:

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import click
 
-from harness.cli_common import (  # noqa: F401 - DEFAULT_EPS and train_config are used by scripts and tests
-    DEFAULT_EPS,
+from harness.options import (
+    DEFAULT_EPS,  # noqa: F401 - public: scripts read the default radii here
     Fail,
     _attack_options,
     _eval_config,
     _run,
     _train_options,
+    load,
+    model_source,
     train_config,
 )
 
@@ -32,16 +34,13 @@ def main() -> None:
 
 @main.command()
 @_train_options
-def train(dataset, data_dir, arch, epochs, lr, plain, eps, seed) -> None:
+def train(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed) -> None:
     """Train (or load from the cache) a plain or PGD-adversarially-trained model."""
-    from laaq.data import load_dataset
-    from laaq.train import accuracy, train_or_load
+    from laaq.train import accuracy
 
-    cfg, _ = train_config(dataset, arch, epochs, lr, plain, eps, seed)
-    data = _run(load_dataset, dataset, seed, data_dir)
-    model, path, cached = _run(train_or_load, data, cfg)
-    acc = accuracy(model, data.x_test, data.y_test)
-    click.echo(f"{'loaded' if cached else 'trained'} {path}  clean test accuracy {acc:.4f}")
+    m = load(dataset, data_dir, arch, epochs, lr, plain, eps, seed, model, weights)
+    acc = accuracy(m.model, m.data.x_test, m.data.y_test)
+    click.echo(f"{'loaded' if m.cached else 'trained'} {m.path}  clean test accuracy {acc:.4f}")
 
 
 @main.command()
@@ -49,17 +48,13 @@ def train(dataset, data_dir, arch, epochs, lr, plain, eps, seed) -> None:
 @click.option("--bits", type=click.IntRange(2, 8), default=8, show_default=True, help="Uniform weight bits.")
 @click.option("--clip", type=click.FloatRange(0.01, 1.0), default=1.0, show_default=True, help="Clipping ratio.")
 @click.option("--out", "out", type=click.Path(), required=True, help="Plan JSON to write.")
-def quantize(dataset, data_dir, arch, epochs, lr, plain, eps, seed, bits, clip, out) -> None:
+def quantize(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, bits, clip, out) -> None:
     """Write a uniform quantization plan (JSON) for a model; `search` writes searched ones."""
     from harness.results import atomic_write_text
-    from laaq.data import load_dataset
     from laaq.quant.plan import QuantPlan
-    from laaq.train import train_or_load
 
-    cfg, _ = train_config(dataset, arch, epochs, lr, plain, eps, seed)
-    data = _run(load_dataset, dataset, seed, data_dir)
-    model, _, _ = _run(train_or_load, data, cfg)
-    names = [n.name for n in model.to_graph().weighted()]
+    names = [n.name for n in load(dataset, data_dir, arch, epochs, lr, plain, eps, seed, model, weights
+                                  ).graph.weighted()]
     plan = QuantPlan.uniform(names, bits, clip)
     atomic_write_text(Path(out), plan.to_json())
     click.echo(f"wrote {out}: {plan.name} over {len(names)} layers")
@@ -72,7 +67,8 @@ def quantize(dataset, data_dir, arch, epochs, lr, plain, eps, seed, bits, clip, 
               help="Quantization plan JSON (default: fp32).")
 @click.option("--batch", default=1, show_default=True)
 @click.option("--out", "out", type=click.Path(), required=True, help="Where to write the exported library.")
-def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_file, batch, out) -> None:  # noqa: A001
+def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, plan_file, batch,  # noqa: A001
+            out) -> None:
     """Compile a model (fp32, or the integer graph of a plan) for a target and export the library.
 
     Builds exactly what `bench` measures for the same target and plan: the same calibration recipe,
@@ -82,18 +78,15 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
     from harness.lower import lower_float
     from harness.profile import resolve
     from harness.variants import Variant, quantized
-    from laaq.data import load_dataset
     from laaq.quant.plan import QuantPlan
     from laaq.search import CalibrationRecipe
-    from laaq.train import train_or_load
 
     profile = _run(resolve, target)
-    cfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
-    data = _run(load_dataset, dataset, seed, data_dir)
-    model, _, _ = _run(train_or_load, data, cfg)
+    m = load(dataset, data_dir, arch, epochs, lr, plain, eps, seed, model, weights)
+    cfg, eps, data, model = m.cfg, m.eps, m.data, m.model
     if plan_file:
         plan = _run(QuantPlan.from_file, plan_file)
-        graph = model.to_graph()
+        graph = m.graph
         calib = CalibrationRecipe().make(graph, data.x_train, data.y_train, eps, seed, model=model)  # as bench does
         v = Variant(plan.name, "int", plan, _run(quantized, graph, plan, calib))
         mod = v.lower(model, data.input_shape, batch, profile)
@@ -143,8 +136,8 @@ def compile(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, plan_
 @click.option("--trials", default=0, show_default=True,
               help="Tuning trials to spend first on kernels the database lacks (0: only reuse).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench(targets, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variants, plan_files, avg_bits,
-          latency_budget, layer_times, attack,
+def bench(targets, dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, variants, plan_files,
+          avg_bits, latency_budget, layer_times, attack,
           square_queries, eval_samples, batch_large, repeat, number, warmup, cooldown_ms, cooldown_every, pin_threads,
           results_dir, run_id, rpc, rpc_tracker, rpc_key, tune, trials, quiet) -> None:
     """Train/load, quantize, compile for each TARGET, run on its device, and measure every variant.
@@ -157,7 +150,7 @@ def bench(targets, dataset, data_dir, arch, epochs, lr, plain, eps, seed, varian
     from harness.report import summary_table
     from harness.targets import load_target
 
-    tcfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
+    tcfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed, model_source(model, weights, arch))
     evaluation = _run(_eval_config, attack, square_queries, eps, seed)
     latency = _run(LatencyProtocol, warmup, number, repeat, cooldown_ms, cooldown_every, pin_threads)
     cfgs = []
@@ -169,7 +162,7 @@ def bench(targets, dataset, data_dir, arch, epochs, lr, plain, eps, seed, varian
                          layer_times=layer_times, batch_large=batch_large, eval_samples=eval_samples,
                          latency=latency, seed=seed, results_dir=results_dir,
                          run_id=run_id if len(targets) == 1 else "", rpc=rpc, rpc_tracker=rpc_tracker,
-                         rpc_key=rpc_key, tune=tune, trials=trials))
+                         rpc_key=rpc_key, tune=tune, trials=trials, model=model, weights=weights))
     import pandas as pd
 
     if len(cfgs) == 1:
@@ -230,19 +223,15 @@ def compare(run_dir, variant_a, variant_b, target) -> None:
               help="Layer-wise refinement on the exact adversarial loss (default: on for PGD-AT models only — "
                    "a plain model has no adversarial signal to refine on).")
 @click.option("--out", "out", type=click.Path(), required=True, help="Plan JSON to write.")
-def search(dataset, data_dir, arch, epochs, lr, plain, eps, seed, method, avg_bits, model_bytes, bops,
+def search(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, method, avg_bits, model_bytes, bops,
            calib_samples, refine, out) -> None:
     """Search a mixed-precision plan under a budget and write it as JSON (compile it with bench --plan)."""
     from harness.results import atomic_write_text
     from harness.variants import searched_plan
-    from laaq.data import load_dataset
     from laaq.search import Budget, CalibrationRecipe
-    from laaq.train import train_or_load
 
-    cfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed)
-    data = _run(load_dataset, dataset, seed, data_dir)
-    model, _, _ = _run(train_or_load, data, cfg)
-    graph = model.to_graph()
+    m = load(dataset, data_dir, arch, epochs, lr, plain, eps, seed, model, weights)
+    data, eps, model, graph = m.data, m.eps, m.model, m.graph
     if avg_bits is None and model_bytes is None and bops is None:
         avg_bits = 4.0
     budget = Budget(avg_bits=avg_bits, model_bytes=model_bytes, bops=bops)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from harness.cli_common import _eval_config, _run, train_config
+from harness.options import _eval_config, _run, train_config
 
 # bench's options that make sense for a bundle (the device is not reachable while it is built)
 BENCH_OPTIONS = ("dataset", "data_dir", "arch", "epochs", "lr", "plain", "eps", "seed", "variants",

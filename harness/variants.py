@@ -94,6 +94,7 @@ class Variant:
     kind: str  # "float" | "int"
     plan: QuantPlan | None = None
     qg: QuantizedGraph | None = None
+    float_graph: Graph | None = None  # a float variant's layer graph (sizes, energy proxy, layers.csv)
 
     @property
     def float_bits(self) -> int:
@@ -105,7 +106,11 @@ class Variant:
         return {n.name: (self.plan.setting(n.name).bits if self.plan else self.float_bits) for n in graph.weighted()}
 
     def graph(self, model: torch.nn.Module) -> Graph:
-        return self.qg.graph if self.qg else model.to_graph()
+        if self.qg is not None:
+            return self.qg.graph
+        if self.float_graph is None:
+            raise ValueError(f"variant {self.name!r} was built without its layer graph")
+        return self.float_graph
 
     def lower(self, model: torch.nn.Module, shape: tuple[int, ...], batch: int, profile: TargetProfile):
         """The Relax module of this variant at one batch size, in the lowering the profile's target gets."""
@@ -133,7 +138,7 @@ def build_variants(names: tuple[str, ...], plan_files: tuple[str, ...], req: Pla
     plans: list[tuple[str, QuantPlan]] = []
     for v in names:
         if v in FLOAT_VARIANTS:  # fp16: half-precision weights/activations, fp32 accumulation
-            out.append(Variant(v, "float"))
+            out.append(Variant(v, "float", float_graph=req.graph))
         elif v in PLAN_VARIANTS:
             plans.append((v, PLAN_VARIANTS[v](req)))
         else:

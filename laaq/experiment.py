@@ -40,6 +40,7 @@ from tqdm import tqdm
 from laaq.attacks import PGDConfig
 from laaq.data import Split, load_dataset
 from laaq.graph import Graph
+from laaq.importer import model_graph
 from laaq.quant.plan import QuantPlan
 from laaq.quant.quantizers import quantize_graph
 from laaq.quant.twin import Twin
@@ -137,7 +138,7 @@ def run_seed(data: Split, cfg: ExperimentConfig, seed: int, adversarial: bool, p
     tcfg = TrainConfig(arch=cfg.arch, epochs=cfg.train_epochs, lr=cfg.train_lr, adversarial=adversarial,
                        pgd=cfg.train_pgd, seed=seed)
     model, _, _ = train_or_load(data, tcfg, cache_dir=cache_dir, progress=progress)
-    graph = model.to_graph()
+    graph = model_graph(model, data.input_shape)
     calib = cfg.calibration.make(graph, data.x_train, data.y_train, cfg.evaluation.eps, seed, model)
     xe, ye = data.x_test[: cfg.n_eval], data.y_test[: cfg.n_eval]
     ecfg = replace(cfg.evaluation, seed=seed)

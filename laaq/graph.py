@@ -3,17 +3,26 @@
 Why a graph of our own instead of walking ``nn.Module``s in each backend: the float executor, the
 fake-quant twin, the integer reference and the TVM lowering must agree on *exactly* the same
 computation (bit for bit for the integer ones). Folding batch-norm once, into this graph, and having
-all four read it removes a whole class of "the backends disagree about the model" bugs.
+all four read it removes a whole class of "the backends disagree about the model" bugs. Graphs come
+from :func:`laaq.importer.model_graph` (``torch.export`` of any supported ``nn.Module``).
 
 Nodes are kept deliberately few:
 
-* ``conv``   — 2-D convolution (+bias), optionally fused with a residual input and/or ReLU.
-* ``dense``  — fully connected (+bias), optionally with ReLU.
-* ``gap``    — global average pool (NCHW → NC).
-* ``flatten``— NCHW → N(CHW).
+* ``conv``    — 2-D convolution (+bias, ``groups``: grouped / depthwise), optionally fused with a
+  residual input and/or an activation.
+* ``dense``   — fully connected (+bias), optionally with an activation.
+* ``gap``     — global average pool (NCHW → NC).
+* ``avgpool`` — k×k average pool (divisor k², zero padding counted, as torch's default).
+* ``maxpool`` — k×k max pool (padding never wins the max).
+* ``add``     — element-wise sum of two activations (when it cannot be fused into a conv's residual).
+* ``cat``     — concatenation along channels.
+* ``flatten`` — NCHW → N(CHW).
 
-Quantization points are the outputs of ``conv``/``dense``/``gap`` (and the graph input).
-The last node's output is the logits.
+The activation of a node is ``relu`` (output ≥ 0, so it is quantized unsigned) with an optional upper
+bound ``act_max`` (ReLU6 = ``relu`` + ``act_max=6``); on pooling and concatenation nodes ``relu`` marks
+an output that is non-negative anyway (its inputs are), which is what makes it unsigned.
+Quantization points are the outputs of every node except ``flatten`` and ``maxpool`` (which keep their
+input's codes and scale) and the graph input. The last node's output is the logits.
 """
 
 from __future__ import annotations
@@ -24,30 +33,43 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-OPS = ("conv", "dense", "gap", "flatten")
+OPS = ("conv", "dense", "gap", "avgpool", "maxpool", "add", "cat", "flatten")
+#: ops that keep their input's codes and scale (no requantization of their own)
+PASS_THROUGH = ("flatten", "maxpool")
 
 
 @dataclass
 class Node:
-    """One layer. ``inputs[0]`` is the main input; ``residual`` (conv only) is added before ReLU."""
+    """One layer. ``inputs[0]`` is the main input (``add``/``cat``: all inputs); ``residual`` (conv/dense)
+    is added before the activation."""
 
     name: str
     op: str
     inputs: list[str]
-    weight: np.ndarray | None = None  # conv: [O, I, kh, kw]; dense: [O, I] (float32, BN folded)
+    weight: np.ndarray | None = None  # conv: [O, I/groups, kh, kw]; dense: [O, I] (float32, BN folded)
     bias: np.ndarray | None = None  # [O]
     stride: int = 1
     padding: int = 0
     relu: bool = False
     residual: str | None = None
+    groups: int = 1  # conv: input and output channels split in this many independent groups
+    kernel: int = 0  # avgpool / maxpool: window side
+    act_max: float | None = None  # upper clamp of the activation (ReLU6: 6.0); only with relu
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
             raise ValueError(f"unknown op {self.op!r} in node {self.name!r}; expected one of {OPS}")
+        if self.act_max is not None and not (self.relu and self.act_max > 0):
+            raise ValueError(f"node {self.name!r}: act_max needs relu and a positive bound, got {self.act_max}")
 
     @property
     def has_weight(self) -> bool:
         return self.op in ("conv", "dense")
+
+    @property
+    def sources(self) -> list[str]:
+        """Every tensor the node reads (main inputs, then the residual)."""
+        return [*self.inputs, *([self.residual] if self.residual else [])]
 
 
 @dataclass
@@ -77,13 +99,16 @@ class Graph:
                 return n
         raise KeyError(name)
 
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        """Per-sample shape of a tensor (a node's output or ``"input"``)."""
+        return tuple(self.input_shape) if name == "input" else self.shapes[name]
+
     def input_shape_of(self, node: Node) -> tuple[int, ...]:
         """Per-sample shape of a node's main input."""
-        src = node.inputs[0]
-        return self.input_shape if src == "input" else self.shapes[src]
+        return self.shape_of(node.inputs[0])
 
     def macs(self, node: Node) -> int:
-        """Multiply-accumulates per sample of one weighted layer."""
+        """Multiply-accumulates per sample of one weighted layer (grouped: ``weight`` is ``[O, I/g, kh, kw]``)."""
         if node.op == "conv":
             o, i, kh, kw = node.weight.shape
             _, h, w = self.shapes[node.name]
@@ -101,22 +126,52 @@ def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape[1:]) for k, v in outs.items() if k != "input"}
 
 
-def apply_node(node: Node, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
-               bias: torch.Tensor | None) -> torch.Tensor:
-    """The float semantics of one node, shared by the float executor and the fake-quant twin."""
+def linear_part(node: Node, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The weighted layer's own map (conv or dense), before residual and activation."""
     if node.op == "conv":
-        y = F.conv2d(x, weight, bias, stride=node.stride, padding=node.padding)
-    elif node.op == "dense":
-        y = F.linear(x, weight, bias)
-    elif node.op == "gap":
-        y = x.mean(dim=(2, 3))
-    else:  # flatten
-        y = x.flatten(1)
+        return F.conv2d(x, weight, bias, stride=node.stride, padding=node.padding, groups=node.groups)
+    return F.linear(x, weight, bias)
+
+
+def combine(node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    """The float map of an unweighted node on its inputs."""
+    x = xs[0]
+    if node.op == "gap":
+        return x.mean(dim=(2, 3))
+    if node.op == "avgpool":
+        return F.avg_pool2d(x, node.kernel, node.stride, node.padding)
+    if node.op == "maxpool":
+        return F.max_pool2d(x, node.kernel, node.stride, node.padding)
+    if node.op == "add":
+        return xs[0] + xs[1]
+    if node.op == "cat":
+        return torch.cat(xs, dim=1)
+    return x.flatten(1)
+
+
+def activate(node: Node, y: torch.Tensor) -> torch.Tensor:
+    """ReLU, or a clamp to ``[0, act_max]`` (ReLU6), or nothing."""
+    if node.act_max is not None:
+        return torch.clamp(y, 0.0, node.act_max)
+    return torch.relu(y) if node.relu else y
+
+
+def apply_node(node: Node, xs: list[torch.Tensor], residual: torch.Tensor | None, weight: torch.Tensor | None,
+               bias: torch.Tensor | None, inject: torch.Tensor | None = None) -> torch.Tensor:
+    """The float semantics of one node, shared by the float executor and the LAAQ metric's executor.
+
+    ``inject`` is added to a weighted layer's linear output (before residual and activation): the point
+    where a weight error enters.
+    """
+    if node.has_weight:
+        y = linear_part(node, xs[0], weight, bias)
+        if inject is not None:
+            y = y + inject
+    else:
+        y = combine(node, xs)
     if residual is not None:
         y = y + residual
-    if node.relu:
-        y = torch.relu(y)
-    return y
+    return activate(node, y)
 
 
 def run_float(graph: Graph, x: torch.Tensor, keep_all: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -126,5 +181,5 @@ def run_float(graph: Graph, x: torch.Tensor, keep_all: bool = False) -> torch.Te
         w = torch.as_tensor(n.weight, dtype=x.dtype) if n.weight is not None else None
         b = torch.as_tensor(n.bias, dtype=x.dtype) if n.bias is not None else None
         res = env[n.residual] if n.residual else None
-        env[n.name] = apply_node(n, env[n.inputs[0]], res, w, b)
+        env[n.name] = apply_node(n, [env[i] for i in n.inputs], res, w, b)
     return env if keep_all else env[graph.output]

@@ -32,15 +32,19 @@ def _out_padding(size_in: int, size_out: int, k: int, stride: int, padding: int)
 
 def conv_operator_norm(weight: np.ndarray | torch.Tensor, in_shape: tuple[int, int, int], stride: int = 1,
                        padding: int = 0, iters: int = 500, tol: float = 1e-7, seed: int = 0,
-                       v0: torch.Tensor | None = None) -> float:
-    """Largest singular value of ``x ↦ conv2d(x, weight, stride, padding)`` on inputs of ``in_shape``."""
-    return conv_top_singular(weight, in_shape, stride, padding, iters, tol, seed, v0)[0]
+                       v0: torch.Tensor | None = None, groups: int = 1) -> float:
+    """Largest singular value of ``x ↦ conv2d(x, weight, stride, padding, groups)`` on inputs of ``in_shape``."""
+    return conv_top_singular(weight, in_shape, stride, padding, iters, tol, seed, v0, groups)[0]
 
 
 def conv_top_singular(weight: np.ndarray | torch.Tensor, in_shape: tuple[int, int, int], stride: int = 1,
                       padding: int = 0, iters: int = 500, tol: float = 1e-7, seed: int = 0,
-                      v0: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+                      v0: torch.Tensor | None = None, groups: int = 1) -> tuple[float, torch.Tensor]:
     """(σ_max, top right singular vector) of the convolution as a map on inputs of ``in_shape``.
+
+    A grouped convolution (``groups`` > 1, depthwise when every group has one channel) is a block-diagonal
+    map; power iteration on the whole map with the grouped ``conv2d`` / ``conv_transpose2d`` pair gives its
+    exact norm (the largest of the groups' norms) with no special case.
 
     Power iteration in float64 on ``AᵀA``; stops when the estimate changes by less than ``tol``
     (relative). The estimate ``‖Av‖`` for a unit ``v`` is a lower bound that converges to σ_max,
@@ -49,20 +53,20 @@ def conv_top_singular(weight: np.ndarray | torch.Tensor, in_shape: tuple[int, in
     """
     w = torch.as_tensor(np.asarray(weight), dtype=torch.float64)
     c, h, wd = in_shape
-    if w.shape[1] != c:
-        raise ValueError(f"weight expects {w.shape[1]} input channels, input shape has {c}")
+    if w.shape[1] * groups != c:
+        raise ValueError(f"weight expects {w.shape[1] * groups} input channels ({groups} groups), input shape has {c}")
     kh, kw = w.shape[2], w.shape[3]
     gen = torch.Generator().manual_seed(seed)
     v = torch.randn((1, c, h, wd), generator=gen, dtype=torch.float64) if v0 is None else v0.double().clone()
     v /= v.norm()
-    u = F.conv2d(v, w, stride=stride, padding=padding)
+    u = F.conv2d(v, w, stride=stride, padding=padding, groups=groups)
     oh, ow = u.shape[2], u.shape[3]
     op = (_out_padding(h, oh, kh, stride, padding), _out_padding(wd, ow, kw, stride, padding))
     sigma = 0.0
     for _ in range(iters):
-        u = F.conv2d(v, w, stride=stride, padding=padding)
+        u = F.conv2d(v, w, stride=stride, padding=padding, groups=groups)
         new_sigma = float(u.norm())
-        v = _conv_adjoint(u, w, stride, padding, op)
+        v = _conv_adjoint(u, w, stride, padding, op, groups)
         nv = float(v.norm())
         if nv == 0.0:
             return 0.0, v
@@ -71,30 +75,33 @@ def conv_top_singular(weight: np.ndarray | torch.Tensor, in_shape: tuple[int, in
             sigma = new_sigma
             break
         sigma = new_sigma
-    return float(F.conv2d(v, w, stride=stride, padding=padding).norm()), v
+    return float(F.conv2d(v, w, stride=stride, padding=padding, groups=groups).norm()), v
 
 
-def _conv_adjoint(u: torch.Tensor, w: torch.Tensor, stride: int, padding: int, op: tuple[int, int]) -> torch.Tensor:
+def _conv_adjoint(u: torch.Tensor, w: torch.Tensor, stride: int, padding: int, op: tuple[int, int],
+                  groups: int = 1) -> torch.Tensor:
     """Aᵀu for A = conv2d(·, w, stride, padding).
 
     ``output_padding = (H + 2p − k) mod stride`` restores the exact input size and is always
     < stride, so conv_transpose2d is the exact adjoint (input rows the conv never reads get 0).
     """
-    return F.conv_transpose2d(u, w, stride=stride, padding=padding, output_padding=op)
+    return F.conv_transpose2d(u, w, stride=stride, padding=padding, output_padding=op, groups=groups)
 
 
 def conv_operator_norms(weights: list[np.ndarray], in_shape: tuple[int, int, int], stride: int = 1, padding: int = 0,
-                        iters: int = 60, tol: float = 1e-6, v0: torch.Tensor | None = None) -> list[float]:
-    """Operator norms of many same-shaped kernels at once (one grouped conv per iteration).
+                        iters: int = 60, tol: float = 1e-6, v0: torch.Tensor | None = None,
+                        groups: int = 1) -> list[float]:
+    """Operator norms of many same-shaped kernels at once (one grouped conv per iteration; a layer's own
+    ``groups`` nest inside: ``S·groups`` groups in all).
 
     Used for the quantized variants of one layer: they are small perturbations of W, so warm-starting
     at W's top singular vector ``v0`` converges in a few dozen iterations.
     """
     s_count = len(weights)
     w = torch.as_tensor(np.stack(weights), dtype=torch.float64)  # [S, O, I, kh, kw]
-    _, o, c, kh, kw = w.shape
-    wg = w.reshape(s_count * o, c, kh, kw)
-    _, h, wd = in_shape
+    _, o, _, kh, kw = w.shape
+    wg = w.reshape(s_count * o, -1, kh, kw)
+    c, h, wd = in_shape
     if v0 is None:
         v = torch.randn((1, s_count * c, h, wd), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     else:
@@ -103,14 +110,14 @@ def conv_operator_norms(weights: list[np.ndarray], in_shape: tuple[int, int, int
     def norms(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(s_count, -1).norm(dim=1)
 
-    u = F.conv2d(v[:, :c], w[0], stride=stride, padding=padding)
+    u = F.conv2d(v[:, :c], w[0], stride=stride, padding=padding, groups=groups)
     op = (_out_padding(h, u.shape[2], kh, stride, padding), _out_padding(wd, u.shape[3], kw, stride, padding))
     sigma = torch.zeros(s_count, dtype=torch.float64)
     for _ in range(iters):
         v = v / norms(v).clamp_min(1e-300).repeat_interleave(c).reshape(1, -1, 1, 1)
-        u = F.conv2d(v, wg, stride=stride, padding=padding, groups=s_count)
+        u = F.conv2d(v, wg, stride=stride, padding=padding, groups=s_count * groups)
         new = norms(u)
-        v = F.conv_transpose2d(u, wg, stride=stride, padding=padding, output_padding=op, groups=s_count)
+        v = F.conv_transpose2d(u, wg, stride=stride, padding=padding, output_padding=op, groups=s_count * groups)
         done = bool(((new - sigma).abs() <= tol * new.clamp_min(1e-30)).all())
         sigma = new
         if done:
@@ -129,7 +136,8 @@ def operator_norm(graph: Graph, node: Node, weight: np.ndarray | None = None) ->
     if node.op == "dense":
         return dense_operator_norm(w)
     if node.op == "conv":
-        return conv_operator_norm(w, graph.input_shape_of(node), node.stride, node.padding)  # type: ignore[arg-type]
+        return conv_operator_norm(w, graph.input_shape_of(node), node.stride, node.padding,  # type: ignore[arg-type]
+                                  groups=node.groups)
     raise ValueError(f"node {node.name!r} ({node.op}) has no weights")
 
 
@@ -149,7 +157,8 @@ def layer_norms(graph: Graph, node: Node, setting: LayerSetting) -> LayerNorms:
                       operator_norm(graph, node, node.weight - q))
 
 
-def conv_matrix(weight: np.ndarray, in_shape: tuple[int, int, int], stride: int = 1, padding: int = 0) -> np.ndarray:
+def conv_matrix(weight: np.ndarray, in_shape: tuple[int, int, int], stride: int = 1, padding: int = 0,
+                groups: int = 1) -> np.ndarray:
     """The explicit matrix of a convolution (columns = images of the basis vectors); small layers only.
 
     Used by the tests as ground truth for :func:`conv_operator_norm`.
@@ -159,5 +168,5 @@ def conv_matrix(weight: np.ndarray, in_shape: tuple[int, int, int], stride: int 
     if n > 20_000:
         raise ValueError(f"explicit conv matrix of a {n}-dimensional input is too large")
     eye = torch.eye(n, dtype=torch.float64).reshape(n, c, h, w)
-    cols = F.conv2d(eye, torch.as_tensor(weight, dtype=torch.float64), stride=stride, padding=padding)
+    cols = F.conv2d(eye, torch.as_tensor(weight, dtype=torch.float64), stride=stride, padding=padding, groups=groups)
     return cols.reshape(n, -1).T.numpy()

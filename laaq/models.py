@@ -1,7 +1,9 @@
-"""Models (small CNN for MNIST, ResNet-20 for CIFAR-10) and their export to a BN-folded Graph.
+"""The built-in models (small CNN for MNIST, ResNet-20 for CIFAR-10, a tiny CNN for tests).
 
-Each model knows how to describe itself as a :class:`laaq.graph.Graph` with batch-norm folded into
-the preceding convolution, so quantization always sees the weights that are actually deployed.
+They become a :class:`laaq.graph.Graph` like any other model, through the importer
+(:func:`laaq.importer.model_graph`: ``torch.export``, batch-norm folded). Their hand-written
+``to_graph()`` are kept only as the tests' independent cross-check of the importer (same nodes,
+bit-identical folded weights, ``tests/test_importer.py``); nothing in the pipeline calls them.
 """
 
 from __future__ import annotations
@@ -179,13 +181,14 @@ class VGG8(nn.Module):
         self.in_shape = (in_ch, image, image)
         chans = (width, 2 * width, 2 * width, 4 * width, 4 * width, 4 * width)
         strides = (1, 2, 1, 2, 1, 2)
-        convs, bns, cin = [], [], in_ch
-        for c, s in zip(chans, strides, strict=True):
-            convs.append(nn.Conv2d(cin, c, 3, stride=s, padding=1, bias=False))
-            bns.append(nn.BatchNorm2d(c))
+        cin = in_ch
+        # attributes conv1..conv6 / bn1..bn6 (not a ModuleList): the importer names layers by their state-dict
+        # names, so the imported graph and plan files use the same layer names as to_graph()
+        for i, (c, s) in enumerate(zip(chans, strides, strict=True), start=1):
+            setattr(self, f"conv{i}", nn.Conv2d(cin, c, 3, stride=s, padding=1, bias=False))
+            setattr(self, f"bn{i}", nn.BatchNorm2d(c))
             cin = c
-        self.convs = nn.ModuleList(convs)
-        self.bns = nn.ModuleList(bns)
+        self.depth = len(chans)
         side = image
         for s in strides:
             side = (side - 1) // s + 1
@@ -193,15 +196,18 @@ class VGG8(nn.Module):
         self.fc2 = nn.Linear(hidden, num_classes)
         self.num_classes = num_classes
 
+    def stages(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+        return [(getattr(self, f"conv{i}"), getattr(self, f"bn{i}")) for i in range(1, self.depth + 1)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv, bn in zip(self.convs, self.bns, strict=True):
+        for conv, bn in self.stages():
             x = torch.relu(bn(conv(x)))
         x = torch.relu(self.fc1(x.flatten(1)))
         return self.fc2(x)
 
     def to_graph(self) -> Graph:
         nodes, src = [], "input"
-        for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True), start=1):
+        for i, (conv, bn) in enumerate(self.stages(), start=1):
             nodes.append(_conv(f"conv{i}", conv, bn, src, relu=True))
             src = f"conv{i}"
         nodes += [Node("flatten", "flatten", [src]), _dense("fc1", self.fc1, "flatten", relu=True),

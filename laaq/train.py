@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from laaq.attacks import PGDConfig, pgd
 from laaq.cache import cache_root
 from laaq.data import Split
 from laaq.models import build_model
+from laaq.usermodel import ModelSource, check_model, load_weights
 
 
 class CheckpointError(RuntimeError):
@@ -43,9 +45,14 @@ class TrainConfig:
     # ε = 0.3 from random weights otherwise often stalls at chance accuracy (measured: 19 % clean).
     eps_warmup: float = 0.3
     seed: int = 0
+    # a user's model file (``--model``): its content digest, so that editing the file retrains ("" = built-in)
+    model_digest: str = ""
 
     def key(self, data_digest: str) -> str:
-        body = json.dumps({"data": data_digest, **asdict(self)}, sort_keys=True)
+        d = asdict(self)
+        if not d["model_digest"]:  # absent for built-in models: their keys (and cached checkpoints) unchanged
+            d.pop("model_digest")
+        body = json.dumps({"data": data_digest, **d}, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -137,12 +144,15 @@ def load_checkpoint(path: Path, model: torch.nn.Module, expect_key: str | None =
 
 
 def train_or_load(data: Split, cfg: TrainConfig, cache_dir: Path | None = None,
-                  progress: bool = True) -> tuple[torch.nn.Module, Path, bool]:
-    """Trained model for (data, cfg), from the cache when present; returns (model, path, was_cached)."""
+                  progress: bool = True, build: Callable[[], torch.nn.Module] | None = None
+                  ) -> tuple[torch.nn.Module, Path, bool]:
+    """Trained model for (data, cfg), from the cache when present; returns (model, path, was_cached).
+
+    ``build`` makes the untrained model (a user's factory); default: the built-in ``cfg.arch``."""
     key = cfg.key(data.digest())
     path = (cache_dir or default_cache_dir()) / "checkpoints" / f"{data.name}-{cfg.arch}-{key}.pt"
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes, whatever ran before
-    model = build_model(cfg.arch, data.input_shape, data.num_classes)
+    model = build() if build is not None else build_model(cfg.arch, data.input_shape, data.num_classes)
     if path.exists():
         load_checkpoint(path, model, expect_key=key)
         return model, path, True
@@ -150,3 +160,33 @@ def train_or_load(data: Split, cfg: TrainConfig, cache_dir: Path | None = None,
     _atomic_save({"key": key, "arch": cfg.arch, "config": json.dumps(asdict(cfg)),
                   "state_dict": model.state_dict()}, path)
     return model, path, False
+
+
+def obtain_model(data: Split, cfg: TrainConfig, source: ModelSource | None = None, cache_dir: Path | None = None,
+                 progress: bool = True) -> tuple[torch.nn.Module, Path, bool]:
+    """The run's model: built-in (``cfg.arch``) or a user's (``source``), trained or loaded.
+
+    A user's model is checked before anything costly: it builds, accepts the data's input shape, returns
+    ``[N, classes]``, its weights (if given) fit and are finite, and the importer translates every op
+    (:class:`laaq.importer.ModelImportError` otherwise) — so an unsupported op never costs a training run.
+    Given weights are used as they are (``was_cached`` True, the path is the weights file); without them the
+    model is PGD-AT trained with the usual recipe and cached under a key that includes the file's digest.
+    """
+    if source is None:
+        return train_or_load(data, cfg, cache_dir, progress)
+    from laaq.importer import model_graph
+
+    def build() -> torch.nn.Module:
+        return source.build(data.input_shape, data.num_classes)
+
+    torch.manual_seed(cfg.seed)
+    model = build()
+    what = f"--model {source.file}:{source.factory}"
+    check_model(model, data.input_shape, data.num_classes, what)
+    if source.weights:
+        load_weights(model, source.weights)
+    model_graph(model, data.input_shape, data.num_classes)
+    if source.weights:
+        return model, Path(source.weights), True
+    cfg = replace(cfg, arch=source.arch, model_digest=source.digest())
+    return train_or_load(data, cfg, cache_dir, progress, build=build)

@@ -167,3 +167,52 @@ def test_a_board_that_drops_out_fails_only_its_own_rows(tmp_path: Path, monkeypa
         for s in servers.values():
             s.terminate()
         tracker.terminate()
+
+
+@pytest.mark.slow
+@pytest.mark.emulated
+def test_farm_of_two_emulated_boards_under_one_key(tmp_path: Path, monkeypatch) -> None:
+    """The issue's farm: one tracker, two emulated Pi 4s registered under one key (``[device] emulated = true``
+    labels their rows emulated), two targets → both boards used at once (runs overlap), every row once."""
+    pytest.importorskip("tornado", reason="TVM's RPC tracker server needs tornado")
+    from test_emulated_device import _emulator_skip_reason
+    from tvm.rpc.tracker import Tracker
+
+    from harness.devices.emulated import EmulatedBoard, EmulatedRPCServer
+
+    reason = _emulator_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    tp = _free_port()
+    tracker = Tracker("127.0.0.1", port=tp, port_end=tp + 1, silent=True)
+    boards = [EmulatedRPCServer(EmulatedBoard(qemu_cpu="cortex-a72"), tracker=("127.0.0.1", tracker.port),
+                                key="farm-emu", progress=False) for _ in range(2)]
+    try:
+        for b in boards:
+            b.__enter__()
+        d = tmp_path / "targets"
+        d.mkdir()
+        for name in ("rpi4", "x86"):
+            (d / f"{name}.toml").write_text((targets_dir() / f"{name}.toml").read_text())
+        for name in ("pia", "pib"):
+            (d / f"{name}.toml").write_text(
+                f'extends = "rpi4"\ndescription = "{name}"\n[device]\nkind = "tracker"\nhost = "127.0.0.1"\n'
+                f'port = {tracker.port}\nkey = "farm-emu"\nemulated = true\n')
+        monkeypatch.setenv("LAAQ_TARGETS_DIR", str(d))
+        out = tmp_path / "results"
+        r = CliRunner().invoke(main, ["bench", "--target", "pia", "--target", "pib", "--variants", "int8",
+                                      "--results-dir", str(out), *FAST])
+        assert r.exit_code == 0, r.output + "".join(p.read_text()[-3000:] for p in out.glob("*.log"))
+        spans = []
+        for target in ("pia", "pib"):
+            (run,) = [p.parent for p in out.glob(f"{target}-*/metrics.csv")]
+            rows = pd.read_csv(run / "metrics.csv")
+            assert list(rows.variant) == ["int8"] and rows.measured_as.iloc[0] == "emulated"
+            info = json.loads((run / "run.json").read_text())
+            spans.append((dt.datetime.fromisoformat(info["started"]), dt.datetime.fromisoformat(info["finished"])))
+        (a0, a1), (b0, b1) = spans
+        assert a0 < b1 and b0 < a1, f"the two boards' runs did not overlap: {spans}"
+    finally:
+        for b in boards:
+            b.__exit__(None, None, None)
+        tracker.terminate()

@@ -81,3 +81,27 @@ def test_batched_norms_match_single() -> None:
     exact = [np.linalg.svd(conv_matrix(w, shape, 2, 1), compute_uv=False)[0] for w in ws]
     got = conv_operator_norms(ws, shape, 2, 1, iters=500, tol=1e-9)
     assert all(abs(g - e) / e < 1e-3 for g, e in zip(got, exact, strict=True)), (got, exact)
+
+
+GROUPED = [
+    # (out, in, groups, k, in_shape, stride, padding)
+    (6, 6, 6, 3, (6, 6, 6), 1, 1),  # depthwise
+    (6, 6, 6, 3, (6, 7, 7), 2, 1),  # depthwise, stride 2, odd size
+    (12, 6, 6, 3, (6, 5, 5), 1, 1),  # depthwise with channel multiplier 2
+    (6, 4, 2, 3, (4, 6, 6), 1, 0),  # two groups, no padding
+]
+
+
+@pytest.mark.parametrize("o,i,groups,k,shape,stride,padding", GROUPED)
+def test_grouped_conv_norm_matches_svd(o: int, i: int, groups: int, k: int, shape, stride: int, padding: int) -> None:
+    """A grouped conv is block-diagonal: its norm (power iteration with the grouped conv and its adjoint) is the
+    largest singular value of the explicit matrix."""
+    rng = np.random.default_rng(o * 7 + groups)
+    w = rng.standard_normal((o, i // groups, k, k)).astype(np.float32)
+    exact = np.linalg.svd(conv_matrix(w, shape, stride, padding, groups), compute_uv=False)[0]
+    est = conv_operator_norm(w, shape, stride, padding, groups=groups)
+    assert abs(est - exact) / exact < 1e-3, (est, exact)
+    many = conv_operator_norms([w, 0.5 * w], shape, stride, padding, iters=400, tol=1e-9, groups=groups)
+    assert abs(many[0] - exact) / exact < 1e-3 and abs(many[1] - exact / 2) / exact < 1e-3
+    g = Graph([Node("dw", "conv", ["input"], w, np.zeros(o, np.float32), stride, padding, groups=groups)], shape, 2)
+    assert abs(operator_norm(g, g.node("dw")) - exact) / exact < 1e-3

@@ -142,7 +142,7 @@ def test_vgg8_graph_equals_module() -> None:
 
 
 def test_recipes_are_the_cli_checkpoints() -> None:
-    from harness.cli_common import train_config
+    from harness.options import train_config
     from laaq.metric_validity import RECIPES
 
     assert train_config("mnist5k", "vgg8", 6, 3e-3, False, None, 0)[0] == RECIPES["vgg8"]

@@ -10,6 +10,7 @@ from harness.compile import compile_module
 from harness.lower import lower_float, lower_float16, lower_integer
 from harness.targets import load_target
 from laaq.data import load_mnist5k
+from laaq.importer import model_graph
 from laaq.quant.integer import run_integer
 from laaq.quant.plan import QuantPlan
 from laaq.quant.quantizers import quantize_graph, quantize_input
@@ -21,7 +22,7 @@ d = load_mnist5k()
 cfg, _ = train_config("mnist5k", None, 6, 1e-3, False, None, 0)
 model, _, cached = train_or_load(d, cfg, progress=False)
 assert cached
-g = model.to_graph()
+g = model_graph(model, d.input_shape)
 qg = quantize_graph(g, QuantPlan.uniform([n.name for n in g.weighted()], 8), d.x_train[:256])
 meta = {}
 for b in (1, 64):

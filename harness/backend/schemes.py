@@ -10,7 +10,8 @@ here**: a ``Scheme`` row, its entry in :data:`SCHEMES`, the ``int8_layout`` valu
 =============  ==========================  =====================  ==============================
 scheme         instruction                 operands               exact because
 =============  ==========================  =====================  ==============================
-nchwc_vnni     ``vpdpbusd`` (AVX-512 VNNI)  u8 act × s8 w, 16×4    32-bit accumulate, no int16 step
+nchwc_vnni     ``vpdpbusd`` (AVX-512 VNNI)  u8 act × s8 w, 16×4    32-bit accumulate, no int16 step;
+                                                                  signed inputs stored as ``s8 + 128``
 nchwc_avx2     ``vpmaddwd`` (AVX2)         s16 act × s16 w, 16×2  16×16→32-bit products, no
                                                                   saturation (``vpmaddubsw``
                                                                   would saturate for 8-bit w)
@@ -104,7 +105,11 @@ class Scheme:
         return (self, *(self.narrower.family if self.narrower else ()))
 
 
-VNNI = Scheme("nchwc_vnni", 16, 4, "uint8", 0, "int8", "dot_16x4_vnni", 4, metaschedule_tensorizes=True)
+# signed inputs (a conv after a linear bottleneck or a residual add without ReLU, MobileNetV2) are stored as
+# s8 + 128 in uint8 and 128·Σw is removed through the bias, as on the vpmaddubsw path (32-bit accumulation:
+# no saturation to worry about)
+VNNI = Scheme("nchwc_vnni", 16, 4, "uint8", 0, "int8", "dot_16x4_vnni", 4, metaschedule_tensorizes=True,
+              signed_act_offset=128)
 # 16 lanes = 2 ymm accumulators per output pixel; 4 pixels → 8 accumulators + 2 weight registers + 1
 # broadcast of the 16 ymm registers (ow = 8 spills)
 # the same register budget: 2 accumulators per pixel × 4 pixels + 2 weight registers + broadcast + ones

@@ -43,7 +43,7 @@ from harness.results import atomic_write_bytes, atomic_write_text, row_tag
 from harness.rows import layer_rows, robust_columns, static_columns
 from harness.variants import Variant
 from laaq.data import Split, load_dataset
-from laaq.train import train_or_load
+from laaq.train import obtain_model
 
 # copied into every bundle: the runner and what it reads about its device (stdlib, numpy, TVM runtime only)
 RUNNER_FILES = (Path(__file__).with_name("runner.py"), Path(__file__).with_name("device_sensors.py"))
@@ -176,7 +176,7 @@ def build_bundle(cfg: BenchConfig, out: Path | None = None, tar: bool = False, p
         raise BundleError(f"{out} already exists; choose another --out or remove it (a bundle is never rewritten in "
                           "place: its manifest pins every file)")
     data = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)
-    model, ckpt, _ = train_or_load(data, replace(cfg.train, seed=cfg.seed), progress=progress)
+    model, ckpt, _ = obtain_model(data, replace(cfg.train, seed=cfg.seed), cfg.model_source(), progress=progress)
     variants = variants_for(cfg, model, data)
     if cfg.tune and cfg.trials > 0:
         pretune(cfg, profile, variants, model, data.input_shape, log)

@@ -5,7 +5,8 @@ Three lowerings, one module each:
 * :mod:`harness.lower.floating` — fp32 through TVM's PyTorch frontend, and fp16 from it;
 * :mod:`harness.lower.nchw` — the integer graph in plain NCHW (any target; the reference layout);
 * :mod:`harness.lower.blocked` — the integer graph in NCHW[x]c blocks for a CPU scheme
-  (:mod:`harness.backend.schemes`), bit-exact with the NCHW one.
+  (:mod:`harness.backend.schemes`), bit-exact with the NCHW one (its grouped convs, pools, adds and
+  concatenations: :mod:`harness.lower.blocked_ops`; integer pieces both layouts share: :mod:`harness.lower.ops`).
 
 :func:`lower_integer_for` is the only place that chooses between the last two, from the
 :class:`harness.profile.TargetProfile` (its ``scheme``), so ``bench`` and ``compile`` build the same module.

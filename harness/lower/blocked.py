@@ -22,6 +22,7 @@ import tvm
 from tvm import relax, te, topi
 
 from harness.backend.schemes import VNNI, Scheme
+from harness.lower.blocked_ops import add_blocked, cat_blocked, grouped_acc, pool_blocked
 from harness.lower.nchw import requantize_expr
 from laaq.quant.quantizers import QNode, QuantizedGraph
 
@@ -270,10 +271,38 @@ def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI,
                 "input": (x, in_layout, c_in) if blocked_input else
                 (bb.emit_te(_pack_input, x, first.first_cb, first.act_offset, first.act_dtype,
                             primfunc_name_hint="pack_input"), "stored", c_in)}
+            def true_blocked(name: str) -> tuple[relax.Expr, str, int]:
+                """An activation as true values in blocks (the network input is stored in its first layer's form)."""
+                if env[name][1] != "stored":
+                    return env[name]
+                if "input:true" not in env:
+                    env["input:true"] = (bb.emit_te(_pack_input, x, ob, 0, "uint8", primfunc_name_hint="pack_input"),
+                                         "nchwc", c_in)
+                return env["input:true"]
+
             for n in qg.graph.nodes:
                 q = qg.qnodes[n.name]
                 signed[n.name] = q.out_signed
                 a, layout, ch = env[n.inputs[0]]
+                if n.op in ("maxpool", "avgpool", "add", "cat") or (n.op == "gap" and layout == "stored"):
+                    ins = [true_blocked(i) for i in n.inputs]
+                    assert all(e[1] == ("nchwc" if n.op != "add" else ins[0][1]) for e in ins), f"{n.name}: layouts"
+                    if n.op == "cat":
+                        env[n.name] = (cat_blocked(bb, q, [_to_nchw(bb, e[0], e[2]) for e in ins], ob), "nchwc",
+                                       qg.graph.shapes[n.name][0])
+                    elif n.op == "add":
+                        env[n.name] = (add_blocked(bb, q, [e[0] for e in ins]), ins[0][1], ins[0][2])
+                    elif n.op == "gap":
+                        a, layout, ch = ins[0]
+                    else:
+                        env[n.name] = (pool_blocked(bb, q, ins[0][0]), "nchwc", ch)
+                    if n.op != "gap":
+                        continue
+                if n.op == "conv" and n.groups > 1:
+                    acc, bshape = grouped_acc(bb, a, first.act_offset if layout == "stored" else 0, q, ob)
+                    res = true_blocked(n.residual)[0] if n.residual else None
+                    env[n.name] = (_requant(bb, acc, q, bshape, bshape[1] * ob, res), "nchwc", q.w_q.shape[0])
+                    continue
                 if n.op == "flatten":
                     assert layout != "stored", "flatten of the network input is not supported"
                     # blocked input: nothing to do — the dense after it reads the blocks directly
@@ -309,7 +338,7 @@ def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI,
                             flat = bb.emit(relax.op.strided_slice(flat, axes=[1], begin=[0], end=[o]))
                         env[n.name] = (flat, "flat", o)
                     else:
-                        res = env[n.residual][0] if n.residual else None
+                        res = true_blocked(n.residual)[0] if n.residual else None
                         env[n.name] = (_requant(bb, acc, q, bshape, op, res), "nchwc", o)
                     continue
                 # dense on a flat (true-layout) input, e.g. after a global pool: small, a plain matmul

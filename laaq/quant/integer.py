@@ -24,12 +24,48 @@ def _im2col(x: np.ndarray, kh: int, kw: int, stride: int, pad: int) -> tuple[np.
     return cols.reshape(n, c * kh * kw, oh * ow), oh, ow
 
 
-def conv2d_int(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
-    """Exact integer convolution: int64 accumulate, result checked to fit int32."""
+def conv2d_int(x: np.ndarray, w: np.ndarray, stride: int, pad: int, groups: int = 1) -> np.ndarray:
+    """Exact integer convolution (grouped when ``groups`` > 1): int64 accumulate."""
     o, _, kh, kw = w.shape
-    cols, oh, ow = _im2col(x.astype(np.int64), kh, kw, stride, pad)
-    acc = np.einsum("ok,nkp->nop", w.reshape(o, -1).astype(np.int64), cols, optimize=True)
-    return acc.reshape(x.shape[0], o, oh, ow)
+    cols, oh, ow = _im2col(x.astype(np.int64), kh, kw, stride, pad)  # rows ordered (channel, kh, kw)
+    n = x.shape[0]
+    cols = cols.reshape(n, groups, -1, oh * ow)
+    wg = w.reshape(groups, o // groups, -1).astype(np.int64)
+    acc = np.einsum("gok,ngkp->ngop", wg, cols, optimize=True)
+    return acc.reshape(n, o, oh, ow)
+
+
+def _windows(x: np.ndarray, k: int, stride: int, pad: int, fill: int) -> np.ndarray:
+    """``[N, C, k·k, OH, OW]``: every k×k window of ``x`` (borders padded with ``fill``)."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=fill)
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    out = np.empty((n, c, k * k, oh, ow), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            out[:, :, i * k + j] = xp[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
+    return out
+
+
+def pool_int(x: np.ndarray, kind: str, k: int, stride: int, pad: int) -> np.ndarray:
+    """``max``: the largest code of each window (padding holds −2^62, so it never wins, as torch's −∞);
+    ``sum``: the int64 sum of each window with zero padding (an average pool's numerator)."""
+    if kind == "max":
+        return _windows(x.astype(np.int64), k, stride, pad, -(2**62)).max(axis=2)
+    return _windows(x.astype(np.int64), k, stride, pad, 0).sum(axis=2)
+
+
+def rescale(xs: list[np.ndarray], mults: np.ndarray, shift: int, lo: int, hi: int) -> list[np.ndarray]:
+    """Each input to the output's scale on its own: ``clamp((q_i·M_i + 2^(sh−1)) >> sh, lo, hi)`` (concatenation)."""
+    half = np.int64(1) << np.int64(shift - 1)
+    return [np.clip((x.astype(np.int64) * np.int64(m) + half) >> np.int64(shift), lo, hi)
+            for x, m in zip(xs, mults, strict=True)]
+
+
+def add_int(a: np.ndarray, b: np.ndarray, mults: np.ndarray, shift: int, lo: int, hi: int) -> np.ndarray:
+    """``clamp((q_a·M_a + q_b·M_b + 2^(sh−1)) >> sh, lo, hi)``: both inputs rescaled in one rounding."""
+    t = a.astype(np.int64) * np.int64(mults[0]) + b.astype(np.int64) * np.int64(mults[1])
+    return np.clip((t + (np.int64(1) << np.int64(shift - 1))) >> np.int64(shift), lo, hi)
 
 
 def requantize(acc: np.ndarray, mult: np.ndarray, shift: int, lo: int, hi: int,
@@ -48,15 +84,24 @@ def _check_int32(acc: np.ndarray, name: str) -> None:
         raise OverflowError(f"int32 accumulator overflow in layer {name!r}")
 
 
-def run_node(q: QNode, x: np.ndarray, residual: np.ndarray | None) -> np.ndarray:
+def run_node(q: QNode, xs: list[np.ndarray], residual: np.ndarray | None) -> np.ndarray:
     n = q.node
+    x = xs[0]
     if n.op == "flatten":
         return x.reshape(x.shape[0], -1)
+    if n.op == "maxpool":
+        return pool_int(x, "max", n.kernel, n.stride, n.padding)
     if n.op == "gap":
         s = x.astype(np.int64).sum(axis=(2, 3))
         return requantize(s, q.mult, q.shift, q.lo, q.hi)
+    if n.op == "avgpool":
+        return requantize(pool_int(x, "sum", n.kernel, n.stride, n.padding), q.mult, q.shift, q.lo, q.hi)
+    if n.op == "add":
+        return add_int(xs[0], xs[1], q.in_mults, q.shift, q.lo, q.hi)
+    if n.op == "cat":
+        return np.concatenate(rescale(xs, q.in_mults, q.shift, q.lo, q.hi), axis=1)
     if n.op == "conv":
-        acc = conv2d_int(x, q.w_q, n.stride, n.padding)
+        acc = conv2d_int(x, q.w_q, n.stride, n.padding, n.groups)
     else:
         acc = x.astype(np.int64) @ q.w_q.astype(np.int64).T
     shape = (1, -1) + (1,) * (acc.ndim - 2)
@@ -75,7 +120,7 @@ def run_integer(qg: QuantizedGraph, x_q: np.ndarray, keep_all: bool = False) -> 
     for n in qg.graph.nodes:
         q = qg.qnodes[n.name]
         res = env[n.residual] if n.residual else None
-        env[n.name] = run_node(q, env[n.inputs[0]], res)
+        env[n.name] = run_node(q, [env[i] for i in n.inputs], res)
     out = env[qg.graph.output]
     if keep_all:
         return env

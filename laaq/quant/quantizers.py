@@ -9,6 +9,13 @@ Scheme (the one the integer reference, the twin and the TVM module all execute):
 * requantization: ``out = clamp((acc·M[o] + q_res·M_res + 2^(sh−1)) >> sh, lo, hi)`` in int64, with
   ``M`` < 2^31 a per-channel fixed-point multiplier and ``sh`` one shift per layer — no floating
   point between layers, and exact by construction on every backend;
+* pooling: ``gap``/``avgpool`` sum their window in int64 and requantize with one multiplier
+  ``s_in / (window · s_out)``; ``maxpool`` and ``flatten`` keep their input's codes and scale;
+* ``add`` / ``cat``: each input ``i`` is rescaled to the output's scale with its own per-tensor
+  multiplier ``M_i ≈ s_i / s_out`` (one shared shift): ``add`` = ``clamp((Σ_i q_i·M_i + 2^(sh−1)) >> sh)``,
+  ``cat`` = the channel concatenation of ``clamp((q_i·M_i + 2^(sh−1)) >> sh)``;
+* ReLU6 / clamp(0, m) is the unsigned output range itself: the float output never exceeds ``m``, so its
+  calibrated scale is at most ``m/255`` and the uint8 clamp ``[0, 255]`` realizes the upper bound;
 * the last layer returns its int32 accumulator; logits = acc · s_in · s_w[o] (dequantized once).
 """
 
@@ -20,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from laaq.graph import Graph, Node, run_float
+from laaq.graph import PASS_THROUGH, Graph, Node, run_float
 from laaq.quant.plan import LayerSetting, QuantPlan
 
 INPUT_SCALE = 1.0 / 255.0
@@ -92,6 +99,7 @@ class QNode:
     shift: int = 0
     res_mult: int = 0  # residual multiplier (same shift)
     s_res: float = 0.0
+    in_mults: np.ndarray | None = None  # add / cat: int64 per-tensor multiplier of each input (same shift)
     setting: LayerSetting | None = None
     final: bool = False
 
@@ -133,10 +141,12 @@ def calibrate(graph: Graph, calib_x: torch.Tensor, percentile: float = 100.0) ->
         outs = run_float(graph, calib_x.float(), keep_all=True)
     scales: dict[str, float] = {"input": INPUT_SCALE}
     for n in graph.nodes:
-        if n.op == "flatten":
+        if n.op in PASS_THROUGH:
             continue
         a = outs[n.name].abs().flatten().double()
         r = float(a.max()) if percentile >= 100 else float(torch.quantile(a[:2_000_000], percentile / 100))
+        if n.act_max is not None:  # ReLU6: the quantized range is at most [0, act_max]
+            r = min(r, n.act_max)
         signed = not n.relu
         scales[n.name] = max(r, 1e-8) / (127.0 if signed else 255.0)
     return scales
@@ -153,7 +163,9 @@ def quantize_graph(graph: Graph, plan: QuantPlan, calib_x: torch.Tensor,
     for i, n in enumerate(graph.nodes):
         s_in = src_scale[n.inputs[0]]
         final = i == len(graph.nodes) - 1
-        if n.op == "flatten":
+        if n.op in PASS_THROUGH:
+            if final:
+                raise ValueError("the last node must be a dense or conv layer (its accumulator is the output)")
             src_scale[n.name], src_signed[n.name] = s_in, src_signed[n.inputs[0]]
             qnodes[n.name] = QNode(n, src_signed[n.inputs[0]], s_in, s_in)
             continue
@@ -179,9 +191,11 @@ def quantize_graph(graph: Graph, plan: QuantPlan, calib_x: torch.Tensor,
                     q.mult, q.res_mult = M[:-1], int(M[-1])
                 else:
                     q.mult = M
-        elif n.op == "gap":
-            hw = int(np.prod(graph.input_shape_of(n)[1:]))
-            q.mult, q.shift = fixed_point(np.array([s_in / (hw * s_out)]))
+        elif n.op in ("gap", "avgpool"):
+            window = int(np.prod(graph.input_shape_of(n)[1:])) if n.op == "gap" else n.kernel**2
+            q.mult, q.shift = fixed_point(np.array([s_in / (window * s_out)]))
+        elif n.op in ("add", "cat"):
+            q.in_mults, q.shift = fixed_point(np.array([src_scale[i] / s_out for i in n.inputs]))
         if final and not n.has_weight:
             raise ValueError("the last node must be a dense or conv layer (its accumulator is the output)")
         qnodes[n.name] = q

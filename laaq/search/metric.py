@@ -38,7 +38,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from laaq.graph import Graph, Node
+from laaq.graph import Graph, Node, apply_node, linear_part
 from laaq.lipschitz import conv_operator_norms, conv_top_singular, dense_operator_norm
 from laaq.quant.plan import LayerSetting
 from laaq.quant.quantizers import dequantize_weight
@@ -55,22 +55,12 @@ def forward(graph: Graph, x: torch.Tensor, weights: Mapping[str, torch.Tensor] |
     """
     env: dict[str, torch.Tensor] = {"input": x}
     for n in graph.nodes:
-        h = env[n.inputs[0]]
-        if n.op in ("conv", "dense"):
+        w = b = None
+        if n.has_weight:
             w = weights[n.name] if weights is not None and n.name in weights else torch.as_tensor(n.weight)
             b = torch.as_tensor(n.bias)
-            y = F.conv2d(h, w, b, stride=n.stride, padding=n.padding) if n.op == "conv" else F.linear(h, w, b)
-            if inject is not None and n.name in inject:
-                y = y + inject[n.name]
-        elif n.op == "gap":
-            y = h.mean(dim=(2, 3))
-        else:
-            y = h.flatten(1)
-        if n.residual:
-            y = y + env[n.residual]
-        if n.relu:
-            y = torch.relu(y)
-        env[n.name] = y
+        inj = inject.get(n.name) if inject is not None else None
+        env[n.name] = apply_node(n, [env[i] for i in n.inputs], env[n.residual] if n.residual else None, w, b, inj)
     return env if keep else env[graph.output]
 
 
@@ -86,9 +76,7 @@ def injected_error(node: Node, a_in: torch.Tensor, setting: LayerSetting) -> tor
     """e_l = (W − Q(W)) applied to the layer's actual inputs: the error this setting injects."""
     dw = torch.as_tensor(node.weight - dequantize_weight(node.weight, setting))
     with torch.no_grad():
-        if node.op == "conv":
-            return F.conv2d(a_in, dw, stride=node.stride, padding=node.padding)
-        return F.linear(a_in, dw)
+        return linear_part(node, a_in, dw, None)
 
 
 def _pre_shape(graph: Graph, node: Node) -> tuple[int, ...]:
@@ -136,9 +124,11 @@ def quantized_norm_ratio(graph: Graph, node: Node, settings: list[LayerSetting],
         base = dense_operator_norm(node.weight)
         return {s: dense_operator_norm(dequantize_weight(node.weight, s)) / base for s in settings}
     shape = graph.input_shape_of(node)
-    base, v = conv_top_singular(node.weight, shape, node.stride, node.padding, tol=1e-6)  # type: ignore[arg-type]
+    base, v = conv_top_singular(node.weight, shape, node.stride, node.padding, tol=1e-6,  # type: ignore[arg-type]
+                                groups=node.groups)
     qs = [dequantize_weight(node.weight, s) for s in settings]
-    norms = conv_operator_norms(qs, shape, node.stride, node.padding, iters=iters, v0=v)  # type: ignore[arg-type]
+    norms = conv_operator_norms(qs, shape, node.stride, node.padding, iters=iters, v0=v,  # type: ignore[arg-type]
+                                groups=node.groups)
     return {s: q / base for s, q in zip(settings, norms, strict=True)}
 
 

@@ -1,16 +1,25 @@
-"""Options and helpers shared by the ``laaq-bench`` commands (training recipe, attack preset, errors).
+"""The command line's shared options and their meaning: the training recipe, the model (built-in or a
+person's own file), the attack preset, and how expected failures become one line.
 
-Split from :mod:`harness.cli` so that command modules beside it (:mod:`harness.cli_bundle`) use the same
-options and the same one-line error handling without importing the CLI itself.
+Why apart from :mod:`harness.cli`: every command (train, quantize, compile, bench, search) takes the same
+model options, and the CLI module stays a list of commands.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import click
+from torch import nn
 
 from laaq.attacks import PGDConfig, pgd_step
+from laaq.data import Split, load_dataset
+from laaq.graph import Graph
+from laaq.importer import model_graph
 from laaq.models import ARCHITECTURES
-from laaq.train import TrainConfig
+from laaq.train import TrainConfig, obtain_model
+from laaq.usermodel import ModelSource
 
 DEFAULT_EPS = {"mnist5k": 0.3, "digits": 0.3, "cifar10": 8 / 255}
 
@@ -21,17 +30,17 @@ class Fail(click.ClickException):
 
 def _errors():
     """Expected failures become a clear one-line message; anything else keeps its traceback."""
-    from harness.bundle.runner import BundleError
     from harness.compile import CompileError
     from harness.devices.base import DeviceError
     from harness.results import ResultsError
     from harness.targets import TargetError
     from laaq.data import DataError
+    from laaq.importer import ModelImportError
     from laaq.robustness import AttackError
     from laaq.train import CheckpointError
 
-    return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, AttackError, BundleError,
-            ValueError, FileNotFoundError, OverflowError)
+    return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, AttackError, ValueError,
+            FileNotFoundError, OverflowError, ModelImportError)
 
 
 def _run(fn, *a, **kw):
@@ -49,8 +58,13 @@ def _train_options(f):
                           "cifar10: needs --data-dir."),
         click.option("--data-dir", type=click.Path(), default=None, help="CIFAR-10 python-pickle directory."),
         click.option("--arch", default=None, type=click.Choice(list(ARCHITECTURES)),
-                     help="Model (default: smallcnn for MNIST/digits, resnet20 for CIFAR-10; vgg8: 8 layers, "
+                     help="Built-in model (default: smallcnn for MNIST/digits, resnet20 for CIFAR-10; vgg8: 8 layers, "
                           "none above 27 % of the weights, for 28x28 digits)."),
+        click.option("--model", "model", default="", help="Your own model instead: path/to/file.py:factory, a function "
+                     "returning an nn.Module (called with in_channels / num_classes / image_size if it takes them). "
+                     "Captured with torch.export; an unsupported op is refused with its source line."),
+        click.option("--weights", default="", help="State dict for --model (torch.load weights_only=True); "
+                     "without it the model is PGD-AT trained with the usual recipe and cached."),
         click.option("--epochs", default=6, show_default=True, help="Training epochs."),
         click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate (Adam, one-cycle)."),
         click.option("--plain", is_flag=True, help="Plain training instead of PGD adversarial training."),
@@ -63,17 +77,29 @@ def _train_options(f):
     return f
 
 
+def model_source(model: str, weights: str, arch: str | None = None) -> ModelSource | None:
+    """``--model``/``--weights`` checked and parsed (None: a built-in architecture)."""
+    if weights and not model:
+        raise Fail("--weights needs --model (built-in architectures are trained and cached by the harness)")
+    if model and arch:
+        raise Fail("--model and --arch exclude each other: give one model")
+    return _run(ModelSource.parse, model, weights) if model else None
+
+
 def train_config(dataset: str, arch: str | None, epochs: int, lr: float, plain: bool, eps: float | None,
-                 seed: int) -> tuple[TrainConfig, float]:
-    """The training recipe the CLI options name, and the run's ε (public: scripts build the same model)."""
+                 seed: int, source: ModelSource | None = None) -> tuple[TrainConfig, float]:
+    """The training recipe the CLI options name, and the run's ε (public: scripts build the same model).
+
+    With a user's model (``source``) the architecture name is its file and factory, the key its digest."""
     eps = DEFAULT_EPS[dataset] if eps is None else eps
-    arch = arch or ("resnet20" if dataset == "cifar10" else "smallcnn")
+    arch = source.arch if source else arch or ("resnet20" if dataset == "cifar10" else "smallcnn")
     # Madry-style training attack, kept short for 2-core machines: 7 steps of 2.5·eps/7 from a random start
     # (explicit, no library defaults)
     if not eps > 0:
         raise Fail(f"AttackError: eps must be > 0 (got {eps}); it is the L-inf radius of training and evaluation")
     train_pgd = PGDConfig(eps=eps, step_size=pgd_step(eps, 7), steps=7, restarts=1, random_start=True, seed=seed)
-    return TrainConfig(arch=arch, epochs=epochs, lr=lr, adversarial=not plain, pgd=train_pgd, seed=seed), eps
+    return TrainConfig(arch=arch, epochs=epochs, lr=lr, adversarial=not plain, pgd=train_pgd, seed=seed,
+                       model_digest=source.digest() if source else ""), eps
 
 
 def _attack_options(f):
@@ -100,3 +126,32 @@ def _eval_config(attack: str, square_queries: int | None, eps: float, seed: int)
     if square_queries is not None:
         preset = preset.with_square_queries(square_queries)
     return EvalConfig(preset, eps, seed)
+
+
+
+
+@dataclass
+class Loaded:
+    """A command's data set and trained (or loaded) model, with the recipe that made it."""
+
+    data: Split
+    cfg: TrainConfig
+    eps: float
+    model: nn.Module
+    path: Path
+    cached: bool
+
+    @property
+    def graph(self) -> Graph:
+        """The model's layer graph (imported once, :func:`laaq.importer.model_graph`)."""
+        return model_graph(self.model, self.data.input_shape)
+
+
+def load(dataset: str, data_dir: str | None, arch: str | None, epochs: int, lr: float, plain: bool,
+         eps: float | None, seed: int, model: str = "", weights: str = "") -> Loaded:
+    """The model the training options name — built-in or ``--model`` — trained or loaded, every failure one line."""
+    source = model_source(model, weights, arch)
+    cfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed, source)
+    data = _run(load_dataset, dataset, seed, data_dir)
+    net, path, cached = _run(obtain_model, data, cfg, source)
+    return Loaded(data, cfg, eps, net, path, cached)
