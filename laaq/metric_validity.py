@@ -42,6 +42,7 @@ import torch
 from laaq.attacks import PGDConfig, pgd_step
 from laaq.data import Split
 from laaq.graph import Graph
+from laaq.importer import model_graph
 from laaq.lipschitz import conv_operator_norms, dense_operator_norm
 from laaq.quant.plan import LayerSetting, QuantPlan
 from laaq.quant.quantizers import dequantize_weight, quantize_graph
@@ -390,7 +391,7 @@ def prepare(data: Split, cfg: ValidityConfig, cache_dir: Path | None = None, pro
     t0 = time.perf_counter()
     model, _, cached = train_or_load(split, cfg.train, cache_dir=cache_dir, progress=progress)
     train_s = time.perf_counter() - t0
-    graph = model.to_graph()
+    graph = model_graph(model, split.input_shape)  # the importer, as bench and experiment build graphs
     calib = cfg.calibration.make(graph, split.x_train, split.y_train, cfg.eps, cfg.plan_seed, model)
     return Prepared(model, graph, split.x_test[: cfg.n_eval], split.y_test[: cfg.n_eval], calib, train_s, cached)
 
