@@ -30,6 +30,7 @@ class Fail(click.ClickException):
 
 def _errors():
     """Expected failures become a clear one-line message; anything else keeps its traceback."""
+    from harness.bundle.runner import BundleError
     from harness.compile import CompileError
     from harness.devices.base import DeviceError
     from harness.results import ResultsError
@@ -39,8 +40,8 @@ def _errors():
     from laaq.robustness import AttackError
     from laaq.train import CheckpointError
 
-    return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, AttackError, ValueError,
-            FileNotFoundError, OverflowError, ModelImportError)
+    return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, AttackError, BundleError,
+            ValueError, FileNotFoundError, OverflowError, ModelImportError)
 
 
 def _run(fn, *a, **kw):
