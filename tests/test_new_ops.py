@@ -143,3 +143,23 @@ def test_layer_latency_table_for_new_ops(private_cache) -> None:
         table = layer_table(graph, x86, session, (4, 8), proto=LatencyProtocol(1, 2, 2))
     assert {t.layer for t in table} == {n.name for n in graph.weighted()}
     assert all(t.median_ms > 0 for t in table)
+
+
+def test_channel_switched_off_by_batch_norm_keeps_int32_exact() -> None:
+    """A BN-folded channel with ~0 weights and a finite bias (γ → 0) would need a bias beyond int32 at its tiny
+    weight scale; its scale is raised instead, and the extremes stay exact everywhere."""
+    from laaq.graph import Graph, Node
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32) * 0.3
+    w[2] = 1e-12  # switched off
+    b = np.full(6, 0.5, np.float32)
+    graph = Graph([Node("c", "conv", ["input"], w, b, 1, 1, relu=True, act_max=6.0), Node("f", "flatten", ["c"]),
+                   Node("fc", "dense", ["f"], rng.standard_normal((10, 6 * 64)).astype(np.float32) * 0.05,
+                        np.zeros(10, np.float32))], SHAPE, 10)
+    qg = quantize_graph(graph, QuantPlan.uniform(["c", "fc"], 8), torch.rand(16, *SHAPE))
+    assert abs(int(qg.qnodes["c"].b_q[2])) <= 2**31 - 1 - 9 * 255 * 127
+    xq = np.stack([np.full(SHAPE, 255, np.uint8), np.zeros(SHAPE, np.uint8)])
+    ref = run_integer(qg, xq)  # raises OverflowError if any accumulator left int32
+    assert np.array_equal(Twin(qg).forward_int(torch.as_tensor(xq / 255.0, dtype=torch.float32))[1].numpy(), ref)
+    assert np.array_equal(_run(tvm.compile(lower_integer(qg, 2), target=HOST), xq), ref)

@@ -45,9 +45,13 @@ def weight_scales(w: np.ndarray, setting: LayerSetting) -> np.ndarray:
     return np.where(s > 0, s, 1.0)
 
 
-def quantize_weight(w: np.ndarray, setting: LayerSetting) -> tuple[np.ndarray, np.ndarray]:
-    """Integer weights (int8 storage, values within ±qmax(bits)) and their per-channel scales."""
+def quantize_weight(w: np.ndarray, setting: LayerSetting,
+                    min_scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Integer weights (int8 storage, values within ±qmax(bits)) and their per-channel scales
+    (each at least ``min_scale``, see :func:`bias_scale_floor`)."""
     s = weight_scales(w, setting)
+    if min_scale is not None:
+        s = np.maximum(s, min_scale)
     shape = (-1,) + (1,) * (w.ndim - 1)
     q = np.clip(np.floor(w / s.reshape(shape) + 0.5), -qmax(setting.bits), qmax(setting.bits))
     return q.astype(np.int8), s
@@ -57,6 +61,22 @@ def dequantize_weight(w: np.ndarray, setting: LayerSetting) -> np.ndarray:
     """Q(W) in float: what the quantized layer actually multiplies by (for metrics and norms)."""
     q, s = quantize_weight(w, setting)
     return (q.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+
+
+def bias_scale_floor(bias: np.ndarray, s_in: float, fan_in: int, bits: int) -> np.ndarray:
+    """Smallest per-channel weight scale whose int32 bias still leaves room for the accumulator.
+
+    Why: the bias lives in int32 at scale ``s_in·s_w[o]``. A channel that batch-norm all but switched off
+    (γ → 0: common in trained MobileNets) has tiny weights, hence a tiny ``s_w[o]``, while its folded bias
+    ``β − μγ/σ`` stays finite — so ``b/(s_in·s_w)`` overflows int32. Raising that channel's scale until
+    ``|b_q| + fan_in·255·qmax ≤ 2^31 − 1`` keeps every sum exact. Only channels whose whole weight
+    contribution is a small fraction of their bias are affected (they get a coarser grid); the others'
+    scales are above their floor and unchanged.
+    """
+    room = (2**31 - 1) - fan_in * 255 * qmax(bits)
+    if room <= 0:
+        raise ValueError(f"a layer with fan-in {fan_in} at {bits} bits can overflow its int32 accumulator")
+    return np.abs(bias.astype(np.float64)) / (s_in * (room - 1))  # − 1: rounding of b/(s_in·s_w) stays inside
 
 
 def quantize_input(x: torch.Tensor) -> torch.Tensor:
@@ -177,7 +197,8 @@ def quantize_graph(graph: Graph, plan: QuantPlan, calib_x: torch.Tensor,
                 raise ValueError(f"layer {n.name!r} has NaN or infinite weights; refusing to quantize")
             setting = plan.setting(n.name)
             q.setting = setting
-            q.w_q, q.w_scale = quantize_weight(n.weight, setting)
+            fan_in = int(np.prod(n.weight.shape[1:]))
+            q.w_q, q.w_scale = quantize_weight(n.weight, setting, bias_scale_floor(n.bias, s_in, fan_in, setting.bits))
             acc_scale = s_in * q.w_scale
             bq = np.floor(n.bias.astype(np.float64) / acc_scale + 0.5)
             q.b_q = np.clip(bq, -(2**31) + 1, 2**31 - 1).astype(np.int32)
