@@ -27,7 +27,7 @@ from harness import energy
 from harness.compile import Artefact, compile_module
 from harness.devices import Session, open_device
 from harness.devices.system import MemoryWindow, pin_cpus, pin_threads, read_state, runtime_threads, state_record
-from harness.layer_latency import LayerTime, as_constraint_table, layer_table
+from harness.layer_latency import LayerTime, as_constraint_table, latency_limit, layer_table, parse_latency_budget
 from harness.measure import LatencyProtocol, latency, outputs
 from harness.profile import TargetProfile, resolve
 from harness.results import RunStore, atomic_write_text, row_tag
@@ -163,30 +163,6 @@ def variants_for(cfg: BenchConfig, model: torch.nn.Module, data: Split, table: l
     return build_variants(cfg.variants, cfg.plan_files, req)
 
 
-def parse_latency_budget(spec: str) -> tuple[float, bool] | None:
-    """``--latency-budget``: "" → None; "0.8x" → (0.8, True: a fraction of the int8 model's latency);
-    "0.05" → (0.05, False: milliseconds). Anything else, or a value ≤ 0, is refused with one line."""
-    if not spec:
-        return None
-    try:
-        value, fraction = (float(spec[:-1]), True) if spec.endswith("x") else (float(spec), False)
-    except ValueError:
-        value, fraction = 0.0, False
-    if not value > 0:
-        raise ValueError(f"--latency-budget {spec!r}: give milliseconds > 0 (e.g. 0.05) or a fraction of the "
-                         "int8 model's latency (e.g. 0.8x)")
-    return value, fraction
-
-
-def latency_limit(spec: str, table: dict[str, dict[int, float]], layers: list[str]) -> float | None:
-    """The budget in ms on ``table``: a fraction is taken of the int8 plan's summed table latency."""
-    parsed = parse_latency_budget(spec)
-    if parsed is None:
-        return None
-    value, fraction = parsed
-    return value * sum(table[n][8] for n in layers) if fraction else value
-
-
 def write_per_image(folder: Path, tag: str, labels: np.ndarray, rob: RobustResult) -> Path:
     """Per-image outcomes (1 = correct) so that any two variants can be compared later (McNemar)."""
     import pandas as pd
@@ -211,30 +187,49 @@ def compile_variant(cfg: BenchConfig, profile: TargetProfile, v: Variant, model:
     return arts
 
 
-def agreement_columns(v: Variant, model: torch.nn.Module, run, to_device, inputs: list[torch.Tensor]
-                      ) -> dict[str, Any]:
-    """The artefact (``run``: inputs → its raw outputs) against the host reference on each input set:
-    top-1 agreement, bit-exact output rows (integer variants) and the largest output difference."""
+def host_side(v: Variant, model: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
+    """The variant's white-box stand-in (the float model, or the bit-exact twin of the integer graph) and
+    ``to_device``: float images → the array the artefact takes (float32, or uint8 codes)."""
+    if v.kind == "float":
+        return model, lambda t: t.numpy().astype(np.float32)
+    return Twin(v.qg), lambda t: quantize_input(t).numpy()
+
+
+def reference_outputs(v: Variant, model: torch.nn.Module, arr: np.ndarray) -> np.ndarray:
+    """The host reference's raw outputs for device-format inputs ``arr``: PyTorch's logits (float variants),
+    the integer reference's int32 accumulators (integer variants)."""
+    if v.kind == "float":
+        with torch.no_grad():
+            return model(torch.from_numpy(arr)).numpy()
+    return run_integer(v.qg, arr)
+
+
+def timing_batch(x: torch.Tensor, b: int) -> torch.Tensor:
+    """The input timed at batch ``b``: the first ``b`` evaluation images (the first one repeated if fewer)."""
+    return x[:b] if b <= len(x) else x[:1].repeat(b, 1, 1, 1)
+
+
+def agreement_figures(kind: str, pairs: list[tuple[np.ndarray, np.ndarray]], to_logits) -> dict[str, Any]:
+    """(artefact outputs, host reference outputs) per input set → top-1 agreement, bit-exact output rows
+    (integer variants) and the largest output difference; ``to_logits`` maps raw outputs to logits."""
     agree = bitexact = total = 0
     max_diff = 0.0
-    for inp in inputs:
-        dev_out = run(inp)
-        if v.kind == "float":
-            with torch.no_grad():
-                ref = model(inp).numpy()
-            logits = dev_out
-            max_diff = max(max_diff, float(np.abs(dev_out - ref).max()))
-            bitexact += int(np.all(dev_out == ref, axis=1).sum())
-        else:
-            ref_int = run_integer(v.qg, to_device(inp))
-            bitexact += int(np.all(dev_out == ref_int, axis=1).sum())
-            max_diff = max(max_diff, float(np.abs(dev_out.astype(np.int64) - ref_int).max()))
-            logits = logits_from_int(v.qg, dev_out)
-            ref = logits_from_int(v.qg, ref_int)
-        agree += int((logits.argmax(1) == ref.argmax(1)).sum())
-        total += len(inp)
-    return {"agreement": round(agree / total, 4), "bitexact": round(bitexact / total, 4) if v.kind == "int" else "",
+    for dev_out, ref in pairs:
+        bitexact += int(np.all(dev_out == ref, axis=1).sum())
+        wide = (dev_out, ref) if kind == "float" else (dev_out.astype(np.int64), ref)
+        max_diff = max(max_diff, float(np.abs(wide[0] - wide[1]).max()))
+        agree += int((to_logits(dev_out).argmax(1) == to_logits(ref).argmax(1)).sum())
+        total += len(dev_out)
+    return {"agreement": round(agree / total, 4), "bitexact": round(bitexact / total, 4) if kind == "int" else "",
             "max_abs_diff": f"{max_diff:.3g}"}
+
+
+def agreement_columns(v: Variant, model: torch.nn.Module, run, to_device, inputs: list[torch.Tensor]
+                      ) -> dict[str, Any]:
+    """The artefact (``run``: inputs → its raw outputs) against the host reference on each input set."""
+    pairs = [(run(inp), reference_outputs(v, model, to_device(inp))) for inp in inputs]
+    return agreement_figures(v.kind, pairs, (lambda o: o) if v.kind == "float" else
+                             (lambda o: logits_from_int(v.qg, o)))
 
 
 def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, v: Variant, model: torch.nn.Module,
@@ -247,12 +242,7 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
     small, large = 1, cfg.batch_large
     n = min(cfg.eval_samples or len(data.x_test), len(data.x_test))
     x, y = data.x_test[:n], data.y_test[:n]
-    if v.kind == "float":
-        host_model: torch.nn.Module = model
-        to_device = lambda t: t.numpy().astype(np.float32)  # noqa: E731
-    else:
-        host_model = Twin(v.qg)
-        to_device = lambda t: quantize_input(t).numpy()  # noqa: E731
+    host_model, to_device = host_side(v, model)
 
     def timing_input(b: int) -> np.ndarray:
         return to_device(x[:b] if b <= n else x[:1].repeat(b, 1, 1, 1))
@@ -279,6 +269,9 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
                    log=(lambda m: print(f"[{tag}] {m}", flush=True)) if progress else None)
     attack_s = time.perf_counter() - t_att
     write_per_image(folder, tag, y.numpy(), rob)
+
+    def timing_input(b: int) -> np.ndarray:
+        return to_device(timing_batch(x, b))
 
     before = read_state(session.system)
     lat = {b: latency(loaded[b], timing_input(b), cfg.latency) for b in (small, large)}
@@ -388,7 +381,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     not_run = sorted({str(r["measured_as"]) for r in store.rows if is_not_run(r)})
     if not_run:
         log(f"NOTE: {'; '.join(not_run)}. The libraries were compiled, exported and verified, but no latency, "
-            "accuracy or measured energy exists for those rows (left empty, never estimated).")
+            "accuracy or measured energy exists for those rows (left empty, never estimated). To measure them on a "
+            f"machine that has the device: `laaq-bench bundle` with these options, run its runner.py there, then "
+            f"`laaq-bench ingest OUTPUT` fills this run folder ({folder.name}).")
     run_info["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     store.write_json("run.json", run_info)
     from harness.report import write_run_report

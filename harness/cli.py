@@ -303,5 +303,11 @@ def targets() -> None:
             click.echo(f"{name:14s} BROKEN    {e}")
 
 
+from harness.cli_bundle import bundle_command, ingest  # noqa: E402 - bundle reuses bench's options, defined above
+
+main.add_command(bundle_command(bench))
+main.add_command(ingest)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -69,13 +69,13 @@ def run_targets(cfgs: list[BenchConfig], progress: bool = True,
     """Run every target's benchmark (trackers in parallel, the rest in turn), then one comparison report."""
     from harness.report import write_comparison
     from laaq.data import load_dataset
-    from laaq.train import train_or_load
+    from laaq.train import obtain_model
 
     for cfg in cfgs:  # an unknown or malformed target fails here, before any work
         resolve_profile(cfg)
     first = cfgs[0]
-    train_or_load(load_dataset(first.dataset, first.seed, first.data_dir), replace(first.train, seed=first.seed),
-                  progress=progress)  # once, cached for every run below
+    obtain_model(load_dataset(first.dataset, first.seed, first.data_dir), replace(first.train, seed=first.seed),
+                 first.model_source(), progress=progress)  # once (built-in or the user's), cached for every run
     parallel = [c for c in cfgs if through_tracker(c)]
     outcomes: dict[str, TargetOutcome] = {}
     spawn = multiprocessing.get_context("spawn")

@@ -175,3 +175,27 @@ def as_constraint_table(table: list[LayerTime]) -> dict[str, dict[int, float]]:
 def consistency(table: list[LayerTime], plan: QuantPlan, whole_ms: float) -> float:
     """Σ per-layer times at the plan's widths / the whole model's measured time (1.0 = they agree)."""
     return plan_latency(table, plan) / whole_ms
+
+
+def parse_latency_budget(spec: str) -> tuple[float, bool] | None:
+    """``--latency-budget``: "" → None; "0.8x" → (0.8, True: a fraction of the int8 model's latency);
+    "0.05" → (0.05, False: milliseconds). Anything else, or a value ≤ 0, is refused with one line."""
+    if not spec:
+        return None
+    try:
+        value, fraction = (float(spec[:-1]), True) if spec.endswith("x") else (float(spec), False)
+    except ValueError:
+        value, fraction = 0.0, False
+    if not value > 0:
+        raise ValueError(f"--latency-budget {spec!r}: give milliseconds > 0 (e.g. 0.05) or a fraction of the "
+                         "int8 model's latency (e.g. 0.8x)")
+    return value, fraction
+
+
+def latency_limit(spec: str, table: dict[str, dict[int, float]], layers: list[str]) -> float | None:
+    """The budget in ms on ``table``: a fraction is taken of the int8 plan's summed table latency."""
+    parsed = parse_latency_budget(spec)
+    if parsed is None:
+        return None
+    value, fraction = parsed
+    return value * sum(table[n][8] for n in layers) if fraction else value

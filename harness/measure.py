@@ -1,13 +1,14 @@
 """Measurements on a loaded artefact: outputs over a data set, and the latency protocol.
 
 Accuracy is always computed from the artefact's own outputs. Latency uses TVM's
-``time_evaluator`` on the device: ``warmup`` untimed calls, then ``repeat`` figures, each the mean
+``time_evaluator`` on the device: a settle pause, ``warmup`` untimed calls, then ``repeat`` figures, each the mean
 of ``number`` back-to-back calls, with an optional cool-down pause between repeats; we report
 median, p90, p99, mean and std over the repeats (p99 of 20 repeats is close to their maximum).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +42,8 @@ class LatencyProtocol:
                 "region)" if self.cooldown_ms else ", no cool-down between repeats")
         pin = (f"; runtime threads pinned one per core ({self.pin_threads})" if self.pin_threads else
                "; runtime threads placed by TVM's default (config_threadpool mode 1)")
-        return (f"{self.warmup} warm-up calls, {self.repeat} repeats x {self.number} calls{cool}, "
-                f"median/p90/p99 over repeats{pin}")
+        return (f"{SETTLE_MS} ms settle pause, {self.warmup} warm-up calls, {self.repeat} repeats x {self.number} "
+                f"calls{cool}, median/p90/p99 over repeats{pin}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,16 @@ def stats(batch: int, seconds: list[float]) -> LatencyStats:
                         float(t.std(ddof=1)) if len(t) > 1 else 0.0, float(np.percentile(t, 99)))
 
 
+SETTLE_MS = 300  # pause before timing (see latency)
+
+
 def latency(mod: LoadedModule, x: np.ndarray, proto: LatencyProtocol) -> LatencyStats:
+    """Time ``mod`` on ``x``. First a :data:`SETTLE_MS` pause: the figure is usually taken right after the
+    attack, and PyTorch's OpenMP workers keep spinning after a parallel region (``KMP_BLOCKTIME`` 200 ms;
+    GNU OpenMP spins too), stealing the cores from TVM's pool — on a 2-core host that made a sub-0.1 ms
+    model look tens of times slower and ResNet-20 ~2× slower than in ``make perf`` (whose interleaved
+    rounds pause the same way)."""
+    time.sleep(SETTLE_MS / 1e3)
     return stats(int(x.shape[0]), mod.time(x, proto.warmup, proto.number, proto.repeat, proto.cooldown_ms,
                                            proto.cooldown_every))
 

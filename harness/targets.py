@@ -44,6 +44,7 @@ class DeviceSpec:
     key: str = ""  # tracker key (e.g. "rasp4")
     qemu_cpu: str = ""  # emulated: CPU model QEMU enforces (must match the board)
     accelerator: str = "cpu"  # "cuda": kernels run on the machine's GPU (tvm.cuda() / remote.cuda())
+    emulated: bool = False  # rpc/tracker boards that are themselves QEMU-emulated (their figures say so)
     session_timeout_s: float = 600.0
     connect_timeout_s: float = 30.0
 
@@ -73,7 +74,9 @@ class Target:
 
     @property
     def emulated(self) -> bool:
-        return self.device.kind == "emulated"
+        """The harness's own emulated board, or boards behind an RPC server / tracker declared QEMU-emulated
+        (``[device] emulated = true``: a farm of emulated boards) — labelled emulated either way."""
+        return self.device.kind == "emulated" or self.device.emulated
 
     @property
     def measured_as(self) -> str:
@@ -147,6 +150,8 @@ def load_target(name: str, directory: Path | None = None) -> Target:
         raise TargetError(f"{path}: bad [device] table ({e})") from e
     if device.kind not in DEVICE_KINDS:
         raise TargetError(f"{path}: [device] kind must be one of {DEVICE_KINDS}, got {device.kind!r}")
+    if not isinstance(device.emulated, bool):
+        raise TargetError(f"{path}: [device] emulated must be true or false, got {device.emulated!r}")
     if device.kind == "emulated" and not device.qemu_cpu:
         raise TargetError(f"{path}: an emulated device needs [device] qemu_cpu (e.g. \"cortex-a72\")")
     if device.accelerator not in ACCELERATORS:

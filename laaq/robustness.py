@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from laaq.attacks import PGDConfig, pgd, pgd_step
+from laaq.example_log import ExampleLog
 from laaq.stats import PairedTest, paired_test, wilson
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
@@ -339,22 +340,42 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class _Ensemble:
-    """Runs members in order on the survivors; the deployed function judges every example."""
+    """Runs members in order on the survivors; the deployed function judges every example.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, deployed: Predict, eps: float, batch: int) -> None:
+    With an :class:`ExampleLog` each member's examples are recorded under ``<stage>/<member>``, or, when
+    the log is replaying, taken from it instead of attacking (the offline bundle's judging on the device)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, deployed: Predict, eps: float, batch: int,
+                 log: ExampleLog | None = None, stage: str = "main") -> None:
         self.x, self.y, self.deployed, self.eps, self.batch = x, y, deployed, eps, batch
+        self.log, self.stage = log, stage
         self.alive = _correct(deployed, x, y)
         self.x_worst = x.clone()
 
-    def run(self, attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], idx: np.ndarray | None = None
-            ) -> np.ndarray:
+    def run(self, attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], idx: np.ndarray | None = None,
+            name: str = "") -> np.ndarray:
         """Attack images ``idx`` (default: the survivors); returns per-image correctness on those images."""
         idx = np.flatnonzero(self.alive) if idx is None else idx
         if idx.size == 0:
             return np.zeros(0, dtype=bool)
+        key = f"{self.stage}/{name}"
+        if self.log is not None and self.log.replaying:
+            # replay: the recorded examples; an image with none was not attacked by this member (kept as is)
+            have, xa = self.log.take(key, idx)
+            ok_all = np.ones(idx.size, dtype=bool)
+            ok_all[have] = self._judge(idx[have], xa)
+            return ok_all
         xi, yi = self.x[idx], self.y[idx]
         xa = _project(_batched(attack, xi, yi, self.batch), xi, self.eps)
-        ok = _correct(self.deployed, xa, yi)
+        if self.log is not None:
+            self.log.add(key, idx, xa)
+        return self._judge(idx, xa)
+
+    def _judge(self, idx: np.ndarray, xa: torch.Tensor) -> np.ndarray:
+        """The deployed function's verdict on examples ``xa`` of images ``idx``; updates survivors and x_worst."""
+        if idx.size == 0:
+            return np.zeros(0, dtype=bool)
+        ok = _correct(self.deployed, xa, self.y[idx])
         broke = ~ok & self.alive[idx]
         self.x_worst[idx[broke]] = xa[broke]
         keep = ok & self.alive[idx]  # the not-broken survivors carry the latest attempt
@@ -408,13 +429,14 @@ def _key(cfg: EvalConfig, x: torch.Tensor, y: torch.Tensor, tag: str) -> str:
 def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig,
              deployed: Predict | None = None, transfer_source: torch.nn.Module | None = None,
              state_path: Path | None = None, state_tag: str = "", log: Callable[[str], None] | None = None,
-             ) -> RobustResult:
+             examples: ExampleLog | None = None) -> RobustResult:
     """Clean and robust accuracy of ``deployed`` on (x, y) under ``cfg``'s ensemble, with its checks.
 
     ``white_box`` is the differentiable stand-in the gradient attacks use (the bit-exact twin, or the
     float model); ``deployed`` returns the logits that count (the compiled artefact; default: the
     white-box model itself). ``transfer_source`` (the float model, for integer variants) adds the
-    transfer check. ``state_path`` makes the evaluation resumable stage by stage.
+    transfer check. ``state_path`` makes the evaluation resumable stage by stage. ``examples`` records
+    every judged example (or, replaying, supplies them: :func:`rejudge`); it is not combined with a state file.
     """
     wb = white_box if isinstance(white_box, torch.nn.Module) and any(True for _ in white_box.parameters()) \
         else _AsModule(white_box)
@@ -423,11 +445,13 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
     dep = _AsModule(dep_fn, no_grad=True).eval()
     pre, eps, seed = cfg.preset, cfg.eps, cfg.seed
     n_classes = _num_classes(dep, x)
+    if examples is not None and state_path is not None:
+        raise ValueError("an evaluation that records or replays examples cannot resume from a state file")
     state = _State(state_path, _key(cfg, x, y, state_tag))
     say = log or (lambda m: None)
     seconds: dict[str, float] = {}
 
-    ens = _Ensemble(x, y, dep, eps, cfg.batch)
+    ens = _Ensemble(x, y, dep, eps, cfg.batch, examples)
     clean = ens.alive.copy()
     cumulative: dict[str, np.ndarray] = {}
     members = _white_box_attacks(pre, wb, eps, n_classes, seed)
@@ -439,7 +463,7 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
             ens.x_worst = torch.as_tensor(state.get("x_worst"))
         else:
             t0 = time.perf_counter()
-            ens.run(attack)
+            ens.run(attack, name=name)
             seconds[name] = round(time.perf_counter() - t0, 2)
             state.put(**{f"alive_{name}": ens.alive.copy(), "x_worst": ens.x_worst.numpy()})
         cumulative[name] = ens.alive.copy()
@@ -458,7 +482,7 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
             # Square on the check subset (every clean-correct image, for the masking test) and on the
             # white-box survivors elsewhere (its contribution to the worst case), in one call
             targets = np.union1d(check_idx[clean[check_idx]], np.flatnonzero(ens.alive))
-            ok_targets = ens.run(_square(pre, dep, eps, seed), targets)
+            ok_targets = ens.run(_square(pre, dep, eps, seed), targets, "square")
             sq_ok = clean.copy()
             sq_ok[targets] = ok_targets
             sq_ok_sub = sq_ok[check_idx]
@@ -471,10 +495,11 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
 
     if cfg.checks:
         t0 = time.perf_counter()
-        checks.extend(_sanity_checks(cfg, wb, dep, transfer_source, x, y, check_idx, white_alive, n_classes, state))
+        checks.extend(_sanity_checks(cfg, wb, dep, transfer_source, x, y, check_idx, white_alive, n_classes, state,
+                                     examples))
         seconds["checks"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
-        curve = _eps_curve(cfg, wb, dep, x, y, n_classes, state)
+        curve = _eps_curve(cfg, wb, dep, x, y, n_classes, state, examples)
         seconds["eps_curve"] = round(time.perf_counter() - t0, 2)
         checks.insert(0, _curve_check(curve))
     else:
@@ -493,16 +518,16 @@ def _beats(name: str, what: str, other_ok: np.ndarray, white_ok: np.ndarray) -> 
 
 def _sanity_checks(cfg: EvalConfig, wb: torch.nn.Module, dep: torch.nn.Module, transfer_source: torch.nn.Module | None,
                    x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, white_alive: np.ndarray, n_classes: int,
-                   state: _State) -> list[Check]:
+                   state: _State, log: ExampleLog | None = None) -> list[Check]:
     """Convergence (a stronger white-box attack) and transfer (from the float model), on the check subset."""
     out = []
     xs, ys = x[idx], y[idx]
     white_sub = white_alive[idx]
     stronger = state.get("stronger_ok")
     if stronger is None:
-        sub = _Ensemble(xs, ys, dep, cfg.eps, cfg.batch)
-        for _, attack in _white_box_attacks(cfg.preset.stronger(), wb, cfg.eps, n_classes, cfg.seed + 1):
-            sub.run(attack)
+        sub = _Ensemble(xs, ys, dep, cfg.eps, cfg.batch, log, "stronger")
+        for name, attack in _white_box_attacks(cfg.preset.stronger(), wb, cfg.eps, n_classes, cfg.seed + 1):
+            sub.run(attack, name=name)
         stronger = sub.alive
         state.put(stronger_ok=stronger)
     out.append(_beats("convergence", "2x steps, +1 restart", stronger.astype(bool), white_sub))
@@ -510,10 +535,10 @@ def _sanity_checks(cfg: EvalConfig, wb: torch.nn.Module, dep: torch.nn.Module, t
         tr = state.get("transfer_ok")
         if tr is None:
             src = transfer_source.eval()
-            sub = _Ensemble(xs, ys, dep, cfg.eps, cfg.batch)
+            sub = _Ensemble(xs, ys, dep, cfg.eps, cfg.batch, log, "transfer")
             sub.alive = np.ones(len(xs), dtype=bool)  # attack every image on the source, judge on the deployed
-            for _, attack in _white_box_attacks(cfg.preset, src, cfg.eps, n_classes, cfg.seed + 2):
-                sub.run(attack)
+            for name, attack in _white_box_attacks(cfg.preset, src, cfg.eps, n_classes, cfg.seed + 2):
+                sub.run(attack, name=name)
             tr = sub.alive & _correct(dep, xs, ys)
             state.put(transfer_ok=tr)
         out.append(_beats("transfer", "transfer from the float model", tr.astype(bool), white_sub))
@@ -531,7 +556,7 @@ def curve_radii(eps: float, factors: tuple[float, ...]) -> list[float]:
 
 
 def _eps_curve(cfg: EvalConfig, wb: torch.nn.Module, dep: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-               n_classes: int, state: _State) -> list[tuple[float, float, int]]:
+               n_classes: int, state: _State, log: ExampleLog | None = None) -> list[tuple[float, float, int]]:
     """Robust accuracy at several radii (white-box members at the curve's step budget, 3 APGD-T targets)."""
     pre = cfg.preset
     m = min(pre.curve_samples, len(x))
@@ -544,9 +569,9 @@ def _eps_curve(cfg: EvalConfig, wb: torch.nn.Module, dep: torch.nn.Module, x: to
     for r in curve_radii(cfg.eps, pre.curve_factors):
         saved = state.get(f"curve_{r:g}")
         if saved is None:
-            sub = _Ensemble(xs, ys, dep, r, cfg.batch)
-            for _, attack in _white_box_attacks(light, wb, r, n_classes, cfg.seed + 3):
-                sub.run(attack)
+            sub = _Ensemble(xs, ys, dep, r, cfg.batch, log, f"curve:{r:g}")
+            for name, attack in _white_box_attacks(light, wb, r, n_classes, cfg.seed + 3):
+                sub.run(attack, name=name)
             saved = sub.alive
             state.put(**{f"curve_{r:g}": saved})
         curve.append((r, float(saved.mean()), m))
@@ -563,3 +588,21 @@ def _curve_check(curve: list[tuple[float, float, int]]) -> Check:
     if rising:
         detail += f"; rises between eps {rising[0][0]:g} and {rising[0][1]:g}"
     return Check("eps-curve", ok, detail)
+
+
+def rejudge(examples: ExampleLog, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig, deployed: Predict,
+            transfer: bool) -> RobustResult:
+    """The evaluation that recorded ``examples``, replayed with another judge: ``deployed`` (e.g. the
+    outputs a device computed for exactly those inputs) decides every example; no attack runs.
+
+    Same stages, same order, same statistics as :func:`evaluate`, so where ``deployed`` agrees with the
+    function the examples were judged on when recorded, the result is identical. ``transfer``: the
+    recording ran the transfer check (``transfer_source`` was given). Images the replay asks a member
+    about but the recording never attacked are counted in ``examples.unattacked``.
+    """
+    replay = ExampleLog(examples.entries, replaying=True)
+    out = evaluate(deployed, x, y, cfg, deployed=deployed,
+                   transfer_source=_AsModule(deployed, no_grad=True) if transfer else None, examples=replay)
+    examples.unattacked = replay.unattacked
+    out.seconds = {}
+    return out

@@ -9,6 +9,7 @@ that offset meets real Arm code.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,7 +31,13 @@ from laaq.quant.plan import LayerSetting, QuantPlan
 from laaq.quant.quantizers import quantize_graph, quantize_input
 
 OBJDUMP = "aarch64-linux-gnu-objdump"
-CASES = [("rpi5", SDOT, r"\bsdot\b"), ("rpi4", NEON, r"\bsmull\b")]
+# "-packed": the same board with pack_weights = true (≤ 4-bit kernels packed, unpacked in the conv)
+CASES = [("rpi5", SDOT, r"\bsdot\b"), ("rpi4", NEON, r"\bsmull\b"), ("rpi5-packed", SDOT, r"\bsdot\b")]
+
+
+def _target(name: str):
+    board = load_target(name.removesuffix("-packed"))
+    return dataclasses.replace(board, pack_weights=True) if name.endswith("-packed") else board
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +58,8 @@ def arm_libraries(resnet_qg, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("arm-int8")
     libs = {}
     for name, scheme, _ in CASES:
-        target = resolve(name)
-        assert target.scheme is scheme
+        target = resolve(_target(name))
+        assert target.scheme is scheme and target.pack_weights == name.endswith("-packed")
         mod = lower_integer_for(resnet_qg, 2, target)
         libs[name] = compile_module(mod, target, out / f"resnet20-{name}.so", "int8", 2).path
     return libs
@@ -76,6 +83,6 @@ def test_bit_exact_on_emulated_board(arm_libraries, resnet_qg, name: str) -> Non
     if reason:
         pytest.skip(reason)
     x = quantize_input(torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))).numpy()
-    with open_device(load_target(name), progress=False) as dev:
+    with open_device(_target(name), progress=False) as dev:
         out = dev.load(arm_libraries[name]).run(x)
     assert out.dtype == np.int32 and np.array_equal(out, run_integer(resnet_qg, x))

@@ -14,7 +14,7 @@ from torch import nn
 
 from laaq.graph import run_float
 from laaq.importer import SUPPORTED, ModelImportError, import_model, model_graph
-from laaq.models import ResNet20, SmallCNN, randomize_bn_stats, tiny_cnn
+from laaq.models import VGG8, ResNet20, SmallCNN, randomize_bn_stats, tiny_cnn
 
 SHAPE = (1, 8, 8)
 
@@ -124,7 +124,7 @@ def test_op_models_match_pytorch(name: str) -> None:
 def _hand_written_cases():
     torch.manual_seed(0)
     return [("smallcnn", SmallCNN(), (1, 28, 28)), ("resnet20", ResNet20(image=16), (3, 16, 16)),
-            ("tinycnn", tiny_cnn(), (1, 8, 8))]
+            ("tinycnn", tiny_cnn(), (1, 8, 8)), ("vgg8", VGG8(), (1, 28, 28))]
 
 
 @pytest.mark.parametrize(("name", "model", "shape"), _hand_written_cases(), ids=lambda v: v if isinstance(v, str)
@@ -140,7 +140,7 @@ def test_builtin_models_equal_their_hand_written_graphs(name: str, model: nn.Mod
         assert a.inputs == [names.get(i, i) for i in b.inputs] and a.residual == names.get(b.residual, b.residual)
         if b.weight is not None:
             assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias), a.name
-    if name == "smallcnn":  # plan files name layers: the built-in SmallCNN keeps its names
+    if name in ("smallcnn", "vgg8"):  # plan files name layers: these built-in models keep their names
         assert [n.name for n in imported.nodes] == [n.name for n in hand.nodes]
 
 

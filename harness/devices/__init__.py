@@ -86,7 +86,8 @@ def _remote(profile: TargetProfile, progress: bool) -> Iterator[Session]:
     if d.kind == "tracker" and not d.key:
         raise DeviceError(f"target {profile.name!r}: a tracker needs a key (--rpc-key / RPC_KEY)")
     with _rpc_class(profile)(d.host, d.port, profile.threads, key=d.key, tracker=d.kind == "tracker",
-                             session_timeout_s=d.session_timeout_s, connect_timeout_s=d.connect_timeout_s) as s:
+                             session_timeout_s=d.session_timeout_s, connect_timeout_s=d.connect_timeout_s,
+                             measured_as=profile.measured_as) as s:
         yield s
 
 

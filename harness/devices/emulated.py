@@ -136,8 +136,13 @@ class EmulatedRPCServer:
         startup_timeout_s: float = 120,
         *,
         progress: bool = True,
+        tracker: tuple[str, int] | None = None,
+        key: str = "",
     ) -> None:
         self.board = board
+        # registered with an RPC tracker under ``key`` (a farm of emulated boards): reached through the tracker
+        # only (it hands clients the match key), so readiness is the registration, not a direct handshake
+        self.tracker, self.key = tracker, key
         self.host = "127.0.0.1"
         self.port: int = port if port is not None else 0
         self._port_given = port is not None
@@ -240,6 +245,8 @@ class EmulatedRPCServer:
             DEVICE_PYTHON, "-m", "tvm.exec.rpc_server",
             "--host", self.host, "--port", str(self.port), "--port-end", str(self.port + 1),
         ]  # fmt: skip
+        if self.tracker is not None:
+            server += ["--tracker", f"{self.tracker[0]}:{self.tracker[1]}", "--key", self.key]
         return [
             "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--",
             "/bin/sh", "-ec", _NAMESPACE_INIT, "sh", str(self.rootfs),
@@ -286,10 +293,22 @@ class EmulatedRPCServer:
                     f"startup_timeout_s). Server log ({self.log_path}):\n{self.log_tail()}"
                 )
             self._pids.update(_process_tree(self._proc.pid))
-            ok, last_error = self._try_handshake(min(remaining, 15.0))
+            ok, last_error = (self._registered() if self.tracker is not None
+                              else self._try_handshake(min(remaining, 15.0)))
             if ok:
                 return
             time.sleep(0.5)
+
+    def _registered(self) -> tuple[bool, str]:
+        """Has this server (its port) registered with the tracker under its key?"""
+        from tvm import rpc
+
+        try:
+            servers = rpc.connect_tracker(*self.tracker).summary()["server_info"]
+        except Exception as exc:  # noqa: BLE001 - tracker not answering yet
+            return False, f"tracker: {type(exc).__name__}: {exc}"
+        mine = [s for s in servers if s["key"].split(":")[-1] == self.key and int(s["addr"][1]) == self.port]
+        return bool(mine), f"not registered with the tracker under {self.key!r} yet"
 
     def _try_handshake(self, timeout_s: float) -> tuple[bool, str]:
         """One RPC connect + a remote call, bounded by ``timeout_s`` even if the server hangs.
