@@ -21,7 +21,7 @@ from laaq.train import TrainConfig, train_or_load
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="digits + tiny CNN instead of MNIST-5k + SmallCNN")
+    ap.add_argument("--quick", action="store_true", help="digits + tiny CNN instead of MNIST-5k + VGG8")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-refine", action="store_true", help="time LAAQ without the refinement step")
     args = ap.parse_args()
@@ -31,7 +31,7 @@ def main() -> None:
                        seed=0)
     model, _, _ = train_or_load(data, tcfg)
     graph = model_graph(model, data.input_shape)
-    budget = Budget(avg_bits=cfg.budget_bits)
+    budget = Budget(avg_bits=cfg.budgets[-1])
     scfg = replace(SearchConfig(), refine=not args.no_refine)
     def make_calib():
         return cfg.calibration.make(graph, data.x_train, data.y_train, cfg.evaluation.eps, 0, model)

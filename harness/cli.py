@@ -19,6 +19,7 @@ from harness.options import (
     model_source,
     train_config,
 )
+from laaq.experiment.config import F2_METHODS as F2_METHODS_DEFAULT
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -247,37 +248,60 @@ def search(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed
 @click.option("--data-dir", type=click.Path(), default=None,
               help="CIFAR-10 directory: run the ResNet-20 / eps=8/255 experiment instead of MNIST-5k.")
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Comma list of seeds (>= 5 for claims).")
-@click.option("--avg-bits", default=4.0, show_default=True, help="Budget: average weight bits.")
-@click.option("--attack", default="standard", show_default=True, type=click.Choice(["quick", "standard", "thorough"]),
-              help="Robust-accuracy preset (see `bench --help`); the sanity checks run in `bench`, not here.")
+@click.option("--budgets", default="2.5,3,3.5,4", show_default=True, help="Average-weight-bit budgets (comma list).")
+@click.option("--bops", type=float, default=0.4, show_default=True,
+              help="One more budget: bit operations at most this fraction of the int8 model's (0 = none).")
+@click.option("--models", default="pgd-at,plain", show_default=True,
+              help="Model kinds: pgd-at (eps of the data set) and/or plain (at the radius matched to pgd-at's "
+                   "fp32 robust accuracy, on test images past the evaluated ones).")
+@click.option("--methods", default=",".join(F2_METHODS_DEFAULT), show_default=True,
+              help="F2 methods; random-best draws as many random plans as LAAQ's refinement evaluates and keeps "
+                   "the best by adversarial calibration loss.")
+@click.option("--f1-bits", default="8,7,6,5,4,3,2", show_default=True,
+              help="F1's uniform widths (each with max-abs and MSE-optimal clipping); empty for none.")
+@click.option("--arch", default=None, help="Model (default vgg8 on MNIST-5k: 8 layers, none above 27 % of weights).")
+@click.option("--attack", default="standard", show_default=True,
+              type=click.Choice(["quick", "apgd", "standard", "thorough"]),
+              help="Robust-accuracy preset (see `bench --help`; apgd: APGD-CE 50 + APGD-T 50 x top-3, ~6x cheaper "
+                   "than standard, for grids of many plans); the sanity checks run in `bench`, not here.")
 @click.option("--n-eval", type=int, default=None, help="Test images (default 500 MNIST, 1000 CIFAR-10, 100 quick).")
 @click.option("--quick", is_flag=True,
-              help="Seconds-long smoke version (sklearn digits, tiny CNN, 2 seeds, quick attack).")
+              help="Minutes-long smoke version (sklearn digits, tiny CNN, 2 seeds, 2 budgets, quick attack).")
 @click.option("--combine", "combine_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Instead of running: merge earlier --out folders of disjoint seeds (e.g. run in parallel) "
-                   "into --out.")
+              help="Instead of running: merge earlier --out folders (same configuration, e.g. one process per "
+                   "seed) into --out.")
 @click.option("--out", "out", default="results/experiment", show_default=True, type=click.Path())
-def experiment(data_dir, seeds, avg_bits, attack, n_eval, quick, combine_dirs, out) -> None:
-    """Plain vs PGD-AT model x {fp32, uniform-8/4, MSE, Hessian, sensitivity, LAAQ, random} x {clean, robust}.
+def experiment(data_dir, seeds, budgets, bops, models, methods, f1_bits, arch, attack, n_eval, quick, combine_dirs,
+               out) -> None:
+    """LAAQ vs every baseline at several budgets (F2) and uniform widths on plain vs PGD-AT models (F1).
 
-    Answers F1 (does the AT model lose more under uniform low-bit quantization?) and F2 (does LAAQ beat
-    every baseline on robust accuracy at equal budget?) with 95 % intervals on every difference (paired
-    bootstrap over seeds x images), in CSVs, a markdown table and a plot. Evaluated on the bit-exact twin
-    of each quantized model (the same integers the compiled artefact computes) with the attack ensemble.
+    F2: uniform (+ MSE clip), MSE, HAWQ-V3 Hessian, one-layer sensitivity, best-of-N random at LAAQ's search
+    time, LAAQ knapsack-only and LAAQ, at each budget, with paired intervals (bootstrap over seeds x images and
+    t over seeds) of LAAQ's difference to each baseline and to the best one. F1: uniform widths x {max-abs,
+    MSE-optimal clip}, absolute and relative drops, per-layer weight kurtosis. Every quantized model is
+    evaluated on its bit-exact twin with the attack ensemble. Resumable: each finished unit is a file under
+    OUT/units/; a re-run continues, and may add seeds, budgets or methods.
     """
     from laaq.experiment import ExperimentConfig, combine, run_experiment
     from laaq.robustness import get_preset
 
+    def ints(text: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+
     if quick:
         cfg = ExperimentConfig.quick()
-    elif data_dir:
-        cfg = ExperimentConfig.cifar(data_dir)
     else:
-        cfg = ExperimentConfig()
-    if not quick:
-        cfg = replace(cfg, seeds=tuple(int(s) for s in seeds.split(",") if s.strip()),
+        cfg = ExperimentConfig.cifar(data_dir) if data_dir else ExperimentConfig()
+        cfg = replace(cfg, seeds=ints(seeds), budgets=tuple(float(b) for b in budgets.split(",") if b.strip()),
+                      bops_fraction=bops or None, f1_bits=ints(f1_bits), arch=arch or cfg.arch,
                       evaluation=replace(cfg.evaluation, preset=_run(get_preset, attack)))
-    cfg = replace(cfg, budget_bits=avg_bits, n_eval=n_eval or cfg.n_eval)
+    kinds = tuple(m.strip() for m in models.split(",") if m.strip())
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    bad = [k for k in kinds if k not in ("pgd-at", "plain")] + [m for m in chosen if m not in F2_METHODS_DEFAULT]
+    if bad or not kinds:
+        raise Fail(f"unknown model kind or method {bad}; kinds: pgd-at, plain; "
+                   f"methods: {', '.join(F2_METHODS_DEFAULT)}")
+    cfg = replace(cfg, models=kinds, methods=chosen, n_eval=n_eval or cfg.n_eval)
     if combine_dirs:
         _, summary = _run(combine, list(combine_dirs), cfg, out)
     else:

@@ -36,12 +36,13 @@ def _errors():
     from harness.results import ResultsError
     from harness.targets import TargetError
     from laaq.data import DataError
+    from laaq.experiment.store import StateMismatch
     from laaq.importer import ModelImportError
     from laaq.robustness import AttackError
     from laaq.train import CheckpointError
 
     return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, AttackError, BundleError,
-            ValueError, FileNotFoundError, OverflowError, ModelImportError)
+            ValueError, FileNotFoundError, OverflowError, ModelImportError, StateMismatch)
 
 
 def _run(fn, *a, **kw):

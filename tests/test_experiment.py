@@ -1,80 +1,154 @@
-"""The experiment end to end in quick mode: every method runs, the outputs are written and consistent."""
+"""The experiment end to end in quick mode: every method at every budget, F1, paired differences, the
+outputs, and resuming after an interruption (each finished unit is a file; a re-run redoes nothing)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from laaq.experiment import ExperimentConfig, combine, run_experiment
+import laaq.experiment.run as exp_run
+from laaq.experiment import F2_METHODS, ExperimentConfig, StateMismatch, combine, run_experiment
 from laaq.quant.plan import QuantPlan
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, str, Path]:
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ckpt")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> tuple[pd.DataFrame, str, Path]:
     out = tmp_path_factory.mktemp("exp")
-    cfg = ExperimentConfig.quick()
-    df, summary = run_experiment(cfg, out, progress=False, cache_dir=tmp_path_factory.mktemp("ckpt"))
+    df, summary = run_experiment(ExperimentConfig.quick(), out, progress=False, cache_dir=cache)
     return df, summary, out
 
 
 def test_outputs_written(quick_run: tuple[pd.DataFrame, str, Path]) -> None:
     df, summary, out = quick_run
-    for f in ("results.csv", "summary.csv", "results.md", "results.png"):
-        assert (out / f).stat().st_size > 0
-    assert not list(out.glob("*.tmp"))  # atomic writes leave no temp files behind
+    for f in ("results.csv", "summary.csv", "differences.csv", "f1.csv", "search_cost.csv", "results.md",
+              "results.png"):
+        assert (out / f).stat().st_size > 0, f
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temp files behind
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()
-    assert "| pgd-at | laaq |" in md and "F2" in md and "F1" in md
-    assert "F1" in summary and "F2 [pgd-at]" in summary
+    for part in ("| pgd-at | bits3 | laaq |", "| pgd-at | bops0.5 | laaq |", "## F1", "## Weight kurtosis",
+                 "## Search cost", "best ("):
+        assert part in md, part
+    assert "F2 [pgd-at, bits3]" in summary and "Goal" in summary and "F1 [pgd-at" in summary
+    assert "Search cost" in summary
 
 
-def test_every_method_at_the_budget(quick_run: tuple[pd.DataFrame, str, Path]) -> None:
+def test_every_method_at_every_budget(quick_run: tuple[pd.DataFrame, str, Path]) -> None:
     df, _, out = quick_run
+    cfg = ExperimentConfig.quick()
     for model in ("plain", "pgd-at"):
-        methods = set(df[df.model == model].method)
-        assert {"fp32", "uniform-8", "uniform", "mse", "hessian", "sensitivity", "laaq", "random"} <= methods
-    q = df[~df.method.isin(["fp32", "uniform-8"])]
-    assert (q.avg_bits <= 4.0 + 1e-6).all()
+        for budget in ("bits3", "bops0.5"):
+            got = set(df[(df.model == model) & (df.budget == budget)].method)
+            assert got == set(F2_METHODS), (model, budget, got)
+        f1 = set(df[(df.model == model) & (df.budget == "f1")].method)
+        assert f1 == {f"w{b}-{m}" for b in cfg.f1_bits for m in ("maxabs", "mse")}
+    assert (df[df.budget == "bits3"].avg_bits <= 3 + 1e-6).all()
+    assert (df[df.budget == "bops0.5"].bops_frac <= 0.5 + 1e-6).all()
     assert ((df.clean >= 0) & (df.clean <= 1) & (df.robust <= df.clean)).all()
     assert ((df.robust_lo <= df.robust) & (df.robust <= df.robust_hi)).all()  # Wilson intervals per row
-    assert (df[df.method == "random"].groupby("model").size() == 4).all()  # 2 draws x 2 seeds
-    plan = QuantPlan.from_file(out / "plans" / "pgd-at-s0-laaq.json")
-    assert plan.meta["method"] == "laaq" and float(plan.meta["spend_avg_bits"]) <= 4.0 + 1e-6
+    # the plain model is evaluated at its matched radius, the PGD-AT model at the data set's
+    assert (df[df.model == "pgd-at"].eps == cfg.evaluation.eps).all()
+    assert set(df[df.model == "plain"].eps) <= set(cfg.eps_grid)
+    rb = df[(df.method == "random-best") & (df.model == "pgd-at")]
+    assert (rb.search_s > 0).all()
+    for seed in (0, 1):  # equal compute: as many random plans as LAAQ's refinement evaluated
+        laaq = QuantPlan.from_json(_unit(out, f"pgd-at__{seed}__bits3__laaq").plan)
+        best = QuantPlan.from_json(_unit(out, f"pgd-at__{seed}__bits3__random-best").plan)
+        assert int(best.meta["draws"]) == max(cfg.random_count, int(laaq.meta["refine_evals"]))
+
+
+def _unit(out: Path, name: str):
+    from laaq.experiment.store import Unit
+
+    return Unit.from_json((out / "units" / f"{name}.json").read_text())
+
+
+def test_refined_plan_scored_on_holdout(quick_run: tuple[pd.DataFrame, str, Path]) -> None:
+    _, _, out = quick_run
+    unit = _unit(out, "pgd-at__0__bits3__laaq")
+    plan = QuantPlan.from_json(unit.plan)
+    assert plan.meta["method"] == "laaq" and plan.meta["refine_on"] == "holdout"
+    assert float(plan.meta["spend_avg_bits"]) <= 3.0 + 1e-6
 
 
 def test_differences_have_paired_intervals(quick_run: tuple[pd.DataFrame, str, Path]) -> None:
-    df, summary, out = quick_run
+    df, _, out = quick_run
     diffs = pd.read_csv(out / "differences.csv")
-    laaq = diffs[(diffs.model == "pgd-at") & (diffs.method == "laaq")]
-    assert {"uniform", "mse", "hessian", "sensitivity", "random"} <= set(laaq.baseline)
+    laaq = diffs[(diffs.model == "pgd-at") & (diffs.method == "laaq") & (diffs.budget == "bits3")]
+    assert {"uniform", "uniform-clip", "mse", "hessian", "sensitivity", "random-best"} <= set(laaq.baseline)
+    assert laaq.baseline.str.startswith("best (").sum() == 1
     assert ((diffs.boot_lo <= diffs["diff"] + 1e-9) & (diffs["diff"] <= diffs.boot_hi + 1e-9)).all()
     covers = (diffs.boot_lo <= 0) & (diffs.boot_hi >= 0) | (diffs.t_lo <= 0) & (diffs.t_hi >= 0)
     assert ((diffs.verdict == "not distinguishable") == covers).all()  # a difference needs both intervals
     assert (diffs.n_seeds == 2).all() and (diffs.n_images == 100).all()
-    # the point estimate is the mean over seeds of the per-seed accuracy differences
-    at = df[df.model == "pgd-at"]
+    at = df[(df.model == "pgd-at") & (df.budget == "bits3")]
     expect = (at[at.method == "laaq"].set_index("seed").robust - at[at.method == "uniform"].set_index("seed").robust)
-    got = laaq[laaq.baseline == "uniform"]["diff"].iloc[0]
-    assert abs(got - expect.mean()) < 1e-9
-    assert "95 % intervals (paired bootstrap over seeds x images; t over seeds)" in summary
+    assert abs(laaq[laaq.baseline == "uniform"]["diff"].iloc[0] - expect.mean()) < 1e-9
     with np.load(out / "per_image.npz") as z:
-        assert "pgd-at|0|laaq" in z.files and z["pgd-at|0|laaq"].shape == (100,)
-        assert abs(z["pgd-at|0|laaq"].mean() - at[(at.method == "laaq") & (at.seed == 0)].robust.iloc[0]) < 1e-9
+        key = "pgd-at|0|bits3|laaq"
+        assert z[key].shape == (100,)
+        assert abs(z[key].mean() - at[(at.method == "laaq") & (at.seed == 0)].robust.iloc[0]) < 1e-9
+
+
+def test_resume_after_interruption(quick_run, cache: Path, tmp_path: Path, monkeypatch) -> None:
+    """Killed after three units, the re-run does only the rest, and its numbers equal an uninterrupted run's."""
+    df_full, _, _ = quick_run
+    cfg = replace(ExperimentConfig.quick(), seeds=(0,), models=("pgd-at",))
+    real = exp_run.evaluate
+    calls = {"n": 0}
+
+    def dying(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(exp_run, "evaluate", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path, progress=False, cache_dir=cache)
+    assert len(list((tmp_path / "units").glob("*.json"))) == 3
+    counted = {"n": 0}
+
+    def counting(*a, **kw):
+        counted["n"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(exp_run, "evaluate", counting)
+    df, _ = run_experiment(cfg, tmp_path, progress=False, cache_dir=cache)
+    n_units = 1 + 2 * len(F2_METHODS) + 2 * len(cfg.f1_bits)
+    assert len(df) == n_units and counted["n"] == n_units - 3
+    full = df_full[(df_full.model == "pgd-at") & (df_full.seed == 0)].set_index(["budget", "method"]).sort_index()
+    mine = df.set_index(["budget", "method"]).sort_index()
+    assert (full.robust == mine.robust).all() and (full.clean == mine.clean).all()
+    counted["n"] = 0
+    run_experiment(cfg, tmp_path, progress=False, cache_dir=cache)
+    assert counted["n"] == 0  # everything finished: nothing is redone
+    with pytest.raises(StateMismatch, match="another configuration"):
+        run_experiment(replace(cfg, n_eval=50), tmp_path, progress=False, cache_dir=cache)
 
 
 def test_combine_merges_runs_of_disjoint_seeds(quick_run, tmp_path: Path) -> None:
     df, _, out = quick_run
     parts = []
-    for seed in (0, 1):  # split the run into two one-seed folders, as parallel processes would write them
+    for seed in (0, 1):  # split the units into two one-seed folders, as parallel processes would write them
         d = tmp_path / f"s{seed}"
-        d.mkdir()
-        df[df.seed == seed].to_csv(d / "results.csv", index=False)
-        with np.load(out / "per_image.npz") as z:
-            np.savez(d / "per_image.npz", **{k: z[k] for k in z.files if k.split("|")[1] == str(seed)})
+        (d / "units").mkdir(parents=True)
+        (d / "state.json").write_bytes((out / "state.json").read_bytes())
+        for p in (out / "units").glob(f"*__{seed}__*.json"):
+            (d / "units" / p.name).write_bytes(p.read_bytes())
         parts.append(d)
-    merged, summary = combine(parts, ExperimentConfig.quick(), tmp_path / "all")
+    merged, _ = combine(parts, ExperimentConfig.quick(), tmp_path / "all")
     assert len(merged) == len(df)
-    assert pd.read_csv(tmp_path / "all" / "differences.csv").equals(pd.read_csv(out / "differences.csv"))
+    a = pd.read_csv(tmp_path / "all" / "differences.csv")
+    b = pd.read_csv(out / "differences.csv")
+    assert a.sort_values(list(a.columns[:4])).reset_index(drop=True).equals(
+        b.sort_values(list(b.columns[:4])).reset_index(drop=True))

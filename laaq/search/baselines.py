@@ -1,6 +1,8 @@
 """Baseline cost tables and plans, all solved by the same knapsack as LAAQ at the same budget.
 
 * ``uniform``     — the same bits everywhere (the largest candidate width the budget allows), max-abs scales;
+* ``uniform-clip``— the same widths, each layer's clip the MSE-optimal one of the search's grid: the
+  clip search every other method gets, so that a win over uniform is not a clipping win;
 * ``mse``         — quantization error only: cost = ‖W − Q(W)‖²_F (no data, no adversary);
 * ``sensitivity`` — one layer at a time on adversarial inputs: the increase of the adversarial
   cross-entropy when only that layer is quantized with that setting;
@@ -37,10 +39,26 @@ def uniform_alloc(graph: Graph, stats: Mapping[str, LayerStats], budget: Budget,
     raise BudgetError(f"no uniform allocation over bits {bits_choices} fits budget {budget.describe()}")
 
 
+def uniform_clip_alloc(graph: Graph, stats: Mapping[str, LayerStats], budget: Budget,
+                       settings: list[LayerSetting]) -> dict[str, LayerSetting]:
+    """:func:`uniform_alloc`'s widths with each layer's MSE-optimal clip from ``settings``' grid."""
+    widths = uniform_alloc(graph, stats, budget, tuple(sorted({s.bits for s in settings})))
+    out = {}
+    for n in graph.weighted():
+        b = widths[n.name].bits
+        row = mse_costs_for(n.weight, [s for s in settings if s.bits == b])
+        out[n.name] = min(row, key=row.__getitem__)
+    return out
+
+
+def mse_costs_for(weight: np.ndarray, settings: list[LayerSetting]) -> dict[LayerSetting, float]:
+    """Squared weight error of one layer per setting."""
+    return {s: float(((weight - dequantize_weight(weight, s)).astype(np.float64) ** 2).sum()) for s in settings}
+
+
 def mse_costs(graph: Graph, settings: list[LayerSetting]) -> CostTable:
     """Squared weight error per layer and setting: what a data-free quantizer minimises."""
-    return {n.name: {s: float(((n.weight - dequantize_weight(n.weight, s)).astype(np.float64) ** 2).sum())
-                     for s in settings} for n in graph.weighted()}
+    return {n.name: mse_costs_for(n.weight, settings) for n in graph.weighted()}
 
 
 def sensitivity_costs(graph: Graph, x_adv: torch.Tensor, y: torch.Tensor, settings: list[LayerSetting]) -> CostTable:

@@ -209,18 +209,20 @@ def make_plan(layers: Mapping[str, LayerSetting], stats: Mapping[str, LayerStats
 
 def refine(layers: Mapping[str, LayerSetting], evaluate: Callable[[dict[str, LayerSetting]], float],
            settings: list[LayerSetting], stats: Mapping[str, LayerStats], budget: Budget, max_sweeps: int = 2,
-           max_evals: int = 2000, time_limit_s: float = math.inf) -> tuple[dict[str, LayerSetting], int]:
+           max_evals: int = 2000, time_limit_s: float = math.inf,
+           on_sweep: Callable[[dict[str, LayerSetting]], None] | None = None) -> tuple[dict[str, LayerSetting], int]:
     """Layer-wise best-improvement local search with an exact metric, within the budget.
 
     Moves: change one layer's clip, or raise its bits (same clip) if that fits; or move one bit
     level from one layer to another (keeping their clips). Moves that only *remove* bits are not
     tried: on a few hundred calibration images they win by noise and leave budget unspent. The
-    separable solver cannot see interactions between layers; this step measures them. Returns
+    separable solver cannot see interactions between layers; this step measures them. ``on_sweep``
+    is called with the current allocation before each sweep (e.g. to re-craft adaptive examples); the
+    current allocation is then re-scored, so moves are always compared on the same examples. Returns
     (allocation, number of evaluations).
     """
     cur = dict(layers)
-    best = evaluate(cur)
-    evals = 1
+    evals = 0
     t0 = time.perf_counter()
     bits_levels = sorted({s.bits for s in settings})
 
@@ -229,6 +231,11 @@ def refine(layers: Mapping[str, LayerSetting], evaluate: Callable[[dict[str, Lay
         return bits_levels[i] if 0 <= i < len(bits_levels) else None
 
     for _ in range(max_sweeps):
+        if on_sweep is not None or evals == 0:
+            if on_sweep is not None:
+                on_sweep(cur)
+            best = evaluate(cur)
+            evals += 1
         cands: list[dict[str, LayerSetting]] = []
         for n in cur:
             for s in settings:

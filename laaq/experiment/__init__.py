@@ -1,0 +1,77 @@
+"""The LAAQ experiment: LAAQ vs every baseline at several budgets (F2), uniform widths on plain vs PGD-AT
+models (F1), resumable unit by unit. Entry points: :func:`run_experiment` and :func:`combine`.
+
+Outputs in ``out_dir`` (each written atomically): ``units/`` (one JSON per finished unit — the resumable
+state), ``results.csv`` (one row per unit), ``summary.csv``, ``differences.csv``, ``f1.csv``,
+``per_image.npz`` (robust outcome per image), ``results.md`` and ``results.png`` (robust accuracy vs budget).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .analysis import aggregate, answers, differences, f1_table, kurtosis_table, search_cost
+from .config import BASELINES, F2_METHODS, MODEL_KINDS, ExperimentConfig, budget_for
+from .report import markdown, plot
+from .run import rows_and_outcomes, run_grid, twin_for
+from .store import StateMismatch, UnitStore, atomic_write
+
+__all__ = ["BASELINES", "F2_METHODS", "MODEL_KINDS", "ExperimentConfig", "StateMismatch", "budget_for", "combine",
+           "run_experiment", "twin_for", "write_outputs"]
+
+
+def _store(cfg: ExperimentConfig, out: Path) -> UnitStore:
+    return UnitStore(out, cfg.digest(), json.dumps(asdict(cfg), default=str))
+
+
+def run_experiment(cfg: ExperimentConfig | None = None, out_dir: str | Path = "results/experiment",
+                   progress: bool = True, cache_dir: Path | None = None) -> tuple[pd.DataFrame, str]:
+    """Run every unfinished unit of ``cfg`` into ``out_dir``, then write the tables; returns (rows, summary)."""
+    cfg = cfg or ExperimentConfig()
+    store = _store(cfg, Path(out_dir))
+    run_grid(cfg, store, progress, cache_dir)
+    return write_outputs(cfg, Path(out_dir))
+
+
+def write_outputs(cfg: ExperimentConfig, out: Path) -> tuple[pd.DataFrame, str]:
+    """Tables, per-image outcomes, markdown and plot from the finished units that belong to ``cfg``."""
+    rows, outcomes = rows_and_outcomes(cfg, _store(cfg, out))
+    df = pd.DataFrame(rows)
+    if df.empty:
+        raise RuntimeError(f"no finished experiment units in {out}")
+    agg, diffs, f1 = aggregate(df), differences(df, outcomes), f1_table(df)
+    kurt, cost = kurtosis_table(df), search_cost(df)
+    summary = answers(df, diffs, f1, cost)
+    atomic_write(out / "per_image.npz", lambda t: _save_npz(t, outcomes))
+    for name, table in (("results", df), ("summary", agg), ("differences", diffs), ("f1", f1), ("search_cost", cost)):
+        atomic_write(out / f"{name}.csv", lambda t, table=table: table.to_csv(t, index=False))
+    atomic_write(out / "results.md", lambda t: Path(t).write_text(markdown(agg, diffs, f1, kurt, cost, cfg, summary)))
+    atomic_write(out / "results.png", lambda t: plot(agg, t))
+    return df, "\n".join(summary)
+
+
+def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **{k: v.astype(np.uint8) for k, v in arrays.items()})
+
+
+def combine(run_dirs: list[str | Path], cfg: ExperimentConfig, out_dir: str | Path) -> tuple[pd.DataFrame, str]:
+    """Merge the units of runs made in parallel (e.g. one process per seed, same configuration) into one
+    folder and write its tables; the seeds are those found."""
+    out = Path(out_dir)
+    store = _store(cfg, out)
+    seeds: set[int] = set()
+    for d in run_dirs:
+        _store(cfg, Path(d))  # refuses a folder of another configuration
+        for p in sorted((Path(d) / "units").glob("*.json")):
+            seeds.add(int(p.name.split("__")[1]))
+            if not (store.dir / p.name).exists():
+                store.dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy(p, store.dir / p.name)
+    return write_outputs(replace(cfg, seeds=tuple(sorted(seeds))), out)

@@ -1,0 +1,94 @@
+"""What determines the experiment's numbers, as one typed, frozen configuration.
+
+The defaults are the issue's protocol on the model where layers matter: VGG8 (no layer above 27 % of
+the weights) PGD-AT trained on MNIST-5k at ε = 0.3 with its measured recipe (6 epochs, peak lr 3e-3,
+PGD-7), budgets of {2.5, 3, 3.5, 4} average weight bits and one BOPs budget, five seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from laaq.attacks import PGDConfig, pgd_step
+from laaq.robustness import PRESETS, EvalConfig
+from laaq.search import Budget, CalibrationRecipe, SearchConfig
+
+#: every quantization method of the F2 comparison, in table order (LAAQ's ablation before LAAQ)
+F2_METHODS = ("uniform", "uniform-clip", "mse", "hessian", "sensitivity", "random-best", "laaq-ilp", "laaq")
+#: the methods LAAQ is compared with ("random-best": best of N random plans, N = LAAQ's exact-loss evaluations)
+BASELINES = ("uniform", "uniform-clip", "mse", "hessian", "sensitivity", "random-best")
+MODEL_KINDS = ("pgd-at", "plain")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that determines the experiment's numbers.
+
+    ``budgets``: average weight bits; ``bops_fraction``: one more budget, bit operations per sample at
+    most this fraction of the uniform-8 model's (8-bit activations); ``plain_eps``: the plain model's
+    radius (None: matched — the radius of the grid where its fp32 robust accuracy comes closest to the
+    PGD-AT model's at ``evaluation.eps``, measured on training images, never test images);
+    ``f1_bits``: the uniform widths of F1, each with max-abs and MSE-optimal clipping.
+    """
+
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    arch: str = "vgg8"
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    models: tuple[str, ...] = MODEL_KINDS
+    budgets: tuple[float, ...] = (2.5, 3.0, 3.5, 4.0)
+    bops_fraction: float | None = 0.4
+    methods: tuple[str, ...] = F2_METHODS
+    f1_bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
+    train_epochs: int = 6
+    train_lr: float = 3e-3
+    train_pgd: PGDConfig = field(default_factory=lambda: PGDConfig(eps=0.3, step_size=pgd_step(0.3, 7), steps=7))
+    evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(PRESETS["standard"], 0.3, checks=False))
+    plain_eps: float | None = None
+    eps_grid: tuple[float, ...] = (0.02, 0.05, 0.075, 0.1, 0.15, 0.2)
+    calibration: CalibrationRecipe = field(default_factory=CalibrationRecipe)
+    n_eval: int = 500
+    random_count: int = 4
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    @classmethod
+    def quick(cls) -> ExperimentConfig:
+        """Small enough for a test: sklearn digits (8×8), the tiny CNN, two seeds, short attacks."""
+        p = PGDConfig(eps=0.1, step_size=0.03, steps=4)
+        return cls(dataset="digits", arch="tinycnn", seeds=(0, 1), budgets=(3.0,), bops_fraction=0.5,
+                   f1_bits=(8, 2), train_epochs=5, train_lr=1e-2, train_pgd=p,
+                   evaluation=EvalConfig(PRESETS["quick"], 0.1, checks=False), eps_grid=(0.02, 0.05),
+                   calibration=CalibrationRecipe(samples=48, attack_steps=4, holdout=48), n_eval=100,
+                   random_count=2, search=SearchConfig(clips=(1.0, 0.8, 0.6), refine_sweeps=1, refine_max_evals=30,
+                                                       hessian_max_iter=10))
+
+    @classmethod
+    def cifar(cls, data_dir: str) -> ExperimentConfig:
+        """CIFAR-10 / ResNet-20 at ε = 8/255, the standard ensemble (needs real compute)."""
+        e = 8 / 255
+        return cls(dataset="cifar10", data_dir=data_dir, arch="resnet20", train_epochs=30, train_lr=1e-2,
+                   train_pgd=PGDConfig(eps=e, step_size=2 / 255, steps=7),
+                   evaluation=EvalConfig(PRESETS["standard"], e, checks=False), n_eval=1000,
+                   eps_grid=(1 / 255, 2 / 255, 4 / 255))
+
+    def budget_labels(self) -> list[str]:
+        """Labels of the F2 budgets, in order: ``bits2.5`` …, then ``bops0.4``."""
+        out = [f"bits{b:g}" for b in self.budgets]
+        return out + ([f"bops{self.bops_fraction:g}"] if self.bops_fraction else [])
+
+    def digest(self) -> str:
+        """Hash of what makes a finished unit reusable: everything except which seeds, models, budgets and
+        methods are run (those are in each unit's key, so a later run may add more of them)."""
+        d = asdict(replace(self, seeds=(), models=(), budgets=(), bops_fraction=None, methods=(), f1_bits=()))
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def budget_for(label: str, bops_int8: float) -> Budget:
+    """The :class:`Budget` behind a label (``bops_int8``: the uniform-8 model's BOPs per sample)."""
+    if label.startswith("bits"):
+        return Budget(avg_bits=float(label[4:]))
+    if label.startswith("bops"):
+        return Budget(bops=float(label[4:]) * bops_int8)
+    raise ValueError(f"unknown budget label {label!r}")

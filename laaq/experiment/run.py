@@ -1,0 +1,228 @@
+"""Runs the experiment grid unit by unit, resumably: model kind × seed × budget × method, plus F1's
+uniform widths, each evaluated on its bit-exact twin with the attack ensemble on the same test images.
+
+Order: per seed, per model kind — fp32, then every budget's plans (searched only when some of that
+budget's units are unfinished), then F1. A killed run restarts at the first unfinished unit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats as st
+from tqdm import tqdm
+
+from laaq.data import Split, load_dataset
+from laaq.graph import Graph
+from laaq.importer import model_graph
+from laaq.quant.plan import LayerSetting, QuantPlan
+from laaq.quant.quantizers import quantize_graph
+from laaq.quant.twin import Twin
+from laaq.robustness import PRESETS, EvalConfig, evaluate
+from laaq.search import Calibration, layer_stats, search_plan, spend
+from laaq.search.baselines import mse_costs_for
+from laaq.search.solver import Budget
+from laaq.stats import wilson
+from laaq.train import TrainConfig, train_or_load
+
+from .config import ExperimentConfig, budget_for
+from .store import Unit, UnitStore, unit_key
+
+MATCH_IMAGES = 200  # images for the plain model's radius matching (test images past the evaluated ones)
+
+
+@dataclass
+class SeedContext:
+    """One trained model of one seed, imported, with its radius, calibration and test images."""
+
+    kind: str
+    seed: int
+    model: torch.nn.Module
+    graph: Graph
+    eps: float
+    calib: Calibration
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def bops_int8(self) -> float:
+        return sum(s.macs * 8 * 8 for s in layer_stats(self.graph).values())
+
+
+def twin_for(graph: Graph, plan: QuantPlan, calib: Calibration) -> Twin:
+    """The bit-exact twin of a plan, with activation scales calibrated on clean + adversarial inputs."""
+    return Twin(quantize_graph(graph, plan, calib.all_x)).eval()
+
+
+def _alloc_str(plan: QuantPlan) -> str:
+    return " ".join(f"{n}:{s.bits}b@{s.clip:g}" for n, s in plan.layers.items())
+
+
+def kurtosis(graph: Graph) -> dict[str, float]:
+    """Excess kurtosis of each weighted layer's weights (heavy tails: max-abs scales waste levels)."""
+    return {n.name: float(st.kurtosis(n.weight.ravel().astype(np.float64))) for n in graph.weighted()}
+
+
+def _train(data: Split, cfg: ExperimentConfig, seed: int, kind: str, progress: bool, cache_dir: Path | None
+           ) -> torch.nn.Module:
+    tcfg = TrainConfig(arch=cfg.arch, epochs=cfg.train_epochs, lr=cfg.train_lr, adversarial=kind == "pgd-at",
+                       pgd=cfg.train_pgd, seed=seed)
+    return train_or_load(data, tcfg, cache_dir=cache_dir, progress=progress)[0].eval()
+
+
+def match_images(data: Split, cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images for radius matching: test images *after* the evaluated ones (never the evaluated ones)."""
+    if len(data.x_test) < cfg.n_eval + MATCH_IMAGES // 2:
+        raise ValueError(f"radius matching needs test images beyond the {cfg.n_eval} evaluated ones; the split has "
+                         f"{len(data.x_test)} — lower --n-eval or give --plain-eps")
+    return data.x_test[cfg.n_eval:cfg.n_eval + MATCH_IMAGES], data.y_test[cfg.n_eval:cfg.n_eval + MATCH_IMAGES]
+
+
+def matched_eps(data: Split, cfg: ExperimentConfig, seed: int, progress: bool, cache_dir: Path | None,
+                store: UnitStore) -> float:
+    """The plain model's radius: where its fp32 robust accuracy (``quick`` preset) comes closest to the PGD-AT
+    model's at the evaluation radius, on :func:`match_images`. Stored as a unit (``plain|seed|match|eps``)."""
+    key = unit_key("plain", seed, "match", "eps")
+    if cfg.plain_eps is not None:
+        return cfg.plain_eps
+    if store.has(key):
+        return float(store.get(key).row["eps"])  # type: ignore[arg-type]
+    x, y = match_images(data, cfg)
+    quick = EvalConfig(PRESETS["quick"], cfg.evaluation.eps, seed=seed, checks=False)
+    target = float(evaluate(_train(data, cfg, seed, "pgd-at", progress, cache_dir), x, y, quick).robust.mean())
+    plain = _train(data, cfg, seed, "plain", progress, cache_dir)
+    curve = {e: float(evaluate(plain, x, y, replace(quick, eps=e)).robust.mean()) for e in cfg.eps_grid}
+    eps = min(curve, key=lambda e: abs(curve[e] - target))
+    row = {"eps": eps, "target_robust": target, "curve": json.dumps(curve), "images": len(x)}
+    store.put(Unit(key, row, np.zeros(0, bool), np.zeros(0, bool)))
+    return eps
+
+
+def context(data: Split, cfg: ExperimentConfig, seed: int, kind: str, progress: bool, cache_dir: Path | None,
+            store: UnitStore) -> SeedContext:
+    eps = cfg.evaluation.eps if kind == "pgd-at" else matched_eps(data, cfg, seed, progress, cache_dir, store)
+    model = _train(data, cfg, seed, kind, progress, cache_dir)
+    graph = model_graph(model, data.input_shape)
+    calib = cfg.calibration.make(graph, data.x_train, data.y_train, eps, seed, model)
+    return SeedContext(kind, seed, model, graph, eps, calib, data.x_test[:cfg.n_eval], data.y_test[:cfg.n_eval])
+
+
+def f1_plan(graph: Graph, bits: int, clip_mode: str, clips: tuple[float, ...]) -> QuantPlan:
+    """Uniform ``bits`` with max-abs scales, or each layer's MSE-optimal clip from ``clips``."""
+    layers = {}
+    for n in graph.weighted():
+        if clip_mode == "maxabs":
+            layers[n.name] = LayerSetting(bits, 1.0)
+        else:
+            row = mse_costs_for(n.weight, [LayerSetting(bits, c) for c in clips])
+            layers[n.name] = min(row, key=row.__getitem__)
+    return QuantPlan(layers, name=f"w{bits}-{clip_mode}", meta={"method": f"uniform-{clip_mode}", "search_time_s": "0"})
+
+
+class Runner:
+    """Evaluates and stores units for one :class:`SeedContext`."""
+
+    def __init__(self, cfg: ExperimentConfig, ctx: SeedContext, store: UnitStore, log: Callable[[str], None]) -> None:
+        self.cfg, self.ctx, self.store, self.log = cfg, ctx, store, log
+        self.ecfg = replace(cfg.evaluation, eps=ctx.eps, seed=ctx.seed)
+        self.stats = layer_stats(ctx.graph)
+
+    def evaluate(self, budget: str, method: str, plan: QuantPlan | None, extra: dict[str, object] | None = None
+                 ) -> Unit:
+        c = self.ctx
+        t0 = time.perf_counter()
+        predict = c.model if plan is None else twin_for(c.graph, plan, c.calib)
+        r = evaluate(predict, c.x, c.y, self.ecfg)
+        (c_lo, c_hi), (r_lo, r_hi) = (wilson(int(v.sum()), v.size) for v in (r.clean, r.robust))
+        row: dict[str, object] = {
+            "seed": c.seed, "model": c.kind, "budget": budget, "method": method, "eps": c.eps,
+            "attack": self.ecfg.preset.name, "n_eval": int(r.clean.size),
+            "clean": float(r.clean.mean()), "clean_lo": c_lo, "clean_hi": c_hi,
+            "robust": float(r.robust.mean()), "robust_lo": r_lo, "robust_hi": r_hi,
+            "avg_bits": 32.0, "bops_frac": 16.0, "search_s": 0.0, "eval_s": time.perf_counter() - t0, "plan": "float32"}
+        if plan is not None:
+            used = spend(plan.layers, self.stats, Budget(avg_bits=99, bops=1e30))
+            row.update(avg_bits=used["avg_bits"], bops_frac=used["bops"] / c.bops_int8,
+                       search_s=float(plan.meta.get("search_time_s", 0.0)), plan=_alloc_str(plan))
+        row.update(extra or {})
+        unit = Unit(unit_key(c.kind, c.seed, budget, method), row, r.clean, r.robust,
+                    plan.to_json() if plan is not None else "")
+        self.store.put(unit)
+        self.log(f"[{c.kind} s{c.seed} {budget} {method}] clean {row['clean']:.3f} robust {row['robust']:.3f} "
+                 f"({row['eval_s']:.0f} s)")
+        return unit
+
+    def laaq_evaluations(self, budget: str) -> int:
+        """How many exact-loss evaluations LAAQ's refinement made at this seed and budget (0: not run)."""
+        key = unit_key(self.ctx.kind, self.ctx.seed, budget, "laaq")
+        if not self.store.has(key) or not self.store.get(key).plan:
+            return 0
+        return int(QuantPlan.from_json(self.store.get(key).plan).meta.get("refine_evals", 0))
+
+    def plan(self, budget: Budget, label: str, method: str) -> QuantPlan:
+        scfg = replace(self.cfg.search, seed=self.ctx.seed, random_count=self.cfg.random_count)
+        if method == "laaq-ilp":
+            return search_plan("laaq", self.ctx.graph, self.ctx.calib, budget, replace(scfg, refine=False))
+        if method == "random-best":  # equal compute: as many exact-loss evaluations as LAAQ's refinement made
+            scfg = replace(scfg, random_count=max(self.cfg.random_count, self.laaq_evaluations(label)))
+        return search_plan(method, self.ctx.graph, self.ctx.calib, budget, scfg)
+
+
+def _ordered(methods: tuple[str, ...]) -> list[str]:
+    """LAAQ before "random-best" (which gets LAAQ's number of exact-loss evaluations)."""
+    return sorted(methods, key=lambda m: (m == "random-best", methods.index(m)))
+
+
+def pending(cfg: ExperimentConfig, store: UnitStore, kind: str, seed: int) -> list[tuple[str, str]]:
+    keys = [("fp32", "fp32")] + [(b, m) for b in cfg.budget_labels() for m in _ordered(cfg.methods)]
+    keys += [("f1", f"w{b}-{mode}") for b in cfg.f1_bits for mode in ("maxabs", "mse")]
+    return [(b, m) for b, m in keys if not store.has(unit_key(kind, seed, b, m))]
+
+
+def run_grid(cfg: ExperimentConfig, store: UnitStore, progress: bool = True, cache_dir: Path | None = None,
+             log: Callable[[str], None] = print) -> None:
+    """Every unfinished unit of ``cfg``, in order; each finished unit is on disk before the next starts."""
+    data = load_dataset(cfg.dataset, seed=0, data_dir=cfg.data_dir)
+    total = sum(len(pending(cfg, store, k, s)) for s in cfg.seeds for k in cfg.models)
+    bar = tqdm(total=total, desc="experiment units", unit="unit", disable=not progress)
+    for seed in cfg.seeds:
+        for kind in cfg.models:
+            todo = pending(cfg, store, kind, seed)
+            if not todo:
+                continue
+            ctx = context(data, cfg, seed, kind, progress, cache_dir, store)
+            run = Runner(cfg, ctx, store, lambda m: bar.write(m) if progress else log(m))
+            for budget_label, method in todo:
+                if budget_label == "fp32":
+                    run.evaluate("fp32", "fp32", None, {"kurtosis": json.dumps(kurtosis(ctx.graph))})
+                elif budget_label == "f1":
+                    bits, mode = method[1:].split("-")
+                    run.evaluate("f1", method, f1_plan(ctx.graph, int(bits), mode, cfg.search.clips))
+                else:
+                    budget = budget_for(budget_label, ctx.bops_int8)
+                    run.evaluate(budget_label, method, run.plan(budget, budget_label, method))
+                bar.update(1)
+    bar.close()
+
+
+def rows_and_outcomes(cfg: ExperimentConfig, store: UnitStore) -> tuple[list[dict[str, object]], dict[str, np.ndarray]]:
+    """The finished units that belong to ``cfg`` (its seeds, models, budgets, methods)."""
+    wanted_budgets = {"fp32", "f1", *cfg.budget_labels()}
+    rows, outcomes = [], {}
+    for u in store:
+        kind, seed, budget, _ = u.key.split("|")
+        if budget == "match" or kind not in cfg.models or int(seed) not in cfg.seeds or budget not in wanted_budgets:
+            continue
+        rows.append(u.row)
+        outcomes[u.key] = u.robust
+    return rows, outcomes
+
+
+def to_plan(unit: Unit) -> QuantPlan | None:
+    return QuantPlan.from_json(unit.plan) if unit.plan else None
