@@ -80,7 +80,7 @@ class BenchConfig:
     latency_budget: str = ""
     layer_times: bool = False
     batch_large: int = 64
-    eval_samples: int = 1000
+    eval_samples: int = 500
     calibration: CalibrationRecipe = field(default_factory=CalibrationRecipe)
     latency: LatencyProtocol = field(default_factory=LatencyProtocol)
     seed: int = 0

@@ -146,4 +146,5 @@ def test_recipes_are_the_cli_checkpoints() -> None:
     from laaq.metric_validity import RECIPES
 
     assert train_config("mnist5k", "vgg8", 6, 3e-3, False, None, 0)[0] == RECIPES["vgg8"]
-    assert train_config("mnist5k", None, 6, 1e-3, False, None, 0)[0] == RECIPES["smallcnn"]
+    assert train_config("mnist5k", "smallcnn", 6, None, False, None, 0)[0] == RECIPES["smallcnn"]
+    assert train_config("mnist5k", None, 6, None, False, None, 0)[0] == RECIPES["vgg8"]  # the default model

@@ -19,7 +19,7 @@ from laaq.train import train_or_load
 art = Path("build/gpucheck/art")
 t = load_target("cuda-sm90")
 d = load_mnist5k()
-cfg, _ = train_config("mnist5k", None, 6, 1e-3, False, None, 0)
+cfg, _ = train_config("mnist5k", "smallcnn", 6, 1e-3, False, None, 0)
 model, _, cached = train_or_load(d, cfg, progress=False)
 assert cached
 g = model_graph(model, d.input_shape)
