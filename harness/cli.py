@@ -215,7 +215,8 @@ def compare(run_dir, variant_a, variant_b, target) -> None:
 @main.command()
 @_train_options
 @click.option("--method", default="laaq", show_default=True,
-              type=click.Choice(["laaq", "uniform", "mse", "sensitivity", "hessian", "random"]),
+              type=click.Choice(["laaq", "uniform", "uniform-clip", "mse", "sensitivity", "hessian", "random",
+                                 "random-best"]),
               help="LAAQ or a baseline; all are solved by the same exact knapsack under the same budget.")
 @click.option("--avg-bits", type=float, default=None, help="Budget: parameter-weighted average weight bits.")
 @click.option("--model-bytes", type=float, default=None, help="Budget: packed weight bytes.")
@@ -261,11 +262,11 @@ def search(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed
 @click.option("--f1-bits", default="8,7,6,5,4,3,2", show_default=True,
               help="F1's uniform widths (each with max-abs and MSE-optimal clipping); empty for none.")
 @click.option("--arch", default=None, help="Model (default vgg8 on MNIST-5k: 8 layers, none above 27 % of weights).")
-@click.option("--attack", default="standard", show_default=True,
+@click.option("--attack", default="apgd", show_default=True,
               type=click.Choice(["quick", "apgd", "standard", "thorough"]),
               help="Robust-accuracy preset (see `bench --help`; apgd: APGD-CE 50 + APGD-T 50 x top-3, ~6x cheaper "
                    "than standard, for grids of many plans); the sanity checks run in `bench`, not here.")
-@click.option("--n-eval", type=int, default=None, help="Test images (default 500 MNIST, 1000 CIFAR-10, 100 quick).")
+@click.option("--n-eval", type=int, default=None, help="Test images (default 200 MNIST, 1000 CIFAR-10, 100 quick).")
 @click.option("--quick", is_flag=True,
               help="Minutes-long smoke version (sklearn digits, tiny CNN, 2 seeds, 2 budgets, quick attack).")
 @click.option("--combine", "combine_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
