@@ -177,3 +177,20 @@ def test_compare_two_variants_of_a_run(bench_run) -> None:
     r = CliRunner().invoke(main, ["compare", str(folder), "fp32", "int3"])
     assert r.exit_code == 1 and "no per-image outcomes for int3" in r.output
     assert "Variants compared on the same images" in (folder / "report.md").read_text()
+
+
+def test_retime_script_times_a_runs_artefacts(bench_run) -> None:
+    """benchmarks/retime.py loads a finished run's artefacts and times them interleaved (bench's protocol)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, _ = bench_run
+    run = next(p.parent for p in out.glob("*/run.json"))
+    r = subprocess.run([sys.executable, "benchmarks/retime.py", str(run), "--rounds", "1", "--repeat", "2",
+                        "--number", "1", "--warmup", "1"], capture_output=True, text=True, timeout=600,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(run / "retimed.csv")
+    assert set(df.variant) == {"fp32", "int8"} and len(set(df.batch)) == 2 and (df.median_ms > 0).all()
+    assert (df[df.variant == "int8"].vs_int8 == 1.0).all()
