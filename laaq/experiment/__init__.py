@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analysis import aggregate, answers, differences, f1_table, kurtosis_table, search_cost
+from .analysis import aggregate, answers, complete_blocks, differences, f1_table, kurtosis_table, search_cost
 from .config import BASELINES, F2_METHODS, MODEL_KINDS, ExperimentConfig, budget_for
 from .report import markdown, plot
 from .run import rows_and_outcomes, run_grid, twin_for
@@ -45,6 +45,7 @@ def write_outputs(cfg: ExperimentConfig, out: Path) -> tuple[pd.DataFrame, str]:
     df = pd.DataFrame(rows)
     if df.empty:
         raise RuntimeError(f"no finished experiment units in {out}")
+    df = complete_blocks(df, cfg.methods).reset_index(drop=True)
     agg, diffs, f1 = aggregate(df), differences(df, outcomes), f1_table(df)
     kurt, cost = kurtosis_table(df), search_cost(df)
     summary = answers(df, diffs, f1, cost)

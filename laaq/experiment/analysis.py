@@ -4,8 +4,11 @@ every baseline (and to the best one) per budget, F1's drops, and the search-cost
 Statistics (why): methods are scored on the same images with the same seeds, so a difference is paired
 per image and seed — a hierarchical paired bootstrap over seeds × images and a t-interval over the
 per-seed differences; a difference is "distinguishable" only when both exclude 0 (a bootstrap over
-five seeds alone is too narrow). With one seed there is no t-interval: the verdict is the bootstrap's
-over images alone and says so.
+five seeds alone is too narrow). With fewer than three seeds no verdict is given (two seeds can agree
+by chance and give a zero-width t-interval).
+
+A partial (interrupted) run is analysed on *complete blocks* only: for each model and budget, the seeds
+where every method finished (:func:`complete_blocks`), so every method is compared on the same seeds.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from laaq.stats import paired_bootstrap, t_interval
 
 from .config import BASELINES, F2_METHODS
 
+MIN_SEEDS = 3  # a verdict needs a t-interval over at least this many seeds (2 can agree by chance: zero width)
 GOAL_POINTS = 3.0  # the issue's goal: ≥ 3 robust points over the best baseline at ≤ 3.5 average bits
 GOAL_MAX_BITS = 3.5
 
@@ -32,6 +36,15 @@ def outcomes_for(outcomes: dict[str, np.ndarray], model: str, budget: str, metho
             return None
         out.append(v.astype(float))
     return out
+
+
+def complete_blocks(df: pd.DataFrame, methods: tuple[str, ...]) -> pd.DataFrame:
+    """Rows of F2 budgets restricted to the (model, budget, seed) blocks where every method finished; fp32
+    and F1 rows pass unchanged."""
+    f2 = ~df.budget.isin(["fp32", "f1"])
+    done = df[f2].groupby(["model", "budget", "seed"]).method.agg(lambda m: set(methods) <= set(m))
+    keep = {k for k, ok in done.items() if ok}
+    return df[~f2 | pd.Series([(r.model, r.budget, r.seed) in keep for r in df.itertuples()], index=df.index)]
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
@@ -73,13 +86,14 @@ def differences(df: pd.DataFrame, outcomes: dict[str, np.ndarray]) -> pd.DataFra
                     continue
                 boot = paired_bootstrap(a, b, seed=0)
                 tint = t_interval(np.array([x.mean() - y.mean() for x, y in zip(a, b, strict=True)]))
-                decided = boot.distinguishable and (tint.distinguishable or len(seeds) == 1)
+                decided = boot.distinguishable and tint.distinguishable
                 rows.append({"model": model, "budget": budget, "method": method,
                              "baseline": f"best ({name})" if base == "best" else base, "n_seeds": len(seeds),
                              "n_images": int(a[0].size), "diff": boot.mean, "boot_lo": boot.lo, "boot_hi": boot.hi,
                              "t_lo": tint.lo, "t_hi": tint.hi,
-                             "verdict": ("distinguishable" if decided else "not distinguishable")
-                             + (" (1 seed: images only)" if len(seeds) == 1 else "")})
+                             "verdict": (f"no verdict ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+                                         if len(seeds) < MIN_SEEDS else
+                                         "distinguishable" if decided else "not distinguishable")})
     return pd.DataFrame(rows)
 
 
