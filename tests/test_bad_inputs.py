@@ -248,7 +248,8 @@ def test_bad_attack_settings_stop_before_any_work(tmp_path: Path, args: list[str
 
 
 def test_unknown_attack_preset_is_refused(tmp_path: Path) -> None:
-    for cmd in (["bench", "--target", "x86"], ["experiment", "--out", str(tmp_path / "exp")]):
+    for cmd, choices in ((["bench", "--target", "x86"], "'quick', 'standard', 'thorough'"),
+                         (["experiment", "--out", str(tmp_path / "exp")], "'quick', 'apgd', 'standard', 'thorough'")):
         r = CliRunner().invoke(main, [*cmd, "--attack", "strongest"])
-        assert r.exit_code == 2 and "'strongest' is not one of 'quick', 'standard', 'thorough'" in r.output, r.output
+        assert r.exit_code == 2 and f"'strongest' is not one of {choices}" in r.output, r.output
     assert not (tmp_path / "exp").exists()
