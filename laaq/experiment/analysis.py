@@ -58,7 +58,12 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
             t = t_interval(g[col].to_numpy(float))
             row.update({f"{col}_mean": t.mean, f"{col}_lo": max(0.0, t.lo), f"{col}_hi": min(1.0, t.hi)})
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    order = {m: i for i, m in enumerate(("fp32", *F2_METHODS))}
+    out["_o"] = out.method.map(lambda m: order.get(m, len(order)))
+    return out.sort_values(["model", "budget", "_o", "method"]).drop(columns="_o").reset_index(drop=True)
 
 
 def best_baseline(agg: pd.DataFrame, model: str, budget: str) -> str | None:
@@ -151,7 +156,8 @@ def answers(df: pd.DataFrame, diffs: pd.DataFrame, f1: pd.DataFrame, cost: pd.Da
             if best.empty:
                 continue
             r = best.iloc[0]
-            lines.append(f"F2 [{model}, {budget}]: LAAQ minus the best baseline {r.baseline}: {100 * r['diff']:+.1f} "
+            lines.append(f"F2 [{model}, {budget}]: LAAQ minus the {r.baseline[:4]} baseline {r.baseline[5:]}: "
+                         f"{100 * r['diff']:+.1f} "
                          f"robust pts (bootstrap [{100 * r.boot_lo:+.1f}, {100 * r.boot_hi:+.1f}], t "
                          f"[{100 * r.t_lo:+.1f}, {100 * r.t_hi:+.1f}]; {int(r.n_seeds)} seeds x {int(r.n_images)} "
                          f"images) — {r.verdict}.")
@@ -160,8 +166,12 @@ def answers(df: pd.DataFrame, diffs: pd.DataFrame, f1: pd.DataFrame, cost: pd.Da
     if len(goal):
         goal = goal[goal.budget.str[4:].astype(float) <= GOAL_MAX_BITS]
         met = goal[(goal["diff"] * 100 >= GOAL_POINTS) & goal.verdict.str.startswith("distinguishable")]
+        undecided = goal[goal.verdict.str.startswith("no verdict")]
+        state = ("met at " + ", ".join(met.budget) if len(met) else
+                 f"undecided (fewer than {MIN_SEEDS} seeds at {', '.join(undecided.budget)})" if len(undecided)
+                 else "not met")
         lines.append(f"Goal (>= {GOAL_POINTS:g} robust pts over the best baseline at <= {GOAL_MAX_BITS:g} bits, "
-                     f"interval excluding 0): {'met at ' + ', '.join(met.budget) if len(met) else 'not met'}.")
+                     f"interval excluding 0): {state}.")
     for model in dict.fromkeys(f1.model if len(f1) else []):
         g = f1[(f1.model == model) & (f1.bits == f1.bits.min())]
         parts = [f"{r.clip}: robust drop {100 * r.robust_drop:+.1f} pts [{100 * r.robust_drop_lo:+.1f}, "
