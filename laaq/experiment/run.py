@@ -26,7 +26,7 @@ from laaq.quant.quantizers import quantize_graph
 from laaq.quant.twin import Twin
 from laaq.robustness import PRESETS, EvalConfig, evaluate
 from laaq.search import Calibration, layer_stats, search_plan, spend
-from laaq.search.baselines import mse_costs_for
+from laaq.search.baselines import mse_clip
 from laaq.search.solver import Budget
 from laaq.stats import wilson
 from laaq.train import TrainConfig, train_or_load
@@ -115,13 +115,8 @@ def context(data: Split, cfg: ExperimentConfig, seed: int, kind: str, progress: 
 
 def f1_plan(graph: Graph, bits: int, clip_mode: str, clips: tuple[float, ...]) -> QuantPlan:
     """Uniform ``bits`` with max-abs scales, or each layer's MSE-optimal clip from ``clips``."""
-    layers = {}
-    for n in graph.weighted():
-        if clip_mode == "maxabs":
-            layers[n.name] = LayerSetting(bits, 1.0)
-        else:
-            row = mse_costs_for(n.weight, [LayerSetting(bits, c) for c in clips])
-            layers[n.name] = min(row, key=row.__getitem__)
+    layers = {n.name: LayerSetting(bits, 1.0) if clip_mode == "maxabs" else mse_clip(n.weight, bits, clips)
+              for n in graph.weighted()}
     return QuantPlan(layers, name=f"w{bits}-{clip_mode}", meta={"method": f"uniform-{clip_mode}", "search_time_s": "0"})
 
 

@@ -43,12 +43,14 @@ def uniform_clip_alloc(graph: Graph, stats: Mapping[str, LayerStats], budget: Bu
                        settings: list[LayerSetting]) -> dict[str, LayerSetting]:
     """:func:`uniform_alloc`'s widths with each layer's MSE-optimal clip from ``settings``' grid."""
     widths = uniform_alloc(graph, stats, budget, tuple(sorted({s.bits for s in settings})))
-    out = {}
-    for n in graph.weighted():
-        b = widths[n.name].bits
-        row = mse_costs_for(n.weight, [s for s in settings if s.bits == b])
-        out[n.name] = min(row, key=row.__getitem__)
-    return out
+    clips = tuple(sorted({s.clip for s in settings}, reverse=True))
+    return {n.name: mse_clip(n.weight, widths[n.name].bits, clips) for n in graph.weighted()}
+
+
+def mse_clip(weight: np.ndarray, bits: int, clips: tuple[float, ...]) -> LayerSetting:
+    """The setting at ``bits`` whose clip (from ``clips``) minimises the squared weight error."""
+    row = mse_costs_for(weight, [LayerSetting(bits, c) for c in clips])
+    return min(row, key=row.__getitem__)
 
 
 def mse_costs_for(weight: np.ndarray, settings: list[LayerSetting]) -> dict[LayerSetting, float]:
