@@ -20,6 +20,7 @@ from harness.options import (
     train_config,
 )
 from laaq.experiment.config import F2_METHODS as F2_METHODS_DEFAULT
+from laaq.experiment.config import split_method
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -225,9 +226,12 @@ def compare(run_dir, variant_a, variant_b, target) -> None:
 @click.option("--refine/--no-refine", default=None,
               help="Layer-wise refinement on the exact adversarial loss (default: on for PGD-AT models only — "
                    "a plain model has no adversarial signal to refine on).")
+@click.option("--group-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="0: one width and clip per layer; N: per group of N output channels (layers with >= 2N channels; "
+                   "avg-bits and bops count each group at its width, the kernels run a layer at its widest group's).")
 @click.option("--out", "out", type=click.Path(), required=True, help="Plan JSON to write.")
 def search(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, method, avg_bits, model_bytes, bops,
-           calib_samples, refine, out) -> None:
+           calib_samples, refine, group_size, out) -> None:
     """Search a mixed-precision plan under a budget and write it as JSON (compile it with bench --plan)."""
     from harness.results import atomic_write_text
     from harness.variants import searched_plan
@@ -239,9 +243,10 @@ def search(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed
         avg_bits = 4.0
     budget = Budget(avg_bits=avg_bits, model_bytes=model_bytes, bops=bops)
     calib = _run(CalibrationRecipe(samples=calib_samples).make, graph, data.x_train, data.y_train, eps, seed, model)
-    plan = _run(searched_plan, method, graph, calib, budget, seed, adversarial=not plain, refine=refine)
+    plan = _run(searched_plan, method, graph, calib, budget, seed, adversarial=not plain, refine=refine,
+                group_size=group_size)
     atomic_write_text(Path(out), plan.to_json())
-    layers = ", ".join(f"{k}:{v.bits}b/c{v.clip:g}" for k, v in plan.layers.items())
+    layers = ", ".join(f"{k}:{v.describe()}" for k, v in plan.layers.items())
     click.echo(f"wrote {out}: {method} {layers}; spend {plan.meta.get('spend_avg_bits', '?')} avg bits; "
                f"search {plan.meta.get('search_time_s', '?')} s")
 
@@ -258,7 +263,8 @@ def search(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed
                    "fp32 robust accuracy, on test images past the evaluated ones).")
 @click.option("--methods", default=",".join(F2_METHODS_DEFAULT), show_default=True,
               help="F2 methods; random-best draws as many random plans as LAAQ's refinement evaluates and keeps "
-                   "the best by adversarial calibration loss.")
+                   "the best by adversarial calibration loss. Suffix @gN (e.g. laaq@g16, mse@g16): one width and "
+                   "clip per group of N output channels instead of per layer.")
 @click.option("--f1-bits", default="8,7,6,5,4,3,2", show_default=True,
               help="F1's uniform widths (each with max-abs and MSE-optimal clipping); empty for none.")
 @click.option("--arch", default=None, help="Model (default vgg8 on MNIST-5k: 8 layers, none above 27 % of weights).")
@@ -299,10 +305,16 @@ def experiment(data_dir, seeds, budgets, bops, models, methods, f1_bits, arch, a
                       evaluation=replace(cfg.evaluation, preset=_run(get_preset, attack)))
     kinds = tuple(m.strip() for m in models.split(",") if m.strip())
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    bad = [k for k in kinds if k not in ("pgd-at", "plain")] + [m for m in chosen if m not in F2_METHODS_DEFAULT]
+    def _known_method(m: str) -> bool:
+        try:
+            return bool(split_method(m))
+        except ValueError:
+            return False
+
+    bad = [k for k in kinds if k not in ("pgd-at", "plain")] + [m for m in chosen if not _known_method(m)]
     if bad or not kinds:
         raise Fail(f"unknown model kind or method {bad}; kinds: pgd-at, plain; "
-                   f"methods: {', '.join(F2_METHODS_DEFAULT)}")
+                   f"methods: {', '.join(F2_METHODS_DEFAULT)}, each optionally @gN (groups of N channels)")
     cfg = replace(cfg, models=kinds, methods=chosen, n_eval=n_eval or cfg.n_eval)
     if combine_dirs:
         _, summary = _run(combine, list(combine_dirs), cfg, out)

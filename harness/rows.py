@@ -140,10 +140,11 @@ def layer_rows(profile: TargetProfile, v: Variant, model: torch.nn.Module, table
     rows = []
     for c in energy.layer_costs(graph, v.weight_bits(graph), 8, profile.energy):
         q = v.qg.qnodes[c.name] if v.qg else None
+        clip = (q.setting.describe() if q.setting.groups else q.setting.clip) if q else ""  # grouped: per group
         rows.append({
             "target": profile.name, "variant": v.name, "layer": c.name, "kind": c.kind,
             "shape": "x".join(map(str, graph.node(c.name).weight.shape)), "macs": c.macs, "weight_bits": c.w_bits,
-            "clip": q.setting.clip if q else "", "scale_min": f"{q.w_scale.min():.4g}" if q else "",
+            "clip": clip, "scale_min": f"{q.w_scale.min():.4g}" if q else "",
             "scale_max": f"{q.w_scale.max():.4g}" if q else "", "act_scale": f"{q.s_out:.4g}" if q else "",
             "weight_bytes": c.weight_bytes, "energy_proxy_pj": round(c.energy_pj, 1),
             "latency_ms": ms.get((c.name, c.w_bits), ""),

@@ -56,13 +56,13 @@ def builtin_variants() -> tuple[str, ...]:
 
 
 def searched_plan(method: str, graph: Graph, calib: Calibration, budget: Budget, seed: int, adversarial: bool,
-                  refine: bool | None = None) -> QuantPlan:
+                  refine: bool | None = None, group_size: int = 0) -> QuantPlan:
     """A plan from a search method (LAAQ or a baseline) — the one call behind ``bench``'s ``laaq`` and ``search``.
 
     ``refine`` (LAAQ's layer-wise refinement on the adversarial loss) defaults to on for an adversarially
     trained model only: a plain model has no adversarial signal to refine on, and refining on it harms.
     """
-    cfg = SearchConfig(seed=seed, refine=adversarial if refine is None else refine)
+    cfg = SearchConfig(seed=seed, refine=adversarial if refine is None else refine, group_size=group_size)
     return search_plan(method, graph, calib, budget, cfg)
 
 

@@ -12,12 +12,14 @@ TRAIN = ["--dataset", "digits", "--arch", "tinycnn", "--epochs", "6", "--lr", "0
 
 
 def test_search_then_bench_the_plan(tmp_path) -> None:
+    """A per-channel-group plan (``--group-size 4``) searched, then compiled and run bit-exactly by bench."""
     plan_path = tmp_path / "plan.json"
     r = CliRunner().invoke(main, ["search", *TRAIN, "--method", "laaq", "--avg-bits", "4", "--calib-samples", "48",
-                                  "--out", str(plan_path)])
+                                  "--group-size", "4", "--out", str(plan_path)])
     assert r.exit_code == 0, r.output
     plan = QuantPlan.from_file(plan_path)
     assert plan.meta["method"] == "laaq" and float(plan.meta["spend_avg_bits"]) <= 4.0 + 1e-9
+    assert plan.meta["group_size"] == "4"
     r = CliRunner().invoke(main, ["bench", *TRAIN, "--variants", "int8", "--plan", str(plan_path), "--eval-samples",
                                   "64", "--batch-large", "16", "--repeat", "2", "--number", "2", "--warmup", "1",
                                   "--attack", "quick", "--quiet", "--results-dir", str(tmp_path / "res")])

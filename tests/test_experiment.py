@@ -186,3 +186,29 @@ def test_partial_run_is_compared_on_complete_blocks_only() -> None:
     df, _ = _synthetic(4, 0.1, drop=("mse", 2))  # seed 2 lost its mse unit (e.g. killed midway)
     kept = complete_blocks(df, F2_METHODS)
     assert set(kept.seed) == {0, 1, 3} and len(kept) == 3 * len(F2_METHODS)
+
+
+def test_grouped_methods_run_and_are_compared(cache: Path, tmp_path: Path) -> None:
+    """``mse@g2`` (per-channel-group widths) runs beside ``mse``, spends the same budget, and grouped LAAQ
+    is compared with grouped and per-layer baselines alike."""
+    from laaq.experiment.analysis import differences
+    from laaq.experiment.config import split_method
+
+    cfg = replace(ExperimentConfig.quick(), seeds=(0,), models=("pgd-at",), f1_bits=(), bops_fraction=None,
+                  methods=("mse", "mse@g2"))
+    df, _ = run_experiment(cfg, tmp_path, progress=False, cache_dir=cache)
+    g = df[df.method == "mse@g2"].iloc[0]
+    assert g.avg_bits <= 3.0 + 1e-9 and "×" in g.plan  # grouped layers are written per group
+    assert split_method("laaq-ilp@g16") == ("laaq-ilp", 16)
+    with pytest.raises(ValueError, match="unknown method"):
+        split_method("laaq@gx")
+    rows, outcomes = _synthetic(3, 0.2)
+    rng = np.random.default_rng(1)
+    for s in range(3):
+        for m in ("mse@g8", "laaq@g8"):
+            v = rng.random(400) < (0.9 if m == "mse@g8" else 0.5)
+            outcomes[f"pgd-at|{s}|bits3|{m}"] = v
+            rows.loc[len(rows)] = {**rows.iloc[0].to_dict(), "seed": s, "method": m, "robust": float(v.mean())}
+    d = differences(rows, outcomes)
+    assert {"laaq", "laaq-ilp", "laaq@g8"} == set(d.method)
+    assert "mse@g8" in set(d.baseline) and (d.baseline == "best (mse@g8)").any()

@@ -25,6 +25,23 @@ F2_METHODS = ("uniform", "uniform-clip", "mse", "hessian", "sensitivity", "rando
 #: the methods LAAQ is compared with ("random-best": best of N random plans, N = LAAQ's exact-loss evaluations)
 BASELINES = ("uniform", "uniform-clip", "mse", "hessian", "sensitivity", "random-best")
 MODEL_KINDS = ("pgd-at", "plain")
+#: suffix of a method run with per-output-channel-group widths, e.g. ``laaq@g16`` (groups of 16 channels)
+GROUP_SUFFIX = "@g"
+
+
+def split_method(method: str) -> tuple[str, int]:
+    """``"mse@g16"`` → ``("mse", 16)``; ``"mse"`` → ``("mse", 0)`` (one width per layer)."""
+    base, _, g = method.partition(GROUP_SUFFIX)
+    if base not in F2_METHODS or (g and (not g.isdigit() or int(g) < 1)):
+        raise ValueError(f"unknown method {method!r}: one of {', '.join(F2_METHODS)}, optionally with "
+                         f"{GROUP_SUFFIX}N (per-channel-group widths, groups of N output channels)")
+    return base, int(g or 0)
+
+
+def is_baseline(method: str) -> bool:
+    """A baseline, at layer or channel-group granularity (LAAQ, its ablations, fp32 and F1 units are not)."""
+    base = method.partition(GROUP_SUFFIX)[0]
+    return base in BASELINES
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,8 @@ class ExperimentConfig:
         """Hash of what makes a finished unit reusable: everything except which seeds, models, budgets and
         methods are run (those are in each unit's key, so a later run may add more of them)."""
         d = asdict(replace(self, seeds=(), models=(), budgets=(), bops_fraction=None, methods=(), f1_bits=()))
+        if d["search"]["group_size"] == 0:  # added later; methods choose groups themselves (``laaq@g16``)
+            del d["search"]["group_size"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -31,7 +31,7 @@ from laaq.search.solver import Budget
 from laaq.stats import wilson
 from laaq.train import TrainConfig, train_or_load
 
-from .config import ExperimentConfig, budget_for
+from .config import GROUP_SUFFIX, ExperimentConfig, budget_for, split_method
 from .store import Unit, UnitStore, unit_key
 
 MATCH_IMAGES = 200  # images for the plain model's radius matching (test images past the evaluated ones)
@@ -61,7 +61,7 @@ def twin_for(graph: Graph, plan: QuantPlan, calib: Calibration) -> Twin:
 
 
 def _alloc_str(plan: QuantPlan) -> str:
-    return " ".join(f"{n}:{s.bits}b@{s.clip:g}" for n, s in plan.layers.items())
+    return " ".join(f"{n}:{s.describe()}" for n, s in plan.layers.items())
 
 
 def kurtosis(graph: Graph) -> dict[str, float]:
@@ -153,25 +153,27 @@ class Runner:
                  f"({row['eval_s']:.0f} s)")
         return unit
 
-    def laaq_evaluations(self, budget: str) -> int:
+    def laaq_evaluations(self, budget: str, laaq: str = "laaq") -> int:
         """How many exact-loss evaluations LAAQ's refinement made at this seed and budget (0: not run)."""
-        key = unit_key(self.ctx.kind, self.ctx.seed, budget, "laaq")
+        key = unit_key(self.ctx.kind, self.ctx.seed, budget, laaq)
         if not self.store.has(key) or not self.store.get(key).plan:
             return 0
         return int(QuantPlan.from_json(self.store.get(key).plan).meta.get("refine_evals", 0))
 
     def plan(self, budget: Budget, label: str, method: str) -> QuantPlan:
-        scfg = replace(self.cfg.search, seed=self.ctx.seed, random_count=self.cfg.random_count)
-        if method == "laaq-ilp":
+        base, group = split_method(method)
+        scfg = replace(self.cfg.search, seed=self.ctx.seed, random_count=self.cfg.random_count, group_size=group)
+        if base == "laaq-ilp":
             return search_plan("laaq", self.ctx.graph, self.ctx.calib, budget, replace(scfg, refine=False))
-        if method == "random-best":  # equal compute: as many exact-loss evaluations as LAAQ's refinement made
-            scfg = replace(scfg, random_count=max(self.cfg.random_count, self.laaq_evaluations(label)))
-        return search_plan(method, self.ctx.graph, self.ctx.calib, budget, scfg)
+        if base == "random-best":  # equal compute: as many exact-loss evaluations as LAAQ's refinement made
+            laaq = "laaq" + (f"{GROUP_SUFFIX}{group}" if group else "")
+            scfg = replace(scfg, random_count=max(self.cfg.random_count, self.laaq_evaluations(label, laaq)))
+        return search_plan(base, self.ctx.graph, self.ctx.calib, budget, scfg)
 
 
 def _ordered(methods: tuple[str, ...]) -> list[str]:
     """LAAQ before "random-best" (which gets LAAQ's number of exact-loss evaluations)."""
-    return sorted(methods, key=lambda m: (m == "random-best", methods.index(m)))
+    return sorted(methods, key=lambda m: (split_method(m)[0] == "random-best", methods.index(m)))
 
 
 def pending(cfg: ExperimentConfig, store: UnitStore, kind: str, seed: int) -> list[tuple[str, str]]:

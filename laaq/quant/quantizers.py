@@ -3,7 +3,7 @@
 Scheme (the one the integer reference, the twin and the TVM module all execute):
 
 * input: ``uint8 q = clamp(floor(x·255 + 0.5), 0, 255)``, scale 1/255 (images live in [0, 1]);
-* weights: symmetric per output channel, ``bits`` ∈ [2, 8], stored as int8;
+* weights: symmetric per output channel, ``bits`` ∈ [2, 8] (per layer, or per output-channel group), stored as int8;
 * bias: int32 at scale ``s_in · s_w[o]``;
 * activations: 8-bit per tensor, zero point 0 — uint8 after a ReLU, int8 otherwise;
 * requantization: ``out = clamp((acc·M[o] + q_res·M_res + 2^(sh−1)) >> sh, lo, hi)`` in int64, with
@@ -39,9 +39,11 @@ def qmax(bits: int) -> int:
 
 
 def weight_scales(w: np.ndarray, setting: LayerSetting) -> np.ndarray:
-    """Per-output-channel scales: clip · max|W_o| / qmax(bits); never zero (dead channels get 1)."""
+    """Per-output-channel scales: clip · max|W_o| / qmax(bits) with each channel's own bits and clip
+    (grouped settings); never zero (dead channels get 1)."""
     flat = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
-    s = setting.clip * flat / qmax(setting.bits)
+    bits, clips = setting.per_channel(w.shape[0])
+    s = clips * flat / (2.0 ** (bits - 1) - 1)
     return np.where(s > 0, s, 1.0)
 
 
@@ -53,7 +55,8 @@ def quantize_weight(w: np.ndarray, setting: LayerSetting,
     if min_scale is not None:
         s = np.maximum(s, min_scale)
     shape = (-1,) + (1,) * (w.ndim - 1)
-    q = np.clip(np.floor(w / s.reshape(shape) + 0.5), -qmax(setting.bits), qmax(setting.bits))
+    lim = (2.0 ** (setting.per_channel(w.shape[0])[0] - 1) - 1).reshape(shape)
+    q = np.clip(np.floor(w / s.reshape(shape) + 0.5), -lim, lim)
     return q.astype(np.int8), s
 
 

@@ -31,6 +31,7 @@ from laaq.search.baselines import (
     uniform_alloc,
     uniform_clip_alloc,
 )
+from laaq.search.groups import GroupView, group_view
 from laaq.search.metric import forward, laaq_costs
 from laaq.search.refinement import best_random_alloc, refinement_metric
 from laaq.search.solver import (
@@ -68,6 +69,8 @@ class SearchConfig:
     on the ``make bench`` model it traded 2 PGD points for 0.4 % less calibration loss).
     ``random_count``: how many random plans "random-best" draws (the experiment sets it to LAAQ's number
     of exact-loss evaluations: equal compute, and deterministic, unlike a time limit).
+    ``group_size``: 0 — one width per layer; n > 0 — every plain layer with at least 2n output channels
+    gets one width and clip per group of n channels (:mod:`laaq.search.groups`), for *any* method.
     """
 
     bits: tuple[int, ...] = CANDIDATE_BITS
@@ -81,6 +84,7 @@ class SearchConfig:
     random_count: int = 8
     hessian_max_iter: int = 100
     seed: int = 0
+    group_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,15 @@ class _Search:
     settings: list
     extra_time: float = 0.0  # search time spent outside the handler that counts (e.g. crafting adversarial data)
     meta: dict = field(default_factory=dict)
+    view: GroupView | None = None  # per-channel-group search: ``graph`` is view.graph, allocations are per unit
+    deploy_graph: Graph | None = None  # the real graph (what plans are for)
+
+    def deployed(self) -> tuple[Graph, Callable[[dict], dict]]:
+        """(the real graph, unit allocation → per-layer settings): what a twin of a plan is built from."""
+        if self.view is None:
+            return self.graph, dict
+        assert self.deploy_graph is not None
+        return self.deploy_graph, self.view.to_layers
 
 
 Handler = Callable[[_Search], dict]  # → allocation {layer: (bits, clip)}
@@ -181,7 +194,7 @@ def _laaq(s: _Search) -> dict:
     alloc = solve(costs, s.stats, s.budget)
     if s.cfg.refine:
         before = alloc
-        metric, on_sweep = refinement_metric(s.graph, s.calib, s.cfg.refine_on)
+        metric, on_sweep = refinement_metric(s.graph, s.calib, s.cfg.refine_on, *s.deployed())
         alloc, evals = refine(alloc, metric, s.settings, s.stats, s.budget, s.cfg.refine_sweeps, s.cfg.refine_max_evals,
                               on_sweep=on_sweep)
         s.meta.update(refine_evals=evals, refined_layers=sum(before[n] != alloc[n] for n in alloc),
@@ -239,11 +252,22 @@ def search_plan(method: str, graph: Graph, calib: Calibration, budget: Budget,
     cfg = config or SearchConfig()
     if method not in METHOD_HANDLERS:
         raise ValueError(f"unknown search method {method!r}; choose one of {METHODS}")
-    state = _Search(graph, calib, budget, cfg, layer_stats(graph), candidate_settings(cfg.bits, cfg.clips))
     t0 = time.perf_counter()
+    view = None
+    if cfg.group_size:
+        if budget.constraints or budget.model_bytes is not None:
+            raise ValueError("model-bytes and per-layer cost budgets (e.g. a latency table) count a layer at its "
+                             "widest group, which the per-group knapsack cannot see: use group_size 0 for them")
+        view = group_view(graph, cfg.group_size)
+    g = view.graph if view is not None else graph
+    state = _Search(g, calib, budget, cfg, layer_stats(g), candidate_settings(cfg.bits, cfg.clips), view=view,
+                    deploy_graph=graph)
     alloc = METHOD_HANDLERS[method](state)
+    if view is not None:
+        alloc = view.to_layers(alloc)
+        state.meta.update(group_size=cfg.group_size, grouped_layers=" ".join(view.split_layers))
     elapsed = time.perf_counter() - t0 + state.extra_time
-    return make_plan(alloc, state.stats, budget, method, elapsed, seed=cfg.seed, **state.meta)
+    return make_plan(alloc, layer_stats(graph), budget, method, elapsed, seed=cfg.seed, **state.meta)
 
 
 def random_plans(graph: Graph, budget: Budget, count: int, config: SearchConfig | None = None) -> list[QuantPlan]:

@@ -40,13 +40,16 @@ def adaptive_examples(graph: Graph, alloc: Mapping[str, LayerSetting], calib: Ca
     return pgd(twin, calib.x_hold, calib.y_hold, calib.pgd)
 
 
-def refinement_metric(graph: Graph, calib: Calibration, refine_on: str
+def refinement_metric(graph: Graph, calib: Calibration, refine_on: str, twin_graph: Graph | None = None,
+                      to_layers: Callable[[Alloc], Alloc] = dict
                       ) -> tuple[Callable[[Alloc], float], Callable[[Alloc], None] | None]:
     """(metric, per-sweep hook) for :func:`laaq.search.solver.refine`.
 
     ``"holdout"`` (when the calibration has held-out images): cross-entropy of the weight-quantized
     network on held-out adversarial examples, re-crafted against the current plan at every sweep.
-    ``"calibration"``: the fixed float-model adversarial calibration set (no hook).
+    ``"calibration"``: the fixed float-model adversarial calibration set (no hook). ``graph`` is what
+    allocations are over (a channel-group view in a grouped search); the twin the examples are crafted
+    on is built from ``twin_graph`` (default ``graph``) with ``to_layers(alloc)``.
     """
     if refine_on not in ("holdout", "calibration"):
         raise ValueError(f"refine_on must be 'holdout' or 'calibration', got {refine_on!r}")
@@ -55,7 +58,7 @@ def refinement_metric(graph: Graph, calib: Calibration, refine_on: str
     state: dict[str, torch.Tensor] = {}
 
     def on_sweep(alloc: Alloc) -> None:
-        state["x"] = adaptive_examples(graph, alloc, calib)
+        state["x"] = adaptive_examples(twin_graph or graph, to_layers(alloc), calib)
 
     def metric(alloc: Alloc) -> float:
         return adversarial_loss(graph, alloc, state["x"], calib.y_hold)  # type: ignore[arg-type]

@@ -112,11 +112,12 @@ def _rows(stats: Mapping[str, LayerStats], budget: Budget) -> list[Row]:
     rows: list[Row] = []
     total = sum(s.params for s in stats.values())
     if budget.avg_bits is not None:
-        rows.append(("avg_bits", lambda n, s: stats[n].params * s.bits / total, budget.avg_bits))
+        rows.append(("avg_bits", lambda n, s: stats[n].params * s.mean_bits / total, budget.avg_bits))
     if budget.model_bytes is not None:
+        # storage packs a layer at its widest group's width: bytes count s.bits, not s.mean_bits
         rows.append(("model_bytes", lambda n, s: stats[n].params * s.bits / 8.0, budget.model_bytes))
     if budget.bops is not None:
-        rows.append(("bops", lambda n, s: float(stats[n].macs * s.bits * budget.act_bits), budget.bops))
+        rows.append(("bops", lambda n, s: float(stats[n].macs * s.mean_bits * budget.act_bits), budget.bops))
     for c in budget.constraints:
         rows.append((c.name, lambda n, s, c=c: c.cost(n, s.bits), c.limit))
     return rows
@@ -201,7 +202,7 @@ def make_plan(layers: Mapping[str, LayerSetting], stats: Mapping[str, LayerStats
     used = spend(layers, stats, budget)
     total = sum(s.params for s in stats.values())
     info = {"method": method, "budget": budget.describe(), "search_time_s": f"{search_time_s:.3f}",
-            "avg_bits": f"{sum(stats[n].params * s.bits for n, s in layers.items()) / total:.4f}",
+            "avg_bits": f"{sum(stats[n].params * s.mean_bits for n, s in layers.items()) / total:.4f}",
             **{f"spend_{k}": f"{v:.6g}" for k, v in used.items()}, **{k: str(v) for k, v in meta.items()}}
     ordered = {n: layers[n] for n in stats}
     return QuantPlan(ordered, name=method, meta=info)
