@@ -102,7 +102,18 @@ def differences(df: pd.DataFrame, outcomes: dict[str, np.ndarray]) -> pd.DataFra
                              "verdict": (f"no verdict ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
                                          if len(seeds) < MIN_SEEDS else
                                          "distinguishable" if decided else "not distinguishable")})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    return out.sort_values("budget", key=lambda s: s.map(budget_order), kind="stable").reset_index(drop=True)
+
+
+def budget_order(label: str) -> tuple[int, float]:
+    """Budgets in reading order: bits2.5 < bits3 < bits3.5 < bits4 < bops… (not string order)."""
+    for i, prefix in enumerate(("bits", "bops")):
+        if label.startswith(prefix):
+            return (i, float(label[len(prefix):]))
+    return (2, 0.0)
 
 
 def f1_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -165,27 +176,29 @@ def _order_key(order: dict[str, int]):
 def answers(df: pd.DataFrame, diffs: pd.DataFrame, f1: pd.DataFrame, cost: pd.DataFrame) -> list[str]:
     """Plain-language answers: F2 per budget against the best baseline, the goal, F1, search cost."""
     lines = []
+    variants = [m for m in dict.fromkeys(diffs.method if len(diffs) else []) if split_method(m)[0] == "laaq"]
     for model in dict.fromkeys(diffs.model if len(diffs) else []):
         for budget in dict.fromkeys(diffs[diffs.model == model].budget):
-            d = diffs[(diffs.model == model) & (diffs.budget == budget) & (diffs.method == "laaq")]
-            best = d[d.baseline.str.startswith("best")]
-            if best.empty:
-                continue
-            r = best.iloc[0]
-            lines.append(f"F2 [{model}, {budget}]: LAAQ minus the {r.baseline[:4]} baseline {r.baseline[5:]}: "
-                         f"{100 * r['diff']:+.1f} "
-                         f"robust pts (bootstrap [{100 * r.boot_lo:+.1f}, {100 * r.boot_hi:+.1f}], t "
-                         f"[{100 * r.t_lo:+.1f}, {100 * r.t_hi:+.1f}]; {int(r.n_seeds)} seeds x {int(r.n_images)} "
-                         f"images) — {r.verdict}.")
-    goal = diffs[(diffs.method == "laaq") & diffs.baseline.str.startswith("best") & (diffs.model == "pgd-at")
+            for method in variants:
+                d = diffs[(diffs.model == model) & (diffs.budget == budget) & (diffs.method == method)]
+                best = d[d.baseline.str.startswith("best")]
+                if best.empty:
+                    continue
+                r = best.iloc[0]
+                name = "LAAQ" if method == "laaq" else f"LAAQ {method[4:]}"
+                lines.append(f"F2 [{model}, {budget}]: {name} minus the {r.baseline[:4]} baseline {r.baseline[5:]}: "
+                             f"{100 * r['diff']:+.1f} robust pts (bootstrap [{100 * r.boot_lo:+.1f}, "
+                             f"{100 * r.boot_hi:+.1f}], t [{100 * r.t_lo:+.1f}, {100 * r.t_hi:+.1f}]; "
+                             f"{int(r.n_seeds)} seeds x {int(r.n_images)} images) — {r.verdict}.")
+    goal = diffs[diffs.method.isin(variants) & diffs.baseline.str.startswith("best") & (diffs.model == "pgd-at")
                  & diffs.budget.str.startswith("bits")] if len(diffs) else diffs
     if len(goal):
         goal = goal[goal.budget.str[4:].astype(float) <= GOAL_MAX_BITS]
         met = goal[(goal["diff"] * 100 >= GOAL_POINTS) & goal.verdict.str.startswith("distinguishable")]
         undecided = goal[goal.verdict.str.startswith("no verdict")]
-        state = ("met at " + ", ".join(met.budget) if len(met) else
-                 f"undecided (fewer than {MIN_SEEDS} seeds at {', '.join(undecided.budget)})" if len(undecided)
-                 else "not met")
+        state = ("met at " + ", ".join(f"{b} ({m})" for b, m in zip(met.budget, met.method, strict=True)) if len(met)
+                 else f"undecided (fewer than {MIN_SEEDS} seeds at {', '.join(dict.fromkeys(undecided.budget))})"
+                 if len(undecided) else "not met")
         lines.append(f"Goal (>= {GOAL_POINTS:g} robust pts over the best baseline at <= {GOAL_MAX_BITS:g} bits, "
                      f"interval excluding 0): {state}.")
     for model in dict.fromkeys(f1.model if len(f1) else []):
