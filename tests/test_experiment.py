@@ -212,3 +212,24 @@ def test_grouped_methods_run_and_are_compared(cache: Path, tmp_path: Path) -> No
     d = differences(rows, outcomes)
     assert {"laaq", "laaq-ilp", "laaq@g8"} == set(d.method)
     assert "mse@g8" in set(d.baseline) and (d.baseline == "best (mse@g8)").any()
+
+
+def test_attack_gap_script_compares_per_image(quick_run, cache: Path, tmp_path: Path) -> None:
+    """benchmarks/attack_gap.py re-attacks stored plans on the same images and writes the per-plan gap."""
+    import shutil
+    import subprocess
+    import sys
+
+    _, _, out = quick_run
+    folder = tmp_path / "exp"
+    shutil.copytree(out, folder)
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "benchmarks/attack_gap.py", str(folder), "--quick", "--budget", "bits3",
+                        "--methods", "mse,laaq", "--attack", "quick", "--cache-dir", str(cache)], cwd=root,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    gap = pd.read_csv(folder / "attack_gap.csv")
+    assert list(gap.method) == ["fp32", "mse", "laaq"] and (gap.n == 100).all()
+    # the quick experiment's own attack is "quick" (seeded): the same attack again finds the same examples
+    assert (gap.grid_attack == "quick").all() and (gap.robust_grid == gap.robust_strong).all()
+    assert (gap.only_strong_broke == 0).all() and (gap.only_grid_broke == 0).all()
