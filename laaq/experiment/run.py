@@ -213,8 +213,10 @@ def rows_and_outcomes(cfg: ExperimentConfig, store: UnitStore) -> tuple[list[dic
     wanted_budgets = {"fp32", "f1", *cfg.budget_labels()}
     rows, outcomes = [], {}
     for u in store:
-        kind, seed, budget, _ = u.key.split("|")
+        kind, seed, budget, method = u.key.split("|")
         if budget == "match" or kind not in cfg.models or int(seed) not in cfg.seeds or budget not in wanted_budgets:
+            continue
+        if budget not in ("fp32", "f1") and method not in cfg.methods:  # e.g. grouped units of another analysis
             continue
         rows.append(u.row)
         outcomes[u.key] = u.robust
