@@ -233,3 +233,17 @@ def test_attack_gap_script_compares_per_image(quick_run, cache: Path, tmp_path: 
     # the quick experiment's own attack is "quick" (seeded): the same attack again finds the same examples
     assert (gap.grid_attack == "quick").all() and (gap.robust_grid == gap.robust_strong).all()
     assert (gap.only_strong_broke == 0).all() and (gap.only_grid_broke == 0).all()
+
+
+def test_oracle_baseline_takes_the_best_baseline_of_each_seed() -> None:
+    """The per-seed oracle picks, per seed, the baseline that scored highest there (here: a different one each
+    seed), so it is at least as strong as any single baseline."""
+    from laaq.experiment.analysis import ORACLE, differences
+
+    rows, outcomes = _synthetic(3, 0.0)
+    for s, winner in enumerate(("mse", "hessian", "sensitivity")):
+        outcomes[f"pgd-at|{s}|bits3|{winner}"] = np.ones(400, bool)
+    d = differences(rows, outcomes)
+    o = d[(d.method == "laaq") & (d.baseline == ORACLE)].iloc[0]
+    single = d[(d.method == "laaq") & d.baseline.isin(["mse", "hessian", "sensitivity"])]["diff"]
+    assert o["diff"] < single.min() and o["diff"] == pytest.approx(-0.4, abs=0.05)
