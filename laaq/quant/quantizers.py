@@ -33,8 +33,8 @@ from laaq.quant.plan import LayerSetting, QuantPlan
 INPUT_SCALE = 1.0 / 255.0
 
 
-def qmax(bits: int) -> int:
-    """Largest magnitude of a symmetric signed integer of ``bits`` bits (e.g. 127 for 8)."""
+def qmax(bits: int | np.ndarray) -> int | np.ndarray:
+    """Largest magnitude of a symmetric signed integer of ``bits`` bits (e.g. 127 for 8); elementwise on arrays."""
     return 2 ** (bits - 1) - 1
 
 
@@ -43,7 +43,7 @@ def weight_scales(w: np.ndarray, setting: LayerSetting) -> np.ndarray:
     (grouped settings); never zero (dead channels get 1)."""
     flat = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
     bits, clips = setting.per_channel(w.shape[0])
-    s = clips * flat / (2.0 ** (bits - 1) - 1)
+    s = clips * flat / qmax(bits)
     return np.where(s > 0, s, 1.0)
 
 
@@ -55,7 +55,7 @@ def quantize_weight(w: np.ndarray, setting: LayerSetting,
     if min_scale is not None:
         s = np.maximum(s, min_scale)
     shape = (-1,) + (1,) * (w.ndim - 1)
-    lim = (2.0 ** (setting.per_channel(w.shape[0])[0] - 1) - 1).reshape(shape)
+    lim = qmax(setting.per_channel(w.shape[0])[0]).reshape(shape)
     q = np.clip(np.floor(w / s.reshape(shape) + 0.5), -lim, lim)
     return q.astype(np.int8), s
 
