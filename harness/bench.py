@@ -43,6 +43,7 @@ from harness.rows import (
     static_columns,
 )
 from harness.sensors import measured_energy_uj
+from harness.stages import RUN_SCOPE, StageClock, scope_of
 from harness.variants import PlanRequest, Variant, build_variants, plan_variant_name
 from laaq.data import Split, load_dataset
 from laaq.importer import model_graph
@@ -50,7 +51,7 @@ from laaq.quant.integer import logits_from_int, run_integer
 from laaq.quant.plan import QuantPlan
 from laaq.quant.quantizers import quantize_input
 from laaq.quant.twin import Twin
-from laaq.robustness import EvalConfig, RobustResult, evaluate
+from laaq.robustness import EvalConfig, RobustResult, StandIn, evaluate
 from laaq.search import Calibration, CalibrationRecipe
 from laaq.search.solver import CANDIDATE_BITS
 from laaq.train import TrainConfig, obtain_model
@@ -94,6 +95,9 @@ class BenchConfig:
     # trials > 0 tunes what it lacks first. Not part of the run hash (it changes speed, not results).
     tune: bool = True
     trials: int = 0
+    # Square queries the artefact itself for every step (today's literal run) instead of the cheap stand-in
+    # (bit-exact twin / float model) that the artefact then judges; part of the hash only when on
+    square_on_device: bool = False
 
     def __post_init__(self) -> None:
         parse_latency_budget(self.latency_budget)  # a bad spec stops here, before any work
@@ -106,7 +110,8 @@ class BenchConfig:
         d = asdict(self)
         for k in ("results_dir", "run_id", "rpc", "rpc_tracker", "rpc_key", "tune", "trials"):
             d.pop(k)
-        for k, off in (("latency_budget", ""), ("layer_times", False)):  # absent = earlier runs' digests unchanged
+        # absent = earlier runs' digests unchanged
+        for k, off in (("latency_budget", ""), ("layer_times", False), ("square_on_device", False)):
             if d[k] == off:
                 d.pop(k)
         for k, off in (("cooldown_ms", 0), ("cooldown_every", 1), ("pin_threads", "")):  # likewise
@@ -151,15 +156,16 @@ def calibration(cfg: BenchConfig, model: torch.nn.Module, graph, data: Split) ->
     return cfg.calibration.make(graph, data.x_train, data.y_train, cfg.evaluation.eps, cfg.seed, model=model)
 
 
-def variants_for(cfg: BenchConfig, model: torch.nn.Module, data: Split, table: list[LayerTime] | None = None
-                 ) -> list[Variant]:
-    """The run's variants (built-in names, then plan files), on the run's calibration data; ``table``:
-    the per-layer latency table measured on the target (LAAQ then also respects ``cfg.latency_budget``)."""
+def variants_for(cfg: BenchConfig, model: torch.nn.Module, data: Split, table: list[LayerTime] | None = None,
+                 calib: Calibration | None = None) -> list[Variant]:
+    """The run's variants (built-in names, then plan files), on the run's calibration data (``calib``, made
+    here when not given); ``table``: the per-layer latency table measured on the target (LAAQ then also
+    respects ``cfg.latency_budget``)."""
     graph = model_graph(model, data.input_shape)
     latency = as_constraint_table(table) if table else None
     limit = latency_limit(cfg.latency_budget, latency, [n.name for n in graph.weighted()]) if latency else None
-    req = PlanRequest(graph, calibration(cfg, model, graph, data), cfg.laaq_avg_bits, cfg.seed, cfg.train.adversarial,
-                      latency, limit)
+    calib = calib if calib is not None else calibration(cfg, model, graph, data)
+    req = PlanRequest(graph, calib, cfg.laaq_avg_bits, cfg.seed, cfg.train.adversarial, latency, limit)
     return build_variants(cfg.variants, cfg.plan_files, req)
 
 
@@ -176,14 +182,19 @@ def write_per_image(folder: Path, tag: str, labels: np.ndarray, rob: RobustResul
 
 
 def compile_variant(cfg: BenchConfig, profile: TargetProfile, v: Variant, model: torch.nn.Module,
-                    shape: tuple[int, ...], folder: Path, log=print, progress: bool = True) -> dict[int, Artefact]:
+                    shape: tuple[int, ...], folder: Path, log=print, progress: bool = True,
+                    clock: StageClock | None = None) -> dict[int, Artefact]:
     """The variant's libraries at batch 1 and at the large batch (``<row tag>-b<batch>.so`` in ``artefacts/``)."""
+    clock = clock if clock is not None else StageClock()
+    scope = scope_of(profile.name, v.name)
     arts = {}
     for b in (1, cfg.batch_large):
-        arts[b] = compile_module(v.lower(model, shape, b, profile), profile,
-                                 folder / "artefacts" / f"{row_tag(profile.name, v.name)}-b{b}.so", v.name, b,
-                                 tuning_key=v.tuning_key(cfg.train.arch, shape, b, profile), trials=cfg.trials,
-                                 tune=cfg.tune, log=log, progress=progress)
+        with clock.time(scope, f"lowering b{b}"):
+            mod = v.lower(model, shape, b, profile)
+        with clock.time(scope, f"compile b{b}"):
+            arts[b] = compile_module(mod, profile, folder / "artefacts" / f"{row_tag(profile.name, v.name)}-b{b}.so",
+                                     v.name, b, tuning_key=v.tuning_key(cfg.train.arch, shape, b, profile),
+                                     trials=cfg.trials, tune=cfg.tune, log=log, progress=progress)
     return arts
 
 
@@ -193,6 +204,47 @@ def host_side(v: Variant, model: torch.nn.Module) -> tuple[torch.nn.Module, Any]
     if v.kind == "float":
         return model, lambda t: t.numpy().astype(np.float32)
     return Twin(v.qg), lambda t: quantize_input(t).numpy()
+
+
+def square_stand_in(v: Variant, model: torch.nn.Module, host_model: torch.nn.Module, run,
+                    to_device) -> StandIn | None:
+    """The cheap function that answers Square's queries for ``v`` (``run``: the artefact's raw outputs), or
+    None where there is none: fp16 (no host model computes the artefact's half-precision function)."""
+    if v.kind == "int":
+        return StandIn("bit-exact twin", lambda t: host_model.exact_acc(t).numpy(), run,
+                       lambda o: logits_from_int(v.qg, o), exact=True)
+    if v.name != "fp32":
+        return None
+
+    def float_raw(t: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(to_device(t))).numpy()
+
+    return StandIn("PyTorch float model", float_raw, run, lambda o: o, exact=False)
+
+
+def square_route(stand_in: StandIn | None, run, x: torch.Tensor, local: bool, batch: int
+                 ) -> tuple[StandIn | None, str]:
+    """Who answers Square's queries: the stand-in, unless the artefact is local and faster than it on one
+    batch of evaluation images (then the artefact itself: cheap *and* literal). Returns (stand-in or None,
+    why) — the reason lands in the row's ``square_on`` column."""
+    if stand_in is None:
+        return None, "artefact (no host stand-in computes this variant's function)"
+    if not local:
+        return stand_in, f"{stand_in.name} (remote artefact: only judged examples and a sample travel)"
+    xb = timing_batch(x, batch)
+
+    def cost(fn) -> float:
+        fn(xb)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            fn(xb)
+        return (time.perf_counter() - t0) / 3 * 1e3
+
+    art_ms, std_ms = cost(run), cost(stand_in.raw)
+    if art_ms <= std_ms:
+        return None, f"artefact (faster than the {stand_in.name} here: {art_ms:.2f} vs {std_ms:.2f} ms per {batch})"
+    return stand_in, f"{stand_in.name} ({std_ms:.2f} vs the artefact's {art_ms:.2f} ms per {batch} images)"
 
 
 def reference_outputs(v: Variant, model: torch.nn.Module, arr: np.ndarray) -> np.ndarray:
@@ -233,10 +285,12 @@ def agreement_columns(v: Variant, model: torch.nn.Module, run, to_device, inputs
 
 
 def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, v: Variant, model: torch.nn.Module,
-                    data: Split, folder: Path, progress: bool, log=print, table: list[LayerTime] | None = None
-                    ) -> tuple[dict[str, Any], list[dict]]:
+                    data: Split, folder: Path, progress: bool, log=print, table: list[LayerTime] | None = None,
+                    clock: StageClock | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Compile one variant at both batch sizes, run it on the device and measure everything."""
-    arts = compile_variant(cfg, profile, v, model, data.input_shape, folder, log, progress)
+    clock = clock if clock is not None else StageClock()
+    scope = scope_of(profile.name, v.name)
+    arts = compile_variant(cfg, profile, v, model, data.input_shape, folder, log, progress, clock)
     if not session.available:  # e.g. no CUDA device: compiled and verified, nothing measured
         return not_run_row(profile, session, v, model, arts), layer_rows(profile, v, model, table)
     small, large = 1, cfg.batch_large
@@ -247,12 +301,13 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
     def timing_input(b: int) -> np.ndarray:
         return to_device(x[:b] if b <= n else x[:1].repeat(b, 1, 1, 1))
 
-    window = MemoryWindow(session.system)  # the runtime's footprint: both libraries loaded, one call at each batch
-    window.start()
-    loaded = {b: session.load(a.path) for b, a in arts.items()}
-    for b in (small, large):
-        loaded[b].run(timing_input(b))
-    memory = window.stop()
+    with clock.time(scope, "load"):
+        window = MemoryWindow(session.system)  # the runtime's footprint: both libraries loaded, one call at each batch
+        window.start()
+        loaded = {b: session.load(a.path) for b, a in arts.items()}
+        for b in (small, large):
+            loaded[b].run(timing_input(b))
+        memory = window.stop()
 
     def run(t: torch.Tensor) -> np.ndarray:  # the artefact's own raw outputs
         return outputs(loaded[large], to_device(t), large)
@@ -262,27 +317,43 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
         return torch.as_tensor(out if v.kind == "float" else logits_from_int(v.qg, out), dtype=torch.float32)
 
     tag = row_tag(profile.name, v.name)
+    stand_in, square_on = None, ""
+    if cfg.evaluation.preset.square_queries:
+        if cfg.square_on_device:
+            square_on = "artefact (--square-on-device)"
+        else:
+            with clock.time(scope, "square routing"):
+                stand_in, square_on = square_route(square_stand_in(v, model, host_model, run, to_device), run, x,
+                                                   profile.device.kind == "local", large)
+        log(f"[{tag}] Square queries: {square_on}")
     t_att = time.perf_counter()
     rob = evaluate(host_model, x, y, cfg.evaluation, deployed=predict,
                    transfer_source=model if v.kind == "int" else None,
                    state_path=folder / "attack_state" / f"{tag}.npz", state_tag=tag,
-                   log=(lambda m: print(f"[{tag}] {m}", flush=True)) if progress else None)
+                   log=(lambda m: print(f"[{tag}] {m}", flush=True)) if progress else None,
+                   stand_in=stand_in, progress=progress)
     attack_s = time.perf_counter() - t_att
+    clock.merge(scope, rob.seconds)
+    if rob.stand_in is not None:
+        square_on = rob.stand_in.line()
     write_per_image(folder, tag, y.numpy(), rob)
 
     def timing_input(b: int) -> np.ndarray:
         return to_device(timing_batch(x, b))
 
-    before = read_state(session.system)
-    lat = {b: latency(loaded[b], timing_input(b), cfg.latency) for b in (small, large)}
-    after = read_state(session.system)
+    with clock.time(scope, "timing"):
+        before = read_state(session.system)
+        lat = {b: latency(loaded[b], timing_input(b), cfg.latency) for b in (small, large)}
+        after = read_state(session.system)
+    with clock.time(scope, "agreement"):
+        agreement = agreement_columns(v, model, run, to_device, [x, rob.x_worst])
     row = {
         **static_columns(profile, v, model, arts), "measured_as": session.measured_as, "device": session.where,
-        "n_eval": n, **robust_columns(rob), **agreement_columns(v, model, run, to_device, [x, rob.x_worst]),
+        "n_eval": n, **robust_columns(rob), **agreement,
         "attack": f"{cfg.evaluation.describe()}; white-box on the "
                   f"{'float model' if v.kind == 'float' else 'bit-exact twin'}"
                   ", every example judged on the artefact's outputs",
-        "attack_s": round(attack_s, 1),
+        "attack_s": round(attack_s, 1), "square_on": square_on,
         "energy_measured_uj": measured_energy_uj(session, loaded[large], timing_input(large), lat[large].median_ms),
         "threads": runtime_threads(session.system, profile.threads), "warmup": cfg.latency.warmup,
         "number": cfg.latency.number, "repeat": cfg.latency.repeat, "cooldown_ms": cfg.latency.cooldown_ms,
@@ -323,13 +394,17 @@ def pretune(cfg: BenchConfig, profile: TargetProfile, variants: list[Variant], m
 def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, flush=True)) -> BenchResult:
     """Run (or resume) a benchmark; returns the run folder and its rows."""
     profile = resolve_profile(cfg)  # fail on a bad target before any expensive work; the only resolve of the run
-    data = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)
+    clock = StageClock()
+    with clock.time(RUN_SCOPE, "data"):
+        data = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)
     train_cfg = replace(cfg.train, seed=cfg.seed)
     t0 = time.perf_counter()
     model, ckpt, cached = obtain_model(data, train_cfg, cfg.model_source(), progress=progress)
+    clock.add(RUN_SCOPE, "checkpoint (cached)" if cached else "training", time.perf_counter() - t0)
     log(f"model: {ckpt} ({'cached' if cached else f'trained in {time.perf_counter() - t0:.0f} s'})")
     folder = cfg.folder()
     store = RunStore(folder, COLUMNS, LAYER_COLUMNS)
+    earlier = _earlier_stages(folder)
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     run_info = {"config": asdict(cfg), "target": asdict(profile.target), "environment": environment(),
                 "checkpoint": str(ckpt), "latency_protocol": cfg.latency.describe(), "started": started,
@@ -350,12 +425,18 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
                 log(f"[{profile.name}] per-layer latency table ({session.measured_as}), widths {CANDIDATE_BITS} ...")
                 table = layer_table(model_graph(model, data.input_shape), profile, session, CANDIDATE_BITS,
                                     log=log if progress else None)
-        variants = variants_for(remaining, model, data, table)
+        with clock.time(RUN_SCOPE, "calibration"):
+            calib = calibration(remaining, model, model_graph(model, data.input_shape), data)
+        variants = variants_for(remaining, model, data, table, calib)
         for plan_v in variants:
+            if plan_v.build_s:
+                clock.add(scope_of(profile.name, plan_v.name), "search" if plan_v.name == "laaq" else "quantize",
+                          plan_v.build_s)
             if plan_v.plan is not None:
                 atomic_write_text(folder / "plans" / f"{plan_v.name.replace(':', '_')}.json", plan_v.plan.to_json())
         if cfg.tune and cfg.trials > 0:
-            pretune(cfg, profile, variants, model, data.input_shape, log)
+            with clock.time(RUN_SCOPE, "tuning"):
+                pretune(cfg, profile, variants, model, data.input_shape, log)
         with open_device(profile, progress=progress) as session:
             log(f"device: {session.where} ({session.measured_as})")
             pin_threads(session.system, pin_cpus(cfg.latency.pin_threads, profile.threads))
@@ -366,7 +447,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
             for v in variants:
                 t1 = time.perf_counter()
                 log(f"[{profile.name}] {v.name}: compile, run, attack, time ...")
-                row, layers = measure_variant(cfg, profile, session, v, model, data, folder, progress, log, table)
+                row, layers = measure_variant(cfg, profile, session, v, model, data, folder, progress, log, table,
+                                              clock)
                 store.add(row, layers)
                 # the row is safe: its resumable attack state is no longer needed
                 (folder / "attack_state" / f"{row_tag(profile.name, v.name)}.npz").unlink(missing_ok=True)
@@ -384,9 +466,24 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
             "accuracy or measured energy exists for those rows (left empty, never estimated). To measure them on a "
             f"machine that has the device: `laaq-bench bundle` with these options, run its runner.py there, then "
             f"`laaq-bench ingest OUTPUT` fills this run folder ({folder.name}).")
-    run_info["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    store.write_json("run.json", run_info)
     from harness.report import write_run_report
 
-    write_run_report(folder)
+    with clock.time(RUN_SCOPE, "report"):
+        run_info["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        run_info["stages"] = {**{k: v for k, v in earlier.items() if k not in clock.seconds}, **clock.seconds}
+        store.write_json("run.json", run_info)
+        write_run_report(folder)
+    run_info["stages"][RUN_SCOPE] = clock.seconds[RUN_SCOPE]
+    store.write_json("run.json", run_info)
+    log(f"where the time went (wall seconds; earlier sessions' variants from run.json):\n"
+        f"{StageClock(run_info['stages']).summary()}")
+    log(f"total this run: {clock.total():.0f} s ({clock.total() / 60:.1f} min)")
     return BenchResult(folder, store.rows, skipped)
+
+
+def _earlier_stages(folder: Path) -> dict[str, dict[str, float]]:
+    """Stage times a resumed run's earlier sessions recorded (their variants are not measured again)."""
+    try:
+        return dict(json.loads((folder / "run.json").read_text()).get("stages", {}))
+    except (OSError, ValueError):
+        return {}

@@ -117,6 +117,11 @@ def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, 
 @click.option("--layer-times", is_flag=True, help="Measure the per-layer latency table (layers.csv latency_ms) "
               "without constraining the plan.")
 @_attack_options
+@click.option("--square-on-device", is_flag=True,
+              help="Send every Square query to the artefact (the literal, slow run). Default: Square queries a "
+                   "cheap stand-in that computes the same function (the bit-exact twin; the float model for fp32) "
+                   "unless the local artefact is faster; the artefact judges every Square example and re-runs a "
+                   "sample of its queries, which must agree.")
 @click.option("--eval-samples", default=500, show_default=True,
               help="Test samples (0 = all); 500 gives a Wilson interval of about +-4 points at 80 %.")
 @click.option("--batch-large", default=64, show_default=True, help="Larger batch for throughput and eval.")
@@ -141,7 +146,8 @@ def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, 
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench(targets, dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, variants, plan_files,
           avg_bits, latency_budget, layer_times, attack,
-          square_queries, eval_samples, batch_large, repeat, number, warmup, cooldown_ms, cooldown_every, pin_threads,
+          square_queries, square_on_device, eval_samples, batch_large, repeat, number, warmup, cooldown_ms,
+          cooldown_every, pin_threads,
           results_dir, run_id, rpc, rpc_tracker, rpc_key, tune, trials, quiet) -> None:
     """Train/load, quantize, compile for each TARGET, run on its device, and measure every variant.
 
@@ -165,7 +171,8 @@ def bench(targets, dataset, data_dir, arch, model, weights, epochs, lr, plain, e
                          layer_times=layer_times, batch_large=batch_large, eval_samples=eval_samples,
                          latency=latency, seed=seed, results_dir=results_dir,
                          run_id=run_id if len(targets) == 1 else "", rpc=rpc, rpc_tracker=rpc_tracker,
-                         rpc_key=rpc_key, tune=tune, trials=trials, model=model, weights=weights))
+                         rpc_key=rpc_key, tune=tune, trials=trials, model=model, weights=weights,
+                         square_on_device=square_on_device))
     import pandas as pd
 
     if len(cfgs) == 1:

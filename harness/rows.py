@@ -31,8 +31,8 @@ COLUMNS = [
     "lat_small_std_ms", "thr_small_ips", "batch_large", "lat_large_median_ms", "lat_large_p90_ms", "lat_large_p99_ms",
     "lat_large_mean_ms", "lat_large_std_ms", "thr_large_ips", "clean_acc", "clean_ci_lo", "clean_ci_hi", "robust_acc",
     "robust_ci_lo", "robust_ci_hi", "attack_preset", "per_attack", "gradient_masking", "sanity", "eps_curve",
-    "agreement", "bitexact", "max_abs_diff", "n_eval", "attack", "attack_s", "macs", "bops", "weight_bytes",
-    "artefact_bytes", "energy_proxy_uj", "energy_measured_uj", "threads", "warmup", "number", "repeat",
+    "agreement", "bitexact", "max_abs_diff", "n_eval", "attack", "attack_s", "square_on", "macs", "bops",
+    "weight_bytes", "artefact_bytes", "energy_proxy_uj", "energy_measured_uj", "threads", "warmup", "number", "repeat",
     # the measurement's conditions: cool-down, pinning, and the device's state around the timing
     "cooldown_ms", "pinned_cpus", "governor", "freq_mhz_before", "freq_mhz_after", "temp_c_before", "temp_c_after",
     "throttled_before", "throttled_after", "rss_peak_mb", "rss_delta_mb",

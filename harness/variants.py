@@ -9,6 +9,7 @@ lowering a target gets is chosen once, by its profile (:func:`harness.lower.lowe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -95,6 +96,7 @@ class Variant:
     plan: QuantPlan | None = None
     qg: QuantizedGraph | None = None
     float_graph: Graph | None = None  # a float variant's layer graph (sizes, energy proxy, layers.csv)
+    build_s: float = 0.0  # wall seconds its plan took to make (search) and quantize (the run's stage table)
 
     @property
     def float_bits(self) -> int:
@@ -135,20 +137,23 @@ def build_variants(names: tuple[str, ...], plan_files: tuple[str, ...], req: Pla
     """
     scales = calibrate(req.graph, req.calib.all_x)  # clean + adversarial inputs, the same for every plan
     out: list[Variant] = []
-    plans: list[tuple[str, QuantPlan]] = []
+    plans: list[tuple[str, QuantPlan, float]] = []
     for v in names:
         if v in FLOAT_VARIANTS:  # fp16: half-precision weights/activations, fp32 accumulation
             out.append(Variant(v, "float", float_graph=req.graph))
         elif v in PLAN_VARIANTS:
-            plans.append((v, PLAN_VARIANTS[v](req)))
+            t0 = time.perf_counter()
+            plans.append((v, PLAN_VARIANTS[v](req), time.perf_counter() - t0))
         else:
             raise ValueError(f"unknown variant {v!r}; built-in variants are {builtin_variants()} "
                              "(add plans with --plan FILE)")
     for p in plan_files:
         plan = QuantPlan.from_file(p)
-        plans.append((plan_variant_name(plan), plan))
-    for name, plan in plans:
-        out.append(Variant(name, "int", plan, quantize_graph(req.graph, plan, req.calib.all_x, act_scales=scales)))
+        plans.append((plan_variant_name(plan), plan, 0.0))
+    for name, plan, plan_s in plans:
+        t0 = time.perf_counter()
+        qg = quantize_graph(req.graph, plan, req.calib.all_x, act_scales=scales)
+        out.append(Variant(name, "int", plan, qg, build_s=plan_s + time.perf_counter() - t0))
     return out
 
 

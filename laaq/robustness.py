@@ -7,7 +7,11 @@ the maintained ``torchattacks`` implementations):
    of an integer variant, the float model of a float variant: (PGD-CE for reference), APGD-CE,
    APGD-T (targeted DLR over the top-k classes), FAB-T in ``thorough``;
 2. Square (gradient-free, AutoAttack's p_init 0.8 schedule, thousands of queries) run **black-box on
-   the deployed function itself** — the compiled artefact in ``bench``.
+   the deployed function** — the compiled artefact in ``bench``, or, where that is slow or remote, a
+   :class:`StandIn` that computes the same function (the bit-exact twin of an integer artefact, the float
+   model of an fp32 one): Square's final examples are then judged on the artefact like every other
+   member's, and a random sample of Square's own queries is re-run on the artefact and must agree
+   (bit-identical outputs for integer variants), or the evaluation stops with :class:`StandInMismatch`.
 
 Each member attacks only the images that survived the earlier ones (as AutoAttack does), and every
 adversarial example is judged on the **deployed function's own outputs**, so the twin only proposes
@@ -26,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import time
@@ -36,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from laaq.attacks import PGDConfig, pgd, pgd_step
 from laaq.example_log import ExampleLog
@@ -47,6 +53,153 @@ DATA_RANGE = (0.0, 1.0)  # every data set of laaq.data is scaled to [0, 1]
 
 class AttackError(ValueError):
     """An evaluation that cannot run as asked (bad ε, budget, preset, or a missing attack library)."""
+
+
+class StandInMismatch(AttackError):
+    """Square's stand-in computed something other than the deployed function on a sampled query."""
+
+
+RawRun = Callable[[torch.Tensor], np.ndarray]
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """A cheap function that answers Square's queries in place of the deployed one, and how to check it.
+
+    Why: Square needs thousands of queries per image; an untuned or remote artefact (a board over RPC,
+    an emulated Pi) answers each in milliseconds to seconds, its host stand-in in microseconds. The stand-in
+    only steers the search: Square's final examples are judged on ``deployed_raw`` like every member's, and
+    a uniform sample of its queries (``sample_rate``, at least ``min_sample``, at most ``max_sample``) is
+    re-run there and compared — ``exact``: raw outputs bit-identical (integer artefacts and their twin);
+    otherwise no logit may differ by more than ``rel_tol`` × the largest logit and the top-1 must agree
+    wherever the stand-in's top-2 margin exceeds that tolerance.
+    """
+
+    name: str  # what answers the queries, for run.json and reports ("bit-exact twin", "PyTorch float model")
+    raw: RawRun  # float images -> the stand-in's raw outputs (the deployed function's output format)
+    deployed_raw: RawRun  # float images -> the deployed artefact's raw outputs
+    to_logits: Callable[[np.ndarray], np.ndarray]
+    exact: bool
+    sample_rate: float = 0.01
+    min_sample: int = 256
+    max_sample: int = 4096
+    rel_tol: float = 1e-3
+
+
+@dataclass(frozen=True)
+class StandInCheck:
+    """What re-running a sample of Square's queries on the deployed function found."""
+
+    stand_in: str
+    queries: int  # rows Square sent to the stand-in
+    sampled: int  # of which re-run on the deployed function
+    mismatched: int
+    argmax_agreement: float
+    max_abs_diff: float
+    exact: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatched == 0
+
+    def line(self) -> str:
+        rule = "bit-identical outputs" if self.exact else "logits within tolerance"
+        return (f"Square queried the {self.stand_in} ({self.queries:,} queries); {self.sampled:,} sampled queries "
+                f"re-run on the artefact: {self.mismatched} without {rule}, top-1 agreement "
+                f"{self.argmax_agreement:.4f}, max |d logit| {self.max_abs_diff:.3g}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok, "line": self.line()}
+
+
+class _QuerySample:
+    """A uniform sample of the rows a stand-in was queried with (reservoir sampling, Vitter's algorithm R)."""
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        self.capacity, self.seen = capacity, 0
+        self.rng = np.random.default_rng(seed)
+        self.x: list[torch.Tensor | None] = [None] * capacity
+        self.out: list[np.ndarray | None] = [None] * capacity
+
+    def offer(self, x: torch.Tensor, out: np.ndarray) -> None:
+        for r in range(len(x)):
+            i = self.seen + r
+            slot = i if i < self.capacity else int(self.rng.integers(0, i + 1))
+            if slot < self.capacity:
+                self.x[slot], self.out[slot] = x[r].detach().clone(), out[r].copy()
+        self.seen += len(x)
+
+    def take(self, k: int) -> tuple[torch.Tensor, np.ndarray]:
+        filled = min(self.seen, self.capacity)
+        pick = np.sort(self.rng.choice(filled, size=min(k, filled), replace=False))
+        return torch.stack([self.x[i] for i in pick]), np.stack([self.out[i] for i in pick])
+
+
+def _sample_size(s: StandIn, queries: int) -> int:
+    return min(s.max_sample, max(s.min_sample, math.ceil(s.sample_rate * queries)))
+
+
+def _verify_stand_in(s: StandIn, sample: _QuerySample) -> StandInCheck:
+    """Re-run the sampled queries on the deployed function and compare its raw outputs with the stand-in's."""
+    if sample.seen == 0:
+        return StandInCheck(s.name, 0, 0, 0, 1.0, 0.0, s.exact)
+    xs, ref = sample.take(_sample_size(s, sample.seen))
+    dev = np.asarray(s.deployed_raw(xs))
+    if s.exact:
+        bad = ~np.all(dev == ref, axis=1)
+        diff = float(np.abs(dev.astype(np.int64) - ref.astype(np.int64)).max())
+        agree = s.to_logits(dev).argmax(1) == s.to_logits(ref).argmax(1)
+    else:
+        ld, lr = s.to_logits(dev).astype(np.float64), s.to_logits(ref).astype(np.float64)
+        tol = s.rel_tol * max(1.0, float(np.abs(lr).max()))
+        top2 = np.sort(lr, axis=1)[:, -2:] if lr.shape[1] > 1 else np.zeros((len(lr), 2))
+        agree = ld.argmax(1) == lr.argmax(1)
+        delta = np.abs(ld - lr).max(axis=1)
+        bad = (delta > tol) | (~agree & (top2[:, 1] - top2[:, 0] > tol))
+        diff = float(delta.max())
+    return StandInCheck(s.name, sample.seen, len(xs), int(bad.sum()), float(agree.mean()), diff, s.exact)
+
+
+class _Meter:
+    """Counts model calls of the running attack member into a progress bar (steps or queries, with ETA)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bar = enabled, None
+
+    def start(self, desc: str, total: int) -> None:
+        self.close()
+        self.bar = tqdm(total=total, desc=desc, unit="call", leave=False, disable=not self.enabled)
+
+    def tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _Metered(torch.nn.Module):
+    """``inner`` whose every forward call ticks a :class:`_Meter` (torchattacks calls the model once per step)."""
+
+    def __init__(self, inner: torch.nn.Module, meter: _Meter) -> None:
+        super().__init__()
+        self.inner, self.meter = inner, meter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.meter.tick()
+        return self.inner(x)
+
+
+def _expected_calls(preset: AttackPreset, name: str, n_classes: int) -> int:
+    """Model calls per batch a member makes at most (its progress bar's total): steps × restarts (× targets)."""
+    k = max(1, min(n_classes - 1, preset.apgd_t_targets))
+    return {"apgd-ce": (preset.apgd_ce_steps + 2) * preset.apgd_ce_restarts,
+            "apgd-t": (preset.apgd_t_steps + 2) * preset.apgd_t_restarts * k,
+            "fab-t": (preset.fab_t_steps + 2) * max(1, min(n_classes - 1, preset.fab_t_targets)),
+            "square": (preset.square_queries + 1) * preset.square_restarts}.get(
+        name, (preset.pgd_steps + 1) * preset.pgd_restarts)
 
 
 @dataclass(frozen=True)
@@ -215,6 +368,7 @@ class RobustResult:
     curve: list[tuple[float, float, int]] = field(default_factory=list)  # (eps, accuracy, n)
     checks: list[Check] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    stand_in: StandInCheck | None = None  # Square answered by a stand-in: the sampled comparison with the artefact
 
     @property
     def n(self) -> int:
@@ -324,6 +478,22 @@ def _square(preset: AttackPreset, deployed: torch.nn.Module, eps: float, seed: i
                      n_restarts=preset.square_restarts, p_init=preset.square_p_init, loss="margin", seed=seed)
 
 
+def _square_model(stand_in: StandIn | None, deployed: torch.nn.Module, x: torch.Tensor, seed: int
+                  ) -> tuple[torch.nn.Module, _QuerySample | None]:
+    """What Square queries: the deployed function, or the stand-in with a sample of its queries kept."""
+    if stand_in is None:
+        return deployed, None
+    row_bytes = max(1, x[0].numel() * 4)
+    sample = _QuerySample(min(stand_in.max_sample, max(stand_in.min_sample, (256 << 20) // row_bytes)), seed)
+
+    def query(t: torch.Tensor) -> torch.Tensor:
+        out = np.asarray(stand_in.raw(t))
+        sample.offer(t, out)
+        return torch.as_tensor(stand_in.to_logits(out), dtype=torch.float32)
+
+    return _AsModule(query, no_grad=True).eval(), sample
+
+
 def _batched(attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
              batch: int) -> torch.Tensor:
     if len(x) == 0:
@@ -350,15 +520,16 @@ class _Ensemble:
     the log is replaying, taken from it instead of attacking (the offline bundle's judging on the device)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, deployed: Predict, eps: float, batch: int,
-                 log: ExampleLog | None = None, stage: str = "main") -> None:
+                 log: ExampleLog | None = None, stage: str = "main", meter: _Meter | None = None) -> None:
         self.x, self.y, self.deployed, self.eps, self.batch = x, y, deployed, eps, batch
-        self.log, self.stage = log, stage
+        self.log, self.stage, self.meter = log, stage, meter or _Meter(False)
         self.alive = _correct(deployed, x, y)
         self.x_worst = x.clone()
 
     def run(self, attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], idx: np.ndarray | None = None,
-            name: str = "") -> np.ndarray:
-        """Attack images ``idx`` (default: the survivors); returns per-image correctness on those images."""
+            name: str = "", calls: int = 0) -> np.ndarray:
+        """Attack images ``idx`` (default: the survivors); returns per-image correctness on those images.
+        ``calls``: the member's model calls per batch at most (its progress bar)."""
         idx = np.flatnonzero(self.alive) if idx is None else idx
         if idx.size == 0:
             return np.zeros(0, dtype=bool)
@@ -370,7 +541,11 @@ class _Ensemble:
             ok_all[have] = self._judge(idx[have], xa)
             return ok_all
         xi, yi = self.x[idx], self.y[idx]
-        xa = _project(_batched(attack, xi, yi, self.batch), xi, self.eps)
+        self.meter.start(f"{self.stage} {name} ({idx.size} images)", calls * math.ceil(idx.size / self.batch))
+        try:
+            xa = _project(_batched(attack, xi, yi, self.batch), xi, self.eps)
+        finally:
+            self.meter.close()
         if self.log is not None:
             self.log.add(key, idx, xa)
         return self._judge(idx, xa)
@@ -433,7 +608,8 @@ def _key(cfg: EvalConfig, x: torch.Tensor, y: torch.Tensor, tag: str) -> str:
 def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig,
              deployed: Predict | None = None, transfer_source: torch.nn.Module | None = None,
              state_path: Path | None = None, state_tag: str = "", log: Callable[[str], None] | None = None,
-             examples: ExampleLog | None = None) -> RobustResult:
+             examples: ExampleLog | None = None, stand_in: StandIn | None = None, progress: bool = False
+             ) -> RobustResult:
     """Clean and robust accuracy of ``deployed`` on (x, y) under ``cfg``'s ensemble, with its checks.
 
     ``white_box`` is the differentiable stand-in the gradient attacks use (the bit-exact twin, or the
@@ -441,6 +617,8 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
     white-box model itself). ``transfer_source`` (the float model, for integer variants) adds the
     transfer check. ``state_path`` makes the evaluation resumable stage by stage. ``examples`` records
     every judged example (or, replaying, supplies them: :func:`rejudge`); it is not combined with a state file.
+    ``stand_in`` answers Square's queries instead of ``deployed`` (which still judges Square's examples, and
+    re-runs a sample of its queries: :class:`StandIn`). ``progress``: a bar per member (calls, ETA).
     """
     wb = white_box if isinstance(white_box, torch.nn.Module) and any(True for _ in white_box.parameters()) \
         else _AsModule(white_box)
@@ -454,8 +632,12 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
     state = _State(state_path, _key(cfg, x, y, state_tag))
     say = log or (lambda m: None)
     seconds: dict[str, float] = {}
+    meter = _Meter(progress)
+    wb = _Metered(wb, meter)
 
-    ens = _Ensemble(x, y, dep, eps, cfg.batch, examples)
+    t0 = time.perf_counter()
+    ens = _Ensemble(x, y, dep, eps, cfg.batch, examples, meter=meter)
+    seconds["clean"] = round(time.perf_counter() - t0, 2)
     clean = ens.alive.copy()
     cumulative: dict[str, np.ndarray] = {}
     members = _white_box_attacks(pre, wb, eps, n_classes, seed)
@@ -467,7 +649,7 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
             ens.x_worst = torch.as_tensor(state.get("x_worst"))
         else:
             t0 = time.perf_counter()
-            ens.run(attack, name=name)
+            ens.run(attack, name=name, calls=_expected_calls(pre, name, n_classes))
             seconds[name] = round(time.perf_counter() - t0, 2)
             state.put(**{f"alive_{name}": ens.alive.copy(), "x_worst": ens.x_worst.numpy()})
         cumulative[name] = ens.alive.copy()
@@ -475,23 +657,41 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
     white_alive = ens.alive.copy()
 
     checks: list[Check] = []
+    sq_check: StandInCheck | None = None
     if pre.square_queries:
         saved = state.get("alive_square")
         sq_subset = state.get("square_subset")
         if saved is not None and sq_subset is not None:
             ens.alive, ens.x_worst = saved.astype(bool), torch.as_tensor(state.get("x_worst"))
             sq_ok_sub = sq_subset.astype(bool)
+            saved_check = state.get("square_stand_in")
+            if saved_check is not None:
+                sq_check = StandInCheck(**{k: v for k, v in json.loads(str(saved_check)).items()
+                                           if k in StandInCheck.__dataclass_fields__})
         else:
             t0 = time.perf_counter()
+            queried, sample = _square_model(stand_in, dep, x, seed)
             # Square on the check subset (every clean-correct image, for the masking test) and on the
             # white-box survivors elsewhere (its contribution to the worst case), in one call
             targets = np.union1d(check_idx[clean[check_idx]], np.flatnonzero(ens.alive))
-            ok_targets = ens.run(_square(pre, dep, eps, seed), targets, "square")
+            ok_targets = ens.run(_square(pre, _Metered(queried, meter), eps, seed), targets, "square",
+                                 calls=_expected_calls(pre, "square", n_classes))
             sq_ok = clean.copy()
             sq_ok[targets] = ok_targets
             sq_ok_sub = sq_ok[check_idx]
             seconds["square"] = round(time.perf_counter() - t0, 2)
-            state.put(alive_square=ens.alive.copy(), square_subset=sq_ok_sub, x_worst=ens.x_worst.numpy())
+            extra: dict[str, np.ndarray] = {}
+            if stand_in is not None and sample is not None:
+                t0 = time.perf_counter()
+                sq_check = _verify_stand_in(stand_in, sample)
+                seconds["square_verify"] = round(time.perf_counter() - t0, 2)
+                say(f"  square: {sq_check.line()}")
+                if not sq_check.ok:
+                    raise StandInMismatch(f"{sq_check.line()}: the stand-in does not compute the deployed "
+                                          "function, so its Square search is not the artefact's; rerun with "
+                                          "--square-on-device (queries the artefact itself), and report this")
+                extra["square_stand_in"] = np.array(json.dumps(sq_check.to_dict()))
+            state.put(alive_square=ens.alive.copy(), square_subset=sq_ok_sub, x_worst=ens.x_worst.numpy(), **extra)
         cumulative["square"] = ens.alive.copy()
         say(f"  square: robust {ens.alive.mean():.3f}")
         if cfg.checks:
@@ -508,7 +708,7 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
         checks.insert(0, _curve_check(curve))
     else:
         curve = []
-    return RobustResult(cfg, clean, ens.alive.copy(), cumulative, ens.x_worst, curve, checks, seconds)
+    return RobustResult(cfg, clean, ens.alive.copy(), cumulative, ens.x_worst, curve, checks, seconds, sq_check)
 
 
 def _beats(name: str, what: str, other_ok: np.ndarray, white_ok: np.ndarray) -> Check:

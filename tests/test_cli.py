@@ -89,6 +89,19 @@ def test_bench_writes_every_result_file(bench_run) -> None:
     info = json.loads((folder / "run.json").read_text())
     assert EvalConfig.from_dict(info["config"]["evaluation"]) == EvalConfig(PRESETS["quick"], 0.1)  # round trip
     assert info["attack_preset"] == "quick" and "PGD-CE 20 steps" in info["attack"]
+    # where the time went: every stage of every variant, and the run's own (issue 23)
+    stages = info["stages"]
+    assert {"run", "x86/fp32", "x86/int8"} <= set(stages)
+    assert {"data", "calibration", "report"} <= set(stages["run"])
+    assert {"training", "checkpoint (cached)"} & set(stages["run"])
+    for scope in ("x86/fp32", "x86/int8"):
+        assert {"lowering b1", "compile b1", "compile b16", "load", "clean", "pgd-20", "square", "checks",
+                "eps_curve", "timing", "agreement"} <= set(stages[scope]), scope
+        assert all(v >= 0 for v in stages[scope].values())
+    assert "quantize" in stages["x86/int8"]
+    assert "where the time went" in text and "total this run:" in text
+    # who answered Square's queries is said in the row (stand-in with its sampled check, or the artefact)
+    assert int8.square_on.startswith(("Square queried the bit-exact twin", "artefact"))
     per_img = pd.read_csv(folder / "per_image" / "x86-int8.csv")
     assert len(per_img) == 200 and abs(per_img.robust.mean() - int8.robust_acc) < 1e-4
     assert (per_img.robust <= per_img.clean).all()

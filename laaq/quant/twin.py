@@ -2,11 +2,12 @@
 integer reference, used to craft white-box attacks against exactly the model we deploy.
 
 Each activation is carried as a pair (integer codes, real value). The integer codes are computed
-exactly (float64 convolutions of integer-valued tensors are exact far beyond our accumulator range;
-requantization runs in int64). The real value is ``codes · scale`` in the forward pass, but its
-gradient is that of the float layer with quantized weights, clipped where the output saturates —
-the straight-through estimator. So attacks see the true quantized decision function and a useful
-gradient, and the logits the twin returns equal the deployed model's to the last bit.
+exactly (requantization in int64; the integer convolutions by :class:`ExactLinear`, in float32 where a
+bound proves every partial sum an exact float32 integer, else in float64). The real value is
+``codes · scale`` in the forward pass, but its gradient is that of the float layer with quantized
+weights, clipped where the output saturates — the straight-through estimator. So attacks see the true
+quantized decision function and a useful gradient, and the logits the twin returns equal
+the deployed model's to the last bit.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from laaq.quant.quantizers import INPUT_SCALE, QNode, QuantizedGraph, quantize_i
 
 def _requant_torch(acc: torch.Tensor, q: QNode, residual: torch.Tensor | None) -> torch.Tensor:
     shape = (1, -1) + (1,) * (acc.ndim - 2)
-    t = acc * torch.as_tensor(q.mult, dtype=torch.int64).reshape(shape)
+    t = acc * torch.as_tensor(q.mult, dtype=torch.int64, device=acc.device).reshape(shape)
     if residual is not None:
         t = t + residual * q.res_mult
     t = (t + (1 << (q.shift - 1))) >> q.shift
@@ -51,6 +52,68 @@ def exact_conv(x: torch.Tensor, w: torch.Tensor, stride: int, pad: int, groups: 
     return out.reshape(n, o, oh, ow)
 
 
+F32_EXACT = 1 << 24  # every integer of magnitude <= 2^24 is a float32; sums that stay below it are exact
+SPLIT_SHIFT = 4  # w = hi·2^4 + lo with |lo| <= 8: each half's partial sums are ~16x smaller than w's
+
+
+class ExactLinear:
+    """The exact integer accumulator of one conv or dense layer, as cheap as exactness allows.
+
+    Why: the twin is the attacks' inner loop (APGD-T alone is ~2,000 forward+backward passes per image),
+    and float64 convolutions cost 3-10x their float32 twins on a CPU. A float32 *direct* convolution or
+    GEMM of integer-valued operands is exact when no partial sum can exceed 2^24 in magnitude, whatever
+    the summation order: the bound ``max|x| · max_o Σ|w_o|`` proves it. Where the bound fails, the weights
+    are split into ``hi·16 + lo`` (two float32 passes, each ~16x below the bound, recombined in int64);
+    where that fails too, float64 (exact to 2^53). Only on the CPU: a GPU's convolution may pick Winograd,
+    FFT or TF32, whose float32 results are not exact, so it keeps float64 (whose rounding error, far below
+    0.5 at our accumulator sizes, ``torch.round`` removes).
+    """
+
+    def __init__(self, w_int: np.ndarray, op: str, stride: int = 1, pad: int = 0, groups: int = 1) -> None:
+        self.op, self.stride, self.pad, self.groups = op, stride, pad, groups
+        w = w_int.astype(np.int64)
+        self.abs_sum = int(np.abs(w).reshape(w.shape[0], -1).sum(1).max()) if w.size else 0
+        hi = np.round(w / (1 << SPLIT_SHIFT)).astype(np.int64)
+        lo = w - hi * (1 << SPLIT_SHIFT)
+        self.split_sum = max(int(np.abs(p).reshape(p.shape[0], -1).sum(1).max()) for p in (hi, lo)) if w.size else 0
+        self.w64 = torch.as_tensor(w.astype(np.float64))
+        self.w32 = torch.as_tensor(w.astype(np.float32))
+        self.hi32, self.lo32 = torch.as_tensor(hi.astype(np.float32)), torch.as_tensor(lo.astype(np.float32))
+        self._moved: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def _weights(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if device.type == "cpu":
+            return self.w64, self.w32, self.hi32, self.lo32
+        if device not in self._moved:
+            self._moved[device] = tuple(t.to(device) for t in (self.w64, self.w32, self.hi32, self.lo32))
+        return self._moved[device]
+
+    def _apply(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.op == "conv":
+            if x.dtype == torch.float64:
+                return exact_conv(x, w, self.stride, self.pad, self.groups)
+            return F.conv2d(x, w, stride=self.stride, padding=self.pad, groups=self.groups)
+        return F.linear(x, w)
+
+    def __call__(self, codes: torch.Tensor) -> torch.Tensor:
+        """int64 codes -> the exact int64 accumulator (no bias)."""
+        w64, w32, hi32, lo32 = self._weights(codes.device)
+        x_max = int(codes.abs().max()) if codes.numel() else 0
+        if codes.device.type == "cpu" and x_max * self.abs_sum < F32_EXACT:
+            return self._apply(codes.float(), w32).to(torch.int64)
+        if codes.device.type == "cpu" and x_max * self.split_sum < F32_EXACT:
+            x = codes.float()
+            return (self._apply(x, hi32).to(torch.int64) << SPLIT_SHIFT) + self._apply(x, lo32).to(torch.int64)
+        return torch.round(self._apply(codes.double(), w64)).to(torch.int64)
+
+
+def _exact_float(codes: torch.Tensor, terms: int = 1) -> torch.Tensor:
+    """Integer codes as floats for an op that sums at most ``terms`` of them (max pool: 1): float32 where
+    every such sum stays an exact float32 integer, float64 otherwise."""
+    big = int(codes.abs().max()) * terms if codes.numel() else 0
+    return codes.float() if big < F32_EXACT else codes.double()
+
+
 def _rescale_torch(codes: list[torch.Tensor], q: QNode) -> torch.Tensor:
     """``add``: ``clamp((Σ q_i·M_i + half) >> sh)``; ``cat``: each input rescaled alone, then concatenated."""
     half = 1 << (q.shift - 1)
@@ -67,69 +130,87 @@ class Twin(torch.nn.Module):
     def __init__(self, qg: QuantizedGraph) -> None:
         super().__init__()
         self.qg = qg
-        self._w_int: dict[str, torch.Tensor] = {}
+        self._exact: dict[str, ExactLinear] = {}
         self._w_real: dict[str, torch.Tensor] = {}
         self._b_real: dict[str, torch.Tensor] = {}
         for name, q in qg.qnodes.items():
             if q.w_q is None:
                 continue
             shape = (-1,) + (1,) * (q.w_q.ndim - 1)
-            self._w_int[name] = torch.as_tensor(q.w_q.astype(np.float64))
+            n = q.node
+            self._exact[name] = ExactLinear(q.w_q, n.op, n.stride, n.padding, n.groups) if n.op == "conv" \
+                else ExactLinear(q.w_q, n.op)
             self._w_real[name] = torch.as_tensor((q.w_q * q.w_scale.reshape(shape)).astype(np.float32))
             self._b_real[name] = torch.as_tensor((q.b_q * q.s_in * q.w_scale).astype(np.float32))
 
-    def forward_int(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (real-valued logits with STE gradient, exact int64 final accumulator)."""
+    def forward_int(self, x: torch.Tensor, grad_path: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Returns (real-valued logits with STE gradient, exact int64 final accumulator).
+
+        ``grad_path=False`` computes the exact integer path only and returns ``(None, acc)``: what a
+        black-box attack's queries need (the deployed function's outputs), at half the cost."""
         codes = quantize_input(x).to(torch.int64)
-        real = x + (codes.float() * INPUT_SCALE - x).detach()
-        env: dict[str, tuple[torch.Tensor, torch.Tensor]] = {"input": (codes, real)}
+        real = x + (codes.float() * INPUT_SCALE - x).detach() if grad_path else None
+        env: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {"input": (codes, real)}
         acc_out = codes
         for n in self.qg.graph.nodes:
             q = self.qg.qnodes[n.name]
             c_in, r_in = env[n.inputs[0]]
             res = env[n.residual] if n.residual else None
+            approx = None
             if n.op == "flatten":
-                env[n.name] = (c_in.flatten(1), r_in.flatten(1))
+                env[n.name] = (c_in.flatten(1), r_in.flatten(1) if grad_path else None)
                 continue
             if n.op == "maxpool":  # codes and scale pass through; padding (−∞) never wins the max
-                c_out = F.max_pool2d(c_in.double(), n.kernel, n.stride, n.padding).to(torch.int64)
-                env[n.name] = (c_out, F.max_pool2d(r_in, n.kernel, n.stride, n.padding))
+                c_out = F.max_pool2d(_exact_float(c_in), n.kernel, n.stride, n.padding).to(torch.int64)
+                env[n.name] = (c_out, F.max_pool2d(r_in, n.kernel, n.stride, n.padding) if grad_path else None)
                 continue
             if n.op in ("gap", "avgpool"):
                 if n.op == "gap":
-                    acc, approx = c_in.sum(dim=(2, 3)), r_in.mean(dim=(2, 3))
-                else:  # window sums of integers: exact in float64 (divisor 1)
-                    acc = torch.round(F.avg_pool2d(c_in.double(), n.kernel, n.stride, n.padding,
+                    acc = c_in.sum(dim=(2, 3))
+                    approx = r_in.mean(dim=(2, 3)) if grad_path else None
+                else:  # window sums of integers: exact in float32 below 2^24, else float64 (divisor 1)
+                    wide = _exact_float(c_in, n.kernel * n.kernel)
+                    acc = torch.round(F.avg_pool2d(wide, n.kernel, n.stride, n.padding,
                                                    divisor_override=1)).to(torch.int64)
-                    approx = F.avg_pool2d(r_in, n.kernel, n.stride, n.padding)
+                    approx = F.avg_pool2d(r_in, n.kernel, n.stride, n.padding) if grad_path else None
                 c_out = _requant_torch(acc, q, None)
             elif n.op in ("add", "cat"):
                 ins = [env[i] for i in n.inputs]
                 c_out = _rescale_torch([c for c, _ in ins], q)
-                approx = ins[0][1] + ins[1][1] if n.op == "add" else torch.cat([r for _, r in ins], dim=1)
+                if grad_path:
+                    approx = ins[0][1] + ins[1][1] if n.op == "add" else torch.cat([r for _, r in ins], dim=1)
             else:
-                if n.op == "conv":
-                    acc = exact_conv(c_in.double(), self._w_int[n.name], n.stride, n.padding, n.groups)
-                    approx = F.conv2d(r_in, self._w_real[n.name], self._b_real[n.name], stride=n.stride,
-                                      padding=n.padding, groups=n.groups)
-                else:
-                    acc = F.linear(c_in.double(), self._w_int[n.name])
-                    approx = F.linear(r_in, self._w_real[n.name], self._b_real[n.name])
+                acc = self._exact[n.name](c_in)
+                if grad_path:
+                    approx = (F.conv2d(r_in, self._w_real[n.name], self._b_real[n.name], stride=n.stride,
+                                       padding=n.padding, groups=n.groups) if n.op == "conv"
+                              else F.linear(r_in, self._w_real[n.name], self._b_real[n.name]))
                 shape = (1, -1) + (1,) * (acc.ndim - 2)
-                acc = torch.round(acc).to(torch.int64) + torch.as_tensor(q.b_q, dtype=torch.int64).reshape(shape)
+                acc = acc + torch.as_tensor(q.b_q, dtype=torch.int64, device=acc.device).reshape(shape)
                 if q.final:
-                    exact = (acc.double() * torch.as_tensor(q.s_in * q.w_scale).reshape(shape)).float()
+                    if not grad_path:
+                        return None, acc
+                    scale = torch.as_tensor(q.s_in * q.w_scale, device=acc.device).reshape(shape)
+                    exact = (acc.double() * scale).float()
                     logits = approx + (exact - approx).detach()
                     return logits, acc
-                if res is not None:
+                if grad_path and res is not None:
                     approx = approx + res[1]
                 c_out = _requant_torch(acc, q, res[0] if res is not None else None)
-            approx = activate(n, approx)
-            approx = torch.clamp(approx, q.lo * q.s_out, q.hi * q.s_out)
-            real_out = approx + (c_out.float() * q.s_out - approx).detach()
+            if grad_path:
+                approx = activate(n, approx)
+                approx = torch.clamp(approx, q.lo * q.s_out, q.hi * q.s_out)
+                real_out = approx + (c_out.float() * q.s_out - approx).detach()
+            else:
+                real_out = None
             env[n.name] = (c_out, real_out)
             acc_out = c_out
         raise AssertionError(f"graph ended without a final weighted layer (last codes {acc_out.shape})")
+
+    @torch.no_grad()
+    def exact_acc(self, x: torch.Tensor) -> torch.Tensor:
+        """The deployed model's exact int64 output accumulator for float images ``x`` (no gradient path)."""
+        return self.forward_int(x, grad_path=False)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_int(x)[0]
