@@ -51,7 +51,7 @@ from laaq.quant.integer import logits_from_int, run_integer
 from laaq.quant.plan import QuantPlan
 from laaq.quant.quantizers import quantize_input
 from laaq.quant.twin import Twin
-from laaq.robustness import EvalConfig, RobustResult, StandIn, evaluate
+from laaq.robustness import EvalConfig, RobustResult, StandIn, attack_device, evaluate
 from laaq.search import Calibration, CalibrationRecipe
 from laaq.search.solver import CANDIDATE_BITS
 from laaq.train import TrainConfig, obtain_model
@@ -98,9 +98,13 @@ class BenchConfig:
     # Square queries the artefact itself for every step (today's literal run) instead of the cheap stand-in
     # (bit-exact twin / float model) that the artefact then judges; part of the hash only when on
     square_on_device: bool = False
+    # where the white-box attacks run: auto (a CUDA GPU when torch sees one), cpu or cuda; not part of the hash
+    # (it changes speed; the twin stays bit-exact on either)
+    attack_device: str = "auto"
 
     def __post_init__(self) -> None:
         parse_latency_budget(self.latency_budget)  # a bad spec stops here, before any work
+        attack_device(self.attack_device)  # so does cuda on a machine without a GPU
         self.model_source()  # so does a missing model file, factory spec or weights file
 
     def model_source(self) -> ModelSource | None:
@@ -108,7 +112,7 @@ class BenchConfig:
 
     def digest(self) -> str:
         d = asdict(self)
-        for k in ("results_dir", "run_id", "rpc", "rpc_tracker", "rpc_key", "tune", "trials"):
+        for k in ("results_dir", "run_id", "rpc", "rpc_tracker", "rpc_key", "tune", "trials", "attack_device"):
             d.pop(k)
         # absent = earlier runs' digests unchanged
         for k, off in (("latency_budget", ""), ("layer_times", False), ("square_on_device", False)):
@@ -331,7 +335,7 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
                    transfer_source=model if v.kind == "int" else None,
                    state_path=folder / "attack_state" / f"{tag}.npz", state_tag=tag,
                    log=(lambda m: print(f"[{tag}] {m}", flush=True)) if progress else None,
-                   stand_in=stand_in, progress=progress)
+                   stand_in=stand_in, progress=progress, device=attack_device(cfg.attack_device))
     attack_s = time.perf_counter() - t_att
     clock.merge(scope, rob.seconds)
     if rob.stand_in is not None:
@@ -351,7 +355,7 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
         **static_columns(profile, v, model, arts), "measured_as": session.measured_as, "device": session.where,
         "n_eval": n, **robust_columns(rob), **agreement,
         "attack": f"{cfg.evaluation.describe()}; white-box on the "
-                  f"{'float model' if v.kind == 'float' else 'bit-exact twin'}"
+                  f"{'float model' if v.kind == 'float' else 'bit-exact twin'} ({attack_device(cfg.attack_device)})"
                   ", every example judged on the artefact's outputs",
         "attack_s": round(attack_s, 1), "square_on": square_on,
         "energy_measured_uj": measured_energy_uj(session, loaded[large], timing_input(large), lat[large].median_ms),
@@ -409,7 +413,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     run_info = {"config": asdict(cfg), "target": asdict(profile.target), "environment": environment(),
                 "checkpoint": str(ckpt), "latency_protocol": cfg.latency.describe(), "started": started,
                 "attack_preset": cfg.evaluation.preset.name, "attack": cfg.evaluation.describe(),
-                "energy_source": energy.SOURCE}
+                "energy_source": energy.SOURCE, "attack_device": attack_device(cfg.attack_device)}
     store.write_json("run.json", run_info)
     plan_names = {p: plan_variant_name(QuantPlan.from_file(p)) for p in cfg.plan_files}
     todo = [*cfg.variants, *plan_names.values()]

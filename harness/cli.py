@@ -122,6 +122,9 @@ def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, 
                    "cheap stand-in that computes the same function (the bit-exact twin; the float model for fp32) "
                    "unless the local artefact is faster; the artefact judges every Square example and re-runs a "
                    "sample of its queries, which must agree.")
+@click.option("--attack-device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where the white-box attacks run (the float model or the bit-exact twin): auto = a CUDA GPU "
+                   "when torch sees one. The artefact still judges every example on its own device.")
 @click.option("--eval-samples", default=500, show_default=True,
               help="Test samples (0 = all); 500 gives a Wilson interval of about +-4 points at 80 %.")
 @click.option("--batch-large", default=64, show_default=True, help="Larger batch for throughput and eval.")
@@ -146,8 +149,8 @@ def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, 
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench(targets, dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, variants, plan_files,
           avg_bits, latency_budget, layer_times, attack,
-          square_queries, square_on_device, eval_samples, batch_large, repeat, number, warmup, cooldown_ms,
-          cooldown_every, pin_threads,
+          square_queries, square_on_device, attack_device, eval_samples, batch_large, repeat, number, warmup,
+          cooldown_ms, cooldown_every, pin_threads,
           results_dir, run_id, rpc, rpc_tracker, rpc_key, tune, trials, quiet) -> None:
     """Train/load, quantize, compile for each TARGET, run on its device, and measure every variant.
 
@@ -172,7 +175,7 @@ def bench(targets, dataset, data_dir, arch, model, weights, epochs, lr, plain, e
                          latency=latency, seed=seed, results_dir=results_dir,
                          run_id=run_id if len(targets) == 1 else "", rpc=rpc, rpc_tracker=rpc_tracker,
                          rpc_key=rpc_key, tune=tune, trials=trials, model=model, weights=weights,
-                         square_on_device=square_on_device))
+                         square_on_device=square_on_device, attack_device=attack_device))
     import pandas as pd
 
     if len(cfgs) == 1:

@@ -15,13 +15,13 @@ from harness.options import _eval_config, _run, train_config
 
 # bench's options that make sense for a bundle (the device is not reachable while it is built)
 BENCH_OPTIONS = ("dataset", "data_dir", "arch", "epochs", "lr", "plain", "eps", "seed", "variants",
-                 "plan_files", "avg_bits", "attack", "square_queries", "eval_samples", "batch_large", "repeat",
-                 "number", "warmup", "cooldown_ms", "cooldown_every", "tune", "trials", "quiet")
+                 "plan_files", "avg_bits", "attack", "square_queries", "attack_device", "eval_samples", "batch_large",
+                 "repeat", "number", "warmup", "cooldown_ms", "cooldown_every", "tune", "trials", "quiet")
 
 
 def _bundle(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, variants, plan_files, avg_bits, attack,
-            square_queries, eval_samples, batch_large, repeat, number, warmup, cooldown_ms, cooldown_every, tune,
-            trials, quiet, out, tar) -> None:
+            square_queries, attack_device, eval_samples, batch_large, repeat, number, warmup, cooldown_ms,
+            cooldown_every, tune, trials, quiet, out, tar) -> None:
     """Write an offline bundle for TARGET: the compiled libraries of every variant (built as `bench` builds
     them), the evaluation inputs and the adversarial examples crafted here, a runner that needs only TVM's
     runtime and numpy, a manifest (sha256 of every file) and a README with the one command to run on the
@@ -40,7 +40,7 @@ def _bundle(target, dataset, data_dir, arch, epochs, lr, plain, eps, seed, varia
                variants=tuple(v.strip() for v in variants.split(",") if v.strip()), plan_files=tuple(plan_files),
                laaq_avg_bits=avg_bits, batch_large=batch_large, eval_samples=eval_samples,
                latency=LatencyProtocol(warmup, number, repeat, cooldown_ms, cooldown_every), seed=seed, tune=tune,
-               trials=trials)
+               trials=trials, attack_device=attack_device)
     s = _run(build_bundle, cfg, Path(out) if out else None, tar, progress=not quiet)
     click.echo(f"bundle {s.bundle_id} for {s.target} ({', '.join(s.variants)}): {s.path}, {s.bytes / 1e6:.1f} MB"
                + (f"; {s.tarball} {s.tarball_bytes / 1e6:.1f} MB" if s.tarball else "")

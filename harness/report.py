@@ -200,6 +200,25 @@ def _robustness_blocks(folder: Path, df: pd.DataFrame, cfg: dict, context: str) 
     return blocks
 
 
+def _stage_blocks(stages: dict[str, dict[str, float]], context: str) -> list[Block]:
+    """Where the time went: a stacked bar per variant and the stage table (wall seconds)."""
+    if not stages:
+        return []
+    rows = [{"scope": scope, "stage": stage, "seconds": sec, "kind": plots.stage_group(stage)[0]}
+            for scope, d in stages.items() for stage, sec in d.items()]
+    totals = pd.DataFrame([{"scope": scope, "total_s": round(sum(d.values()), 1),
+                            "stages": ", ".join(f"{k} {v:.1f}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))}
+                           for scope, d in stages.items()])
+    blocks = [Block("h2", "Where the time went"),
+              Block("p", f"Wall seconds per stage ({sum(r['seconds'] for r in rows):.0f} s in all); `run` holds the "
+                         "shared stages. Every stage is also in run.json (`stages`)."),
+              Block("table", totals)]
+    made = plots.stage_costs(stages, context)
+    if made is not None:
+        blocks.append(Block("plot", made))
+    return blocks
+
+
 def _warning_blocks(rows: pd.DataFrame) -> list[Block]:
     lines = notes.warning_lines(rows)
     return [Block("p", notes.WARNING_INTRO), Block("ul", lines)] if lines else []
@@ -233,8 +252,10 @@ def write_run_report(folder: Path) -> Path:
             f"Accuracy: from the compiled artefact's outputs on {cfg['eval_samples']} test samples of "
             f"`{cfg['dataset']}`, each with its Wilson 95 % interval (`*_ci_lo`/`*_ci_hi`). Robust accuracy: "
             f"{info.get('attack', 'see run.json')}. Gradient members attack the exact host twin (integer variants) "
-            "or the float model, Square attacks the artefact as a black box; every adversarial example is judged "
-            "on the artefact's outputs and an image counts as robust only if it survives every member. "
+            "or the float model; Square is black-box, its queries answered by the artefact or by a stand-in that "
+            "computes the same function (`square_on` says which, with the sampled check against the artefact); "
+            "every adversarial example is judged on the artefact's outputs and an image counts as robust only if "
+            "it survives every member. "
             "`agreement`: argmax of artefact = host reference on clean and worst-case inputs; `bitexact`: whole "
             "output vector identical.",
             f"Energy: {info.get('energy_source', 'proxy model')}.",
@@ -252,6 +273,7 @@ def write_run_report(folder: Path) -> Path:
                             plots.layer_latency(layers, context, _measured_kind(df))],
                            "(no measured rows: nothing to plot)")
     blocks += _robustness_blocks(folder, df, cfg, context)
+    blocks += _stage_blocks(info.get("stages") or {}, context)
     if len(layers):
         blocks += [Block("h2", "Per layer"), Block("table", layers.drop(columns=["target"], errors="ignore"))]
     blocks.append(Block("p", "Every column is documented in results/README.md and README.md (*Results columns*)."))

@@ -43,13 +43,14 @@ def pgd(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch
     """Adversarial examples; per sample, the restart with the highest loss (misclassified first)."""
     gen = generator or torch.Generator().manual_seed(cfg.seed)
     best = x.clone()
-    best_loss = torch.full((len(x),), -float("inf"))
-    best_wrong = torch.zeros(len(x), dtype=torch.bool)
+    best_loss = torch.full((len(x),), -float("inf"), device=x.device)
+    best_wrong = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     if cfg.eps == 0:
         return best
     for _ in range(cfg.restarts):
         if cfg.random_start:
-            noise = (torch.rand(x.shape, generator=gen) * 2 - 1) * cfg.eps
+            # drawn on the CPU generator whatever the device: the same seed gives the same starts on a GPU
+            noise = ((torch.rand(x.shape, generator=gen) * 2 - 1) * cfg.eps).to(x.device)
             xa = torch.clamp(x + noise, 0, 1)
         else:
             xa = x.clone()

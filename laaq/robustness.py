@@ -436,6 +436,27 @@ def _torchattacks():
     return torchattacks
 
 
+def _on(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on the attack device: itself on the CPU, else a copy there (the caller's model stays put)."""
+    if device.type == "cpu":
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(device)
+
+
+def attack_device(name: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is refused up front."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise AttackError(f"attack device must be auto, cpu or cuda, got {name!r}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AttackError(f"--attack-device cuda, but torch {torch.__version__} sees no CUDA GPU (the CPU build, or "
+                          "no driver); use --attack-device auto or cpu")
+    return name
+
+
 def _num_classes(predict: Predict, x: torch.Tensor) -> int:
     with torch.no_grad():
         return int(predict(x[:1]).shape[1])
@@ -495,10 +516,13 @@ def _square_model(stand_in: StandIn | None, deployed: torch.nn.Module, x: torch.
 
 
 def _batched(attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-             batch: int) -> torch.Tensor:
+             batch: int, device: torch.device | None = None) -> torch.Tensor:
+    """The attack on ``x`` in batches, on ``device`` (the attack device); the examples come back to the CPU."""
     if len(x) == 0:
         return x.clone()
-    return torch.cat([attack(x[i : i + batch], y[i : i + batch]).detach() for i in range(0, len(x), batch)])
+    dev = device or x.device
+    return torch.cat([attack(x[i : i + batch].to(dev), y[i : i + batch].to(dev)).detach().cpu()
+                      for i in range(0, len(x), batch)])
 
 
 def _correct(predict: Predict, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
@@ -520,9 +544,10 @@ class _Ensemble:
     the log is replaying, taken from it instead of attacking (the offline bundle's judging on the device)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, deployed: Predict, eps: float, batch: int,
-                 log: ExampleLog | None = None, stage: str = "main", meter: _Meter | None = None) -> None:
+                 log: ExampleLog | None = None, stage: str = "main", meter: _Meter | None = None,
+                 device: torch.device | None = None) -> None:
         self.x, self.y, self.deployed, self.eps, self.batch = x, y, deployed, eps, batch
-        self.log, self.stage, self.meter = log, stage, meter or _Meter(False)
+        self.log, self.stage, self.meter, self.device = log, stage, meter or _Meter(False), device
         self.alive = _correct(deployed, x, y)
         self.x_worst = x.clone()
 
@@ -543,7 +568,7 @@ class _Ensemble:
         xi, yi = self.x[idx], self.y[idx]
         self.meter.start(f"{self.stage} {name} ({idx.size} images)", calls * math.ceil(idx.size / self.batch))
         try:
-            xa = _project(_batched(attack, xi, yi, self.batch), xi, self.eps)
+            xa = _project(_batched(attack, xi, yi, self.batch, self.device), xi, self.eps)
         finally:
             self.meter.close()
         if self.log is not None:
@@ -608,8 +633,8 @@ def _key(cfg: EvalConfig, x: torch.Tensor, y: torch.Tensor, tag: str) -> str:
 def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig,
              deployed: Predict | None = None, transfer_source: torch.nn.Module | None = None,
              state_path: Path | None = None, state_tag: str = "", log: Callable[[str], None] | None = None,
-             examples: ExampleLog | None = None, stand_in: StandIn | None = None, progress: bool = False
-             ) -> RobustResult:
+             examples: ExampleLog | None = None, stand_in: StandIn | None = None, progress: bool = False,
+             device: str | torch.device = "cpu") -> RobustResult:
     """Clean and robust accuracy of ``deployed`` on (x, y) under ``cfg``'s ensemble, with its checks.
 
     ``white_box`` is the differentiable stand-in the gradient attacks use (the bit-exact twin, or the
@@ -619,9 +644,14 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
     every judged example (or, replaying, supplies them: :func:`rejudge`); it is not combined with a state file.
     ``stand_in`` answers Square's queries instead of ``deployed`` (which still judges Square's examples, and
     re-runs a sample of its queries: :class:`StandIn`). ``progress``: a bar per member (calls, ETA).
+    ``device``: where the white-box attacks run (``"cuda"``: the white-box model and the transfer source are
+    copied there; the deployed function, the stand-in and every verdict stay where they are).
     """
+    dev = torch.device(device)
     wb = white_box if isinstance(white_box, torch.nn.Module) and any(True for _ in white_box.parameters()) \
         else _AsModule(white_box)
+    wb = _on(wb, dev)
+    transfer_source = _on(transfer_source, dev) if transfer_source is not None else None
     wb.eval()
     dep_fn: Predict = deployed if deployed is not None else wb
     dep = _AsModule(dep_fn, no_grad=True).eval()
@@ -636,7 +666,7 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
     wb = _Metered(wb, meter)
 
     t0 = time.perf_counter()
-    ens = _Ensemble(x, y, dep, eps, cfg.batch, examples, meter=meter)
+    ens = _Ensemble(x, y, dep, eps, cfg.batch, examples, meter=meter, device=dev)
     seconds["clean"] = round(time.perf_counter() - t0, 2)
     clean = ens.alive.copy()
     cumulative: dict[str, np.ndarray] = {}
@@ -700,10 +730,10 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
     if cfg.checks:
         t0 = time.perf_counter()
         checks.extend(_sanity_checks(cfg, wb, dep, transfer_source, x, y, check_idx, white_alive, n_classes, state,
-                                     examples))
+                                     examples, dev))
         seconds["checks"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
-        curve = _eps_curve(cfg, wb, dep, x, y, n_classes, state, examples)
+        curve = _eps_curve(cfg, wb, dep, x, y, n_classes, state, examples, dev)
         seconds["eps_curve"] = round(time.perf_counter() - t0, 2)
         checks.insert(0, _curve_check(curve))
     else:
@@ -722,14 +752,14 @@ def _beats(name: str, what: str, other_ok: np.ndarray, white_ok: np.ndarray) -> 
 
 def _sanity_checks(cfg: EvalConfig, wb: torch.nn.Module, dep: torch.nn.Module, transfer_source: torch.nn.Module | None,
                    x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, white_alive: np.ndarray, n_classes: int,
-                   state: _State, log: ExampleLog | None = None) -> list[Check]:
+                   state: _State, log: ExampleLog | None = None, device: torch.device | None = None) -> list[Check]:
     """Convergence (a stronger white-box attack) and transfer (from the float model), on the check subset."""
     out = []
     xs, ys = x[idx], y[idx]
     white_sub = white_alive[idx]
     stronger = state.get("stronger_ok")
     if stronger is None:
-        sub = _Ensemble(xs, ys, dep, cfg.eps, cfg.batch, log, "stronger")
+        sub = _Ensemble(xs, ys, dep, cfg.eps, cfg.batch, log, "stronger", device=device)
         for name, attack in _white_box_attacks(cfg.preset.stronger(), wb, cfg.eps, n_classes, cfg.seed + 1):
             sub.run(attack, name=name)
         stronger = sub.alive
@@ -739,7 +769,7 @@ def _sanity_checks(cfg: EvalConfig, wb: torch.nn.Module, dep: torch.nn.Module, t
         tr = state.get("transfer_ok")
         if tr is None:
             src = transfer_source.eval()
-            sub = _Ensemble(xs, ys, dep, cfg.eps, cfg.batch, log, "transfer")
+            sub = _Ensemble(xs, ys, dep, cfg.eps, cfg.batch, log, "transfer", device=device)
             sub.alive = np.ones(len(xs), dtype=bool)  # attack every image on the source, judge on the deployed
             for name, attack in _white_box_attacks(cfg.preset, src, cfg.eps, n_classes, cfg.seed + 2):
                 sub.run(attack, name=name)
@@ -760,7 +790,8 @@ def curve_radii(eps: float, factors: tuple[float, ...]) -> list[float]:
 
 
 def _eps_curve(cfg: EvalConfig, wb: torch.nn.Module, dep: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-               n_classes: int, state: _State, log: ExampleLog | None = None) -> list[tuple[float, float, int]]:
+               n_classes: int, state: _State, log: ExampleLog | None = None, device: torch.device | None = None
+               ) -> list[tuple[float, float, int]]:
     """Robust accuracy at several radii (white-box members at the curve's step budget, 3 APGD-T targets)."""
     pre = cfg.preset
     m = min(pre.curve_samples, len(x))
@@ -773,7 +804,7 @@ def _eps_curve(cfg: EvalConfig, wb: torch.nn.Module, dep: torch.nn.Module, x: to
     for r in curve_radii(cfg.eps, pre.curve_factors):
         saved = state.get(f"curve_{r:g}")
         if saved is None:
-            sub = _Ensemble(xs, ys, dep, r, cfg.batch, log, f"curve:{r:g}")
+            sub = _Ensemble(xs, ys, dep, r, cfg.batch, log, f"curve:{r:g}", device=device)
             for name, attack in _white_box_attacks(light, wb, r, n_classes, cfg.seed + 3):
                 sub.run(attack, name=name)
             saved = sub.alive

@@ -98,3 +98,27 @@ def test_extreme_bits_exact(tiny_model, digits, bits: int) -> None:
     x = torch.rand(4, *digits.input_shape)
     xq = quantize_input(x).numpy()
     assert np.array_equal(_run_tvm(lower_integer(qg, 4), xq), run_integer(qg, xq))
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="GPU-only: no CUDA device visible to torch"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_twin_stays_bit_exact_on_the_attack_device(device: str) -> None:
+    """`--attack-device`: the twin moved with `.to(device)` (float32 exact paths on the CPU, float64 on a GPU)
+    gives the integer reference's accumulators, and its gradient path still runs there."""
+    torch.manual_seed(1)
+    model = ResNet20(image=16).eval()
+    randomize_bn_stats(model)
+    graph = model.to_graph()
+    qg = quantize_graph(graph, _mixed_plan(graph), torch.rand(32, 3, 16, 16))
+    x = torch.rand(8, 3, 16, 16)
+    ref = run_integer(qg, quantize_input(x).numpy())
+    twin = Twin(qg).to(device)
+    assert np.array_equal(twin.exact_acc(x.to(device)).cpu().numpy(), ref)
+    xg = x.to(device).requires_grad_(True)
+    logits, acc = twin.forward_int(xg)
+    assert np.array_equal(acc.cpu().numpy(), ref)
+    (g,) = torch.autograd.grad(logits.logsumexp(1).sum(), xg)
+    assert g.device.type == device and torch.isfinite(g).all() and g.abs().sum() > 0

@@ -123,3 +123,16 @@ def test_exact_linear_is_exact_in_every_regime(channels: int, scale: int, regime
     assert regime == ("f32" if 255 * e.abs_sum < F32_EXACT else "split" if 255 * e.split_sum < F32_EXACT else "f64")
     ref = torch.nn.functional.conv2d(x.double(), torch.as_tensor(w, dtype=torch.float64), padding=1)
     assert torch.equal(e(x), torch.round(ref).to(torch.int64))
+
+
+def test_attack_device_is_resolved_once_and_refused_when_absent(monkeypatch) -> None:
+    from laaq.robustness import AttackError, attack_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert attack_device("auto") == "cpu" and attack_device("cpu") == "cpu"
+    with pytest.raises(AttackError, match="sees no CUDA GPU"):
+        attack_device("cuda")
+    with pytest.raises(AttackError, match="auto, cpu or cuda"):
+        attack_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert attack_device("auto") == "cuda"

@@ -24,7 +24,7 @@ from harness.variants import Variant
 from laaq.data import Split
 from laaq.example_log import ExampleLog
 from laaq.quant.integer import logits_from_int
-from laaq.robustness import RobustResult, evaluate
+from laaq.robustness import RobustResult, attack_device, evaluate
 
 RawRun = Callable[[torch.Tensor], np.ndarray]  # float images -> the raw outputs of the artefact (or its stand-in)
 
@@ -73,6 +73,7 @@ def craft_variant(cfg: BenchConfig, v: Variant, model: torch.nn.Module, data: Sp
     t0 = time.perf_counter()
     host = evaluate(host_model, x, y, cfg.evaluation, deployed=predict,
                     transfer_source=model if v.kind == "int" else None, examples=examples,
+                    device=attack_device(cfg.attack_device),
                     log=(lambda m: log(f"[{tag}] {m}")) if log else None)
     seconds = time.perf_counter() - t0
     rows = distinct_rows(to_device(torch.cat([x, *examples.examples()])))

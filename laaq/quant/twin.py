@@ -79,14 +79,13 @@ class ExactLinear:
         self.w64 = torch.as_tensor(w.astype(np.float64))
         self.w32 = torch.as_tensor(w.astype(np.float32))
         self.hi32, self.lo32 = torch.as_tensor(hi.astype(np.float32)), torch.as_tensor(lo.astype(np.float32))
-        self._moved: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
-    def _weights(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        if device.type == "cpu":
-            return self.w64, self.w32, self.hi32, self.lo32
-        if device not in self._moved:
-            self._moved[device] = tuple(t.to(device) for t in (self.w64, self.w32, self.hi32, self.lo32))
-        return self._moved[device]
+    def to(self, device: torch.device | str) -> ExactLinear:
+        """Moves the weights (float64 only off the CPU: the float32 paths are CPU-only, see the class doc)."""
+        self.w64 = self.w64.to(device)
+        if torch.device(device).type == "cpu":
+            self.w32, self.hi32, self.lo32 = (t.to(device) for t in (self.w32, self.hi32, self.lo32))
+        return self
 
     def _apply(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.op == "conv":
@@ -97,14 +96,15 @@ class ExactLinear:
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
         """int64 codes -> the exact int64 accumulator (no bias)."""
-        w64, w32, hi32, lo32 = self._weights(codes.device)
-        x_max = int(codes.abs().max()) if codes.numel() else 0
-        if codes.device.type == "cpu" and x_max * self.abs_sum < F32_EXACT:
-            return self._apply(codes.float(), w32).to(torch.int64)
-        if codes.device.type == "cpu" and x_max * self.split_sum < F32_EXACT:
-            x = codes.float()
-            return (self._apply(x, hi32).to(torch.int64) << SPLIT_SHIFT) + self._apply(x, lo32).to(torch.int64)
-        return torch.round(self._apply(codes.double(), w64)).to(torch.int64)
+        if codes.device.type == "cpu":
+            x_max = int(codes.abs().max()) if codes.numel() else 0
+            if x_max * self.abs_sum < F32_EXACT:
+                return self._apply(codes.float(), self.w32).to(torch.int64)
+            if x_max * self.split_sum < F32_EXACT:
+                x = codes.float()
+                return ((self._apply(x, self.hi32).to(torch.int64) << SPLIT_SHIFT)
+                        + self._apply(x, self.lo32).to(torch.int64))
+        return torch.round(self._apply(codes.double(), self.w64)).to(torch.int64)
 
 
 def _exact_float(codes: torch.Tensor, terms: int = 1) -> torch.Tensor:
@@ -142,6 +142,17 @@ class Twin(torch.nn.Module):
                 else ExactLinear(q.w_q, n.op)
             self._w_real[name] = torch.as_tensor((q.w_q * q.w_scale.reshape(shape)).astype(np.float32))
             self._b_real[name] = torch.as_tensor((q.b_q * q.s_in * q.w_scale).astype(np.float32))
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's signature
+        """``.to(device)`` / ``.cuda()`` move the weight dictionaries too (they are not registered buffers)."""
+        super()._apply(fn, recurse)
+        for d in (self._w_real, self._b_real):
+            for k, t in d.items():
+                d[k] = fn(t)
+        device = fn(torch.zeros(0)).device
+        for e in self._exact.values():
+            e.to(device)
+        return self
 
     def forward_int(self, x: torch.Tensor, grad_path: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Returns (real-valued logits with STE gradient, exact int64 final accumulator).
