@@ -167,6 +167,7 @@ def tvm_peer(mod, target, key: str, trials: int, log) -> tuple[Peer, Callable[[n
     import tvm
     from tvm import relax
 
+    from harness.backend.float_schedule import float_schedule_note
     from harness.compile import build_executable
     from harness.tuning import database_dir
 
@@ -174,7 +175,9 @@ def tvm_peer(mod, target, key: str, trials: int, log) -> tuple[Peer, Callable[[n
     ex = build_executable(mod, target, tuning_key=key, trials=trials, progress=True, log=log)
     dt = time.perf_counter() - t0
     db = database_dir(target, key)
-    note = f"{'tuned DB' if (db / 'database_workload.json').exists() else 'untuned'}; compile {dt:.0f} s"
+    tuned = (db / 'database_workload.json').exists()
+    note = f"{float_schedule_note(target, tuned) if 'fp32' in key else 'tuned DB' if tuned else 'untuned'}; " \
+           f"compile {dt:.0f} s"
     vm = relax.VirtualMachine(ex, tvm.cpu())
     f = vm["main"]
     holder: dict[str, object] = {}

@@ -74,11 +74,14 @@ def static_columns(profile: TargetProfile, v: Variant, model: torch.nn.Module, a
 def schedule(profile: TargetProfile, v: Variant, arts: dict[int, Artefact]) -> str:
     """How the kernels were scheduled — so that a speed-up over an *untuned* float row is read as such:
     ``tuned`` (a MetaSchedule database applied at every batch size), ``untuned`` (TVM's defaults),
-    ``+hand`` (integer convolutions on the target's fixed blocked-scheme schedule), ``dlight`` (GPU rules)."""
+    ``+hand`` (a fixed hand schedule, no tuning: integer convolutions on the target's blocked scheme; fp32
+    convolutions and dense layers on :mod:`harness.backend.float_schedule`'s NCHWc schedule, applied when no
+    tuning database exists), ``dlight`` (GPU rules)."""
     if profile.backend != "cpu":
         return "dlight"
     base = "tuned" if all(a.tuned for a in arts.values()) else "untuned"
-    return f"{base}+hand" if v.kind == "int" and profile.scheme is not None else base
+    hand = (v.kind == "int" and profile.scheme is not None) or (v.name == "fp32" and base == "untuned")
+    return f"{base}+hand" if hand else base
 
 
 def robust_columns(rob: RobustResult) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import tvm
 from tvm import relax
 
+from harness.backend import float_schedule
 from harness.backend.base import host_linker, register_backend
 from harness.backend.schedule import schedule_passes
 from harness.backend.schemes import Scheme, auto_scheme
@@ -24,16 +25,25 @@ if TYPE_CHECKING:
 def fast_pipeline(tvm_target: tvm.target.Target, database_dir: str | None = None,
                   scheme: Scheme | None = None) -> tvm.transform.Pass:
     """The CPU default pipeline with (optional) tuning database + the blocked hand schedule
-    (:func:`schedule_passes`) after legalization and fusion."""
+    (:func:`schedule_passes`) after legalization and fusion.
+
+    A float32 model with convolutions and *no* tuning database gets the default fp32 schedule of
+    :mod:`harness.backend.float_schedule` (NCHWc convolutions, hand-scheduled convs and dense layers);
+    with a database, its (NCHW) records apply as before."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     scheme = scheme if scheme is not None else auto_scheme(tvm_target)
 
     @tvm.transform.module_pass(opt_level=0, name="LaaqFastInt8Pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        hand_float = database_dir is None and float_schedule.has_float_conv(mod)
+        lanes = float_schedule.float_lanes(tvm_target)
         passes = ([relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
-                  + cpu_generic.library_dispatch_passes(tvm_target) + cpu_generic.legalize_passes(tvm_target))
+                  + cpu_generic.library_dispatch_passes(tvm_target))
+        passes += [float_schedule.float_layout_pass(lanes)] if hand_float else []
+        passes += cpu_generic.legalize_passes(tvm_target)
         passes += schedule_passes(scheme, database_dir)
+        passes += [float_schedule.float_schedule_pass(lanes)] if hand_float else []
         passes += cpu_generic.dataflow_lower_passes(tvm_target) + cpu_generic.finalize_passes(tvm_target)
         with tvm_target:
             return tvm.transform.Sequential(passes)(mod)
