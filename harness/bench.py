@@ -26,11 +26,19 @@ import torch
 from harness import energy
 from harness.compile import Artefact, compile_module
 from harness.devices import Session, open_device
-from harness.devices.system import MemoryWindow, pin_cpus, pin_threads, read_state, runtime_threads, state_record
+from harness.devices.base import LoadedModule
+from harness.devices.system import (
+    MemoryWindow,
+    pin_cpus,
+    pin_threads,
+    read_state,
+    runtime_threads,
+    state_record,
+)
 from harness.layer_latency import LayerTime, as_constraint_table, latency_limit, layer_table, parse_latency_budget
-from harness.measure import LatencyProtocol, latency, outputs
+from harness.measure import LatencyProtocol, outputs
 from harness.profile import TargetProfile, resolve
-from harness.results import RunStore, atomic_write_text, row_tag
+from harness.results import ResultsError, RunStore, atomic_write_text, row_tag
 from harness.rows import (
     COLUMNS,
     LAYER_COLUMNS,
@@ -44,6 +52,8 @@ from harness.rows import (
 )
 from harness.sensors import measured_energy_uj
 from harness.stages import RUN_SCOPE, StageClock, scope_of
+from harness.timing import QUIET_WAIT_S, timing_phase, wait_for_quiet
+from harness.timing import describe as describe_timing
 from harness.variants import PlanRequest, Variant, build_variants, plan_variant_name
 from laaq.data import Split, load_dataset
 from laaq.importer import model_graph
@@ -98,6 +108,8 @@ class BenchConfig:
     # Square queries the artefact itself for every step (today's literal run) instead of the cheap stand-in
     # (bit-exact twin / float model) that the artefact then judges; part of the hash only when on
     square_on_device: bool = False
+    # time only on a quiet device: wait (bounded) for other processes to calm down, else refuse to time
+    quiet_host: bool = False
     # where the white-box attacks run: auto (a CUDA GPU when torch sees one), cpu or cuda; not part of the hash
     # (it changes speed; the twin stays bit-exact on either)
     attack_device: str = "auto"
@@ -112,13 +124,14 @@ class BenchConfig:
 
     def digest(self) -> str:
         d = asdict(self)
-        for k in ("results_dir", "run_id", "rpc", "rpc_tracker", "rpc_key", "tune", "trials", "attack_device"):
+        for k in ("results_dir", "run_id", "rpc", "rpc_tracker", "rpc_key", "tune", "trials", "attack_device",
+                  "quiet_host"):
             d.pop(k)
         # absent = earlier runs' digests unchanged
         for k, off in (("latency_budget", ""), ("layer_times", False), ("square_on_device", False)):
             if d[k] == off:
                 d.pop(k)
-        for k, off in (("cooldown_ms", 0), ("cooldown_every", 1), ("pin_threads", "")):  # likewise
+        for k, off in (("cooldown_ms", 0), ("cooldown_every", 1), ("pin_threads", ""), ("rounds", 3)):  # likewise
             if d["latency"][k] == off:
                 d["latency"].pop(k)
         d["plan_digests"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12] for p in self.plan_files]
@@ -205,9 +218,14 @@ def compile_variant(cfg: BenchConfig, profile: TargetProfile, v: Variant, model:
 def host_side(v: Variant, model: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
     """The variant's white-box stand-in (the float model, or the bit-exact twin of the integer graph) and
     ``to_device``: float images → the array the artefact takes (float32, or uint8 codes)."""
-    if v.kind == "float":
-        return model, lambda t: t.numpy().astype(np.float32)
-    return Twin(v.qg), lambda t: quantize_input(t).numpy()
+    return (model if v.kind == "float" else Twin(v.qg)), device_input(v.kind)
+
+
+def device_input(kind: str):
+    """float images → the array an artefact of this kind takes: float32, or the uint8 codes of an integer one."""
+    if kind == "float":
+        return lambda t: t.numpy().astype(np.float32)
+    return lambda t: quantize_input(t).numpy()
 
 
 def square_stand_in(v: Variant, model: torch.nn.Module, host_model: torch.nn.Module, run,
@@ -222,7 +240,7 @@ def square_stand_in(v: Variant, model: torch.nn.Module, host_model: torch.nn.Mod
 
     def float_raw(t: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return model(torch.from_numpy(to_device(t))).numpy()
+            return model.eval()(torch.from_numpy(to_device(t))).numpy()
 
     return StandIn("PyTorch float model", float_raw, run, lambda o: o, exact=False)
 
@@ -288,29 +306,41 @@ def agreement_columns(v: Variant, model: torch.nn.Module, run, to_device, inputs
                              (lambda o: logits_from_int(v.qg, o)))
 
 
+@dataclass
+class Measured:
+    """A variant compiled, run and attacked; its row waits for the target's timing phase (``loaded`` holds
+    the libraries to time), or is already final (a not-run row: nothing to time)."""
+
+    name: str
+    row: dict[str, Any]
+    layers: list[dict]
+    loaded: dict[int, LoadedModule] = field(default_factory=dict)
+    inputs: dict[int, np.ndarray] = field(default_factory=dict)  # batch -> the input timed at that batch
+    timing: dict[str, Any] = field(default_factory=dict)  # the row's columns the timing phase fills
+
+
 def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, v: Variant, model: torch.nn.Module,
                     data: Split, folder: Path, progress: bool, log=print, table: list[LayerTime] | None = None,
-                    clock: StageClock | None = None) -> tuple[dict[str, Any], list[dict]]:
-    """Compile one variant at both batch sizes, run it on the device and measure everything."""
+                    clock: StageClock | None = None) -> Measured:
+    """Compile one variant at both batch sizes, run it on the device and measure everything but its latency
+    (:func:`time_variants` times every variant of the target together, once all are attacked)."""
     clock = clock if clock is not None else StageClock()
     scope = scope_of(profile.name, v.name)
     arts = compile_variant(cfg, profile, v, model, data.input_shape, folder, log, progress, clock)
     if not session.available:  # e.g. no CUDA device: compiled and verified, nothing measured
-        return not_run_row(profile, session, v, model, arts), layer_rows(profile, v, model, table)
+        return Measured(v.name, not_run_row(profile, session, v, model, arts), layer_rows(profile, v, model, table))
     small, large = 1, cfg.batch_large
     n = min(cfg.eval_samples or len(data.x_test), len(data.x_test))
     x, y = data.x_test[:n], data.y_test[:n]
     host_model, to_device = host_side(v, model)
-
-    def timing_input(b: int) -> np.ndarray:
-        return to_device(x[:b] if b <= n else x[:1].repeat(b, 1, 1, 1))
+    inputs = {b: to_device(timing_batch(x, b)) for b in (small, large)}
 
     with clock.time(scope, "load"):
         window = MemoryWindow(session.system)  # the runtime's footprint: both libraries loaded, one call at each batch
         window.start()
         loaded = {b: session.load(a.path) for b, a in arts.items()}
         for b in (small, large):
-            loaded[b].run(timing_input(b))
+            loaded[b].run(inputs[b])
         memory = window.stop()
 
     def run(t: torch.Tensor) -> np.ndarray:  # the artefact's own raw outputs
@@ -341,14 +371,6 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
     if rob.stand_in is not None:
         square_on = rob.stand_in.line()
     write_per_image(folder, tag, y.numpy(), rob)
-
-    def timing_input(b: int) -> np.ndarray:
-        return to_device(timing_batch(x, b))
-
-    with clock.time(scope, "timing"):
-        before = read_state(session.system)
-        lat = {b: latency(loaded[b], timing_input(b), cfg.latency) for b in (small, large)}
-        after = read_state(session.system)
     with clock.time(scope, "agreement"):
         agreement = agreement_columns(v, model, run, to_device, [x, rob.x_worst])
     row = {
@@ -358,14 +380,81 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
                   f"{'float model' if v.kind == 'float' else 'bit-exact twin'} ({attack_device(cfg.attack_device)})"
                   ", every example judged on the artefact's outputs",
         "attack_s": round(attack_s, 1), "square_on": square_on,
-        "energy_measured_uj": measured_energy_uj(session, loaded[large], timing_input(large), lat[large].median_ms),
         "threads": runtime_threads(session.system, profile.threads), "warmup": cfg.latency.warmup,
         "number": cfg.latency.number, "repeat": cfg.latency.repeat, "cooldown_ms": cfg.latency.cooldown_ms,
-        **latency_columns({"small": lat[small], "large": lat[large]}),
         "pinned_cpus": ",".join(map(str, pin_cpus(cfg.latency.pin_threads, profile.threads))),
-        **conditions_columns(before, after, memory),
+        "rss_peak_mb": memory.peak_mb if memory else "", "rss_delta_mb": memory.delta_mb if memory else "",
     }
-    return row, layer_rows(profile, v, model, table)
+    return Measured(v.name, row, layer_rows(profile, v, model, table), loaded, inputs)
+
+
+def _timing_pending(row: dict[str, Any]) -> bool:
+    """A measured row whose latency the timing phase has not filled yet (its run was stopped before)."""
+    return not is_not_run(row) and str(row.get("lat_small_median_ms", "")).strip() in ("", "nan")
+
+
+def reload_for_timing(cfg: BenchConfig, profile: TargetProfile, session: Session, name: str, data: Split,
+                      folder: Path) -> Measured:
+    """A variant an earlier session attacked but did not time: its artefacts loaded again for the timing phase."""
+    kind = next(str(r["kind"]) for r in RunStore(folder, COLUMNS, LAYER_COLUMNS).rows
+                if (str(r["target"]), str(r["variant"])) == (profile.name, name))
+    n = min(cfg.eval_samples or len(data.x_test), len(data.x_test))
+    to_device = device_input(kind)
+    loaded, inputs = {}, {}
+    for b in (1, cfg.batch_large):
+        path = folder / "artefacts" / f"{row_tag(profile.name, name)}-b{b}.so"
+        if not path.exists():
+            raise ResultsError(f"{path} is gone, so {name}'s row cannot be timed; delete its row from "
+                               f"{folder / 'metrics.csv'} to measure it again")
+        loaded[b], inputs[b] = session.load(path), to_device(timing_batch(data.x_test[:n], b))
+    return Measured(name, {}, [], loaded, inputs)
+
+
+def time_variants(cfg: BenchConfig, profile: TargetProfile, session: Session, measured: list[Measured],
+                  clock: StageClock, log=print) -> None:
+    """The target's timing phase: every waiting variant timed together in interleaved rounds on the device
+    (:func:`harness.timing.timing_phase`), the host's load sampled before each slot; fills each row's latency,
+    energy, condition and load columns. ``cfg.quiet_host``: first wait (bounded) for a quiet device, or refuse."""
+    waiting = [m for m in measured if m.loaded]
+    if not waiting:
+        return
+    local = profile.device.kind == "local"
+    scope = scope_of(profile.name, "(timing phase)")
+    if cfg.quiet_host:
+        with clock.time(scope, "waiting for a quiet host"):
+            wait_for_quiet(session.system, local, QUIET_WAIT_S, log)
+    small, large = 1, cfg.batch_large
+    slots = {(m.name, b): (m.loaded[b], m.inputs[b]) for m in waiting for b in (small, large)}
+    log(f"[{profile.name}] timing phase: {len(waiting)} variant(s) x batch {small} and {large}, "
+        f"{cfg.latency.rounds} interleaved rounds ...")
+    with clock.time(scope, "timing"):
+        before = read_state(session.system)
+        timed = timing_phase(slots, cfg.latency, session.system, local)
+        after = read_state(session.system)
+    for m in waiting:
+        t = {b: timed[(m.name, b)] for b in (small, large)}
+        busy = [t[b] for b in (small, large) if t[b].busy]
+        conditions = conditions_columns(before, after, None)
+        m.timing.update({
+            **latency_columns({"small": t[small].stats, "large": t[large].stats}),
+            "energy_measured_uj": measured_energy_uj(session, m.loaded[large], m.inputs[large],
+                                                     t[large].stats.median_ms),
+            **{k: v for k, v in conditions.items() if not k.startswith("rss_")},
+            "timing_rounds": cfg.latency.rounds, "lat_small_spread_pct": t[small].spread_pct,
+            "lat_large_spread_pct": t[large].spread_pct,
+            "host_load": _max_or_blank(t[b].host_load for b in (small, large)),
+            "other_cpu_frac": _max_or_blank(t[b].other_cpu_frac for b in (small, large)),
+            "busy_host": (f"busy: other processes used up to {max(b.other_cpu_frac for b in busy):.0%} of the CPUs "
+                          f"while timing (load average up to {_max_or_blank(b.host_load for b in busy)})"
+                          if busy else ""),
+        })
+        if busy:
+            log(f"[{profile.name}] {m.name}: WARNING {m.timing['busy_host']}: its latency is not the model's")
+
+
+def _max_or_blank(values) -> float | str:
+    vals = [v for v in values if v is not None]
+    return max(vals) if vals else ""
 
 
 @dataclass
@@ -411,7 +500,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     earlier = _earlier_stages(folder)
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     run_info = {"config": asdict(cfg), "target": asdict(profile.target), "environment": environment(),
-                "checkpoint": str(ckpt), "latency_protocol": cfg.latency.describe(), "started": started,
+                "checkpoint": str(ckpt), "latency_protocol": describe_timing(cfg.latency), "started": started,
                 "attack_preset": cfg.evaluation.preset.name, "attack": cfg.evaluation.describe(),
                 "energy_source": energy.SOURCE, "attack_device": attack_device(cfg.attack_device)}
     store.write_json("run.json", run_info)
@@ -420,25 +509,31 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     skipped = [v for v in todo if any(store.key(r) == (profile.name, v) and not is_not_run(r) for r in store.rows)]
     if skipped:
         log(f"resuming {folder}: already measured {', '.join(skipped)}")
-    if len(skipped) < len(todo):
+    waiting = [str(r["variant"]) for r in store.rows if _timing_pending(r) and str(r["target"]) == profile.name]
+    if waiting:
+        log(f"resuming {folder}: {', '.join(waiting)} attacked, not yet timed (they join this run's timing phase)")
+    if len(skipped) < len(todo) or waiting:
         remaining = replace(cfg, variants=tuple(v for v in cfg.variants if v not in skipped),
                             plan_files=tuple(p for p, name in plan_names.items() if name not in skipped))
+        variants: list[Variant] = []
         table = None
-        if cfg.latency_budget or cfg.layer_times:  # measured on the device before any plan is searched
-            with open_device(profile, progress=progress) as session:
-                log(f"[{profile.name}] per-layer latency table ({session.measured_as}), widths {CANDIDATE_BITS} ...")
-                table = layer_table(model_graph(model, data.input_shape), profile, session, CANDIDATE_BITS,
-                                    log=log if progress else None)
-        with clock.time(RUN_SCOPE, "calibration"):
-            calib = calibration(remaining, model, model_graph(model, data.input_shape), data)
-        variants = variants_for(remaining, model, data, table, calib)
+        if remaining.variants or remaining.plan_files:
+            if cfg.latency_budget or cfg.layer_times:  # measured on the device before any plan is searched
+                with open_device(profile, progress=progress) as session:
+                    log(f"[{profile.name}] per-layer latency table ({session.measured_as}), widths {CANDIDATE_BITS}"
+                        " ...")
+                    table = layer_table(model_graph(model, data.input_shape), profile, session, CANDIDATE_BITS,
+                                        log=log if progress else None)
+            with clock.time(RUN_SCOPE, "calibration"):
+                calib = calibration(remaining, model, model_graph(model, data.input_shape), data)
+            variants = variants_for(remaining, model, data, table, calib)
         for plan_v in variants:
             if plan_v.build_s:
                 clock.add(scope_of(profile.name, plan_v.name), "search" if plan_v.name == "laaq" else "quantize",
                           plan_v.build_s)
             if plan_v.plan is not None:
                 atomic_write_text(folder / "plans" / f"{plan_v.name.replace(':', '_')}.json", plan_v.plan.to_json())
-        if cfg.tune and cfg.trials > 0:
+        if cfg.tune and cfg.trials > 0 and variants:
             with clock.time(RUN_SCOPE, "tuning"):
                 pretune(cfg, profile, variants, model, data.input_shape, log)
         with open_device(profile, progress=progress) as session:
@@ -448,21 +543,30 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
             if runtime_threads(session.system, profile.threads) != profile.threads:
                 log(f"NOTE: {session.where}'s TVM runtime uses {runtime_threads(session.system, 0)} thread(s), the "
                     f"target asks for {profile.threads} (pool sized earlier, or fewer cores); rows say what it uses")
+            measured = [reload_for_timing(cfg, profile, session, name, data, folder) for name in waiting]
             for v in variants:
                 t1 = time.perf_counter()
-                log(f"[{profile.name}] {v.name}: compile, run, attack, time ...")
-                row, layers = measure_variant(cfg, profile, session, v, model, data, folder, progress, log, table,
-                                              clock)
-                store.add(row, layers)
+                log(f"[{profile.name}] {v.name}: compile, run, attack ...")
+                m = measure_variant(cfg, profile, session, v, model, data, folder, progress, log, table, clock)
+                store.add(m.row, m.layers)  # accuracy safe on disk; latency follows in the timing phase
                 # the row is safe: its resumable attack state is no longer needed
                 (folder / "attack_state" / f"{row_tag(profile.name, v.name)}.npz").unlink(missing_ok=True)
-                if is_not_run(row):
-                    log(f"[{profile.name}] {v.name}: {row['measured_as'].upper()} — compiled, exported and verified "
-                        f"only, nothing measured ({time.perf_counter() - t1:.0f} s)")
+                if is_not_run(m.row):
+                    log(f"[{profile.name}] {v.name}: {m.row['measured_as'].upper()} — compiled, exported and "
+                        f"verified only, nothing measured ({time.perf_counter() - t1:.0f} s)")
                     continue
-                log(f"[{profile.name}] {v.name}: clean {row['clean_acc']:.3f} robust {row['robust_acc']:.3f} "
-                    f"[{row['robust_ci_lo']:.3f}, {row['robust_ci_hi']:.3f}] ({row['attack_preset']}) "
-                    f"b1 {row['lat_small_median_ms']:.3f} ms ({time.perf_counter() - t1:.0f} s)")
+                measured.append(m)
+                log(f"[{profile.name}] {v.name}: clean {m.row['clean_acc']:.3f} robust {m.row['robust_acc']:.3f} "
+                    f"[{m.row['robust_ci_lo']:.3f}, {m.row['robust_ci_hi']:.3f}] ({m.row['attack_preset']}) "
+                    f"({time.perf_counter() - t1:.0f} s)")
+            time_variants(cfg, profile, session, measured, clock, log)
+            for m in measured:
+                store.update(profile.name, m.name, m.timing)
+                log(f"[{profile.name}] {m.name}: b1 {m.timing['lat_small_median_ms']:.3f} ms, "
+                    f"b{cfg.batch_large} {m.timing['lat_large_median_ms']:.3f} ms (median of "
+                    f"{m.timing['timing_rounds']} interleaved rounds, spread {m.timing['lat_small_spread_pct']} % / "
+                    f"{m.timing['lat_large_spread_pct']} %)"
+                    f"{'; ' + m.timing['busy_host'] if m.timing['busy_host'] else ''}")
             run_info["device_state"]["at_end"] = asdict(read_state(session.system))
     not_run = sorted({str(r["measured_as"]) for r in store.rows if is_not_run(r)})
     if not_run:

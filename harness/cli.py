@@ -136,6 +136,12 @@ def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, 
 @click.option("--cooldown-every", default=1, show_default=True, help="Repeats between cool-down pauses.")
 @click.option("--pin-threads", default="", is_flag=False, flag_value="auto", help="Bind the runtime's threads one "
               "per core: alone = cores 0..threads-1, or a list (--pin-threads 2,3). Default: TVM's own placement.")
+@click.option("--timing-rounds", default=3, show_default=True,
+              help="Interleaved rounds of the timing phase (every variant of a target timed together after all are "
+                   "attacked, order rotated per round; --repeat figures split over the rounds).")
+@click.option("--quiet-host", is_flag=True, help="Time only on a quiet device: wait up to 2 minutes for other "
+              "processes to use < 10 %% of its CPUs, else stop before timing (finished attacks are kept). Without "
+              "it, rows timed while the host was busy are flagged (busy_host) with the load figures.")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path())
 @click.option("--run-id", default="", help="Run folder name (default: derived from the configuration, so a "
               "re-run resumes).")
@@ -150,7 +156,7 @@ def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, 
 def bench(targets, dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, variants, plan_files,
           avg_bits, latency_budget, layer_times, attack,
           square_queries, square_on_device, attack_device, eval_samples, batch_large, repeat, number, warmup,
-          cooldown_ms, cooldown_every, pin_threads,
+          cooldown_ms, cooldown_every, pin_threads, timing_rounds, quiet_host,
           results_dir, run_id, rpc, rpc_tracker, rpc_key, tune, trials, quiet) -> None:
     """Train/load, quantize, compile for each TARGET, run on its device, and measure every variant.
 
@@ -164,7 +170,8 @@ def bench(targets, dataset, data_dir, arch, model, weights, epochs, lr, plain, e
 
     tcfg, eps = train_config(dataset, arch, epochs, lr, plain, eps, seed, model_source(model, weights, arch))
     evaluation = _run(_eval_config, attack, square_queries, eps, seed)
-    latency = _run(LatencyProtocol, warmup, number, repeat, cooldown_ms, cooldown_every, pin_threads)
+    latency = _run(LatencyProtocol, warmup, number, repeat, cooldown_ms, cooldown_every, pin_threads,
+                   rounds=timing_rounds)
     cfgs = []
     for target in dict.fromkeys(targets):  # unknown target: fail before training anything
         names = variants or ",".join(_run(load_target, target).variants)  # default: each target file's own
@@ -175,7 +182,7 @@ def bench(targets, dataset, data_dir, arch, model, weights, epochs, lr, plain, e
                          latency=latency, seed=seed, results_dir=results_dir,
                          run_id=run_id if len(targets) == 1 else "", rpc=rpc, rpc_tracker=rpc_tracker,
                          rpc_key=rpc_key, tune=tune, trials=trials, model=model, weights=weights,
-                         square_on_device=square_on_device, attack_device=attack_device))
+                         square_on_device=square_on_device, attack_device=attack_device, quiet_host=quiet_host))
     import pandas as pd
 
     if len(cfgs) == 1:

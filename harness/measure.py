@@ -28,11 +28,15 @@ class LatencyProtocol:
     cooldown_ms: int = 0
     cooldown_every: int = 1
     pin_threads: str = ""
+    rounds: int = 3  # bench's timing phase: interleaved rounds over the target's variants (harness.timing)
 
     def __post_init__(self) -> None:
         if self.cooldown_ms < 0 or self.cooldown_every < 1:
             raise ValueError(f"cool-down {self.cooldown_ms} ms every {self.cooldown_every} repeat(s): give "
                              "--cooldown-ms >= 0 and --cooldown-every >= 1")
+        if self.rounds < 1 or self.repeat < 1 or self.number < 1 or self.warmup < 0:
+            raise ValueError(f"timing: --timing-rounds {self.rounds}, --repeat {self.repeat}, --number {self.number} "
+                             f"must be >= 1 and --warmup {self.warmup} >= 0")
         from harness.devices.system import parse_pin
 
         parse_pin(self.pin_threads)  # a malformed core list stops here, before any work

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from harness import plots
+from harness.timing import BUSY_FRAC
 
 CELL_CHARS = {"device": 32, "measured_as": 24}  # longest cells of a comparison table ("not run: no CUDA device")
 # A figure is flagged as unstable when, for either batch size, p90 lies more than SPREAD_LIMIT above the median;
@@ -76,10 +77,17 @@ def _word(row: Mapping[str, object], key: str) -> int | None:
 def row_warnings(row: Mapping[str, object]) -> list[str]:
     """Why this row's latency may not be a steady figure (empty: nothing seen). Rows not measured natively
     get none: emulated timings are smoke tests anyway, and rows not run have no figure."""
-    if plots.measured_kind(row.get("measured_as", "")) != "native":
-        return []
-    out = []
+    busy = str(row.get("busy_host", "") or "").strip()
+    kind = plots.measured_kind(row.get("measured_as", ""))
+    out = [f"timed on a BUSY host — {busy.removeprefix('busy: ')}"] if busy and busy != "nan" and kind in (
+        "native", "emulated") else []
+    if kind != "native":
+        return out
     for tag in ("small", "large"):
+        spread = _num(row, f"lat_{tag}_spread_pct")
+        if spread is not None and spread / 100 > SPREAD_LIMIT:
+            batch = str(row.get(f"batch_{tag}", "")).removesuffix(".0") or tag
+            out.append(f"batch {batch}: the interleaved rounds' medians differ by {spread:g} % (slowest vs fastest)")
         p50, p90 = _num(row, f"lat_{tag}_median_ms"), _num(row, f"lat_{tag}_p90_ms")
         if p50 and p90 is not None and (p90 - p50) / p50 > SPREAD_LIMIT:
             batch = str(row.get(f"batch_{tag}", "")).removesuffix(".0") or tag
@@ -102,7 +110,10 @@ def warning_lines(rows: pd.DataFrame) -> list[str]:
             for _, r in rows.iterrows() if (w := row_warnings(r.to_dict()))]
 
 
-WARNING_INTRO = (f"**Figures that may not be steady** — p90 more than {SPREAD_LIMIT:.0%} above the median, a "
+WARNING_INTRO = (f"**Figures that may not be steady** — timed while other processes used more than "
+                 f"{BUSY_FRAC:.0%} of the host's CPUs (`busy_host`), round medians or p90 more than "
+                 f"{SPREAD_LIMIT:.0%} apart from the median, a "
                  f"temperature rise above {TEMP_RISE_C:g} °C or a clock drop above {CLOCK_DROP:.0%} during timing, or "
                  "a throttling flag (README: *Results columns*). Re-measure with a cool-down (`--cooldown-ms`), "
-                 "pinned threads (`--pin-threads`) or on an idle machine before reading much into them:")
+                 "pinned threads (`--pin-threads`) or on an idle machine (`--quiet-host`) before reading much into "
+                 "them:")

@@ -103,6 +103,16 @@ class RunStore:
         self.rows = [r for r in self.rows if self.key(r) != k] + [row]
         atomic_write_text(self.folder / "metrics.csv", rows_to_csv(self.rows, self.columns))
 
+    def update(self, target: str, variant: str, values: dict[str, Any]) -> None:
+        """Fill columns of an existing row (the timing phase's latency, after the accuracy was recorded)."""
+        for r in self.rows:
+            if self.key(r) == (target, variant):
+                r.update(values)
+                break
+        else:
+            raise KeyError(f"no row {target}/{variant} to update in {self.folder / 'metrics.csv'}")
+        atomic_write_text(self.folder / "metrics.csv", rows_to_csv(self.rows, self.columns))
+
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_text(self.folder / name, json.dumps(obj, indent=2, default=str) + "\n")
 

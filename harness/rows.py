@@ -36,6 +36,8 @@ COLUMNS = [
     # the measurement's conditions: cool-down, pinning, and the device's state around the timing
     "cooldown_ms", "pinned_cpus", "governor", "freq_mhz_before", "freq_mhz_after", "temp_c_before", "temp_c_after",
     "throttled_before", "throttled_after", "rss_peak_mb", "rss_delta_mb",
+    # the timing phase (harness.timing): rounds, spread of the round medians, and the host's load while timing
+    "timing_rounds", "lat_small_spread_pct", "lat_large_spread_pct", "host_load", "other_cpu_frac", "busy_host",
     "compile_s", "schedule", "timestamp",
 ]
 LAYER_COLUMNS = ["target", "variant", "layer", "kind", "shape", "macs", "weight_bits", "clip", "scale_min",

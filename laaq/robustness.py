@@ -186,6 +186,10 @@ class _Metered(torch.nn.Module):
     def __init__(self, inner: torch.nn.Module, meter: _Meter) -> None:
         super().__init__()
         self.inner, self.meter = inner, meter
+        # eval, as ``inner`` is: torchattacks restores the mode it found after each attack, and a wrapper left in
+        # (nn.Module's default) training mode would put the caller's model into training mode (batch-norm on batch
+        # statistics) — the Square stand-in check caught exactly that
+        self.train(inner.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.meter.tick()

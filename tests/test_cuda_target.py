@@ -180,7 +180,8 @@ def test_not_run_row_has_no_measurements(tiny, digits, tmp_path) -> None:
     session = SessionBase()
     session.available, session.measured_as, session.where = False, "not run: no CUDA device", NO_GPU
     cfg = BenchConfig(target="cuda", batch_large=4)
-    row, layers = measure_variant(cfg, resolve(_source_target()), session, v, tiny_model, digits, tmp_path, False)
+    m = measure_variant(cfg, resolve(_source_target()), session, v, tiny_model, digits, tmp_path, False)
+    row, layers = m.row, m.layers
     assert is_not_run(row) and row["measured_as"] == "not run: no CUDA device"
     assert set(row) <= set(COLUMNS)
     for col in ("lat_small_median_ms", "lat_large_median_ms", "thr_large_ips", "clean_acc", "robust_acc", "agreement",

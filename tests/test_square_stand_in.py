@@ -136,3 +136,19 @@ def test_attack_device_is_resolved_once_and_refused_when_absent(monkeypatch) -> 
         attack_device("tpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert attack_device("auto") == "cuda"
+
+
+def test_evaluation_leaves_the_callers_model_in_eval_mode(digits) -> None:
+    """torchattacks restores the mode it finds on the module it is given: the progress wrapper must carry the
+    model's eval mode, or batch-norm switches to batch statistics after the first APGD member (then the float
+    stand-in no longer computes the artefact's function — the sampled check caught it in a default bench)."""
+    from laaq.models import build_model
+
+    model = build_model("vgg8", (1, 8, 8), 10).eval()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    cfg = EvalConfig(AttackPreset("ce", apgd_ce_steps=3), 0.1, checks=False)
+    x = digits.x_test[:16]
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every image "correct": the attack runs on all of them
+    evaluate(model, x, y, cfg)
+    assert not model.training and not any(m.training for m in model.modules())

@@ -1,0 +1,83 @@
+"""The timing phase (issue 28): every variant timed together in interleaved rounds, and a busy host noticed,
+recorded and flagged — never a silently wrong row. Asserts on load figures and flags, never on speed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from harness.devices.local import LocalSession
+from harness.devices.system import LocalSystem
+from harness.measure import LatencyProtocol
+from harness.notes import row_warnings
+from harness.timing import BUSY_FRAC, BusyHost, sample_load, timing_phase, wait_for_quiet
+
+HOG = "import time\nend = time.time() + 60\nwhile time.time() < end:\n    pass\n"  # bounded: never outlives a test
+
+
+@contextmanager
+def cpu_hog():
+    """One busy loop per core of this test's own affinity, stopped on exit (and after 60 s regardless)."""
+    procs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(len(os.sched_getaffinity(0)))]
+    try:
+        sample_load(LocalSystem(), local=True, window_s=0.5)  # let the loops get going
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+class _Fake:
+    """A loaded module whose time() records the call order (no TVM: the rotation itself is under test)."""
+
+    def __init__(self, name: str, log: list[str], seconds: float) -> None:
+        self.name, self.log, self.seconds = name, log, seconds
+
+    def time(self, x, warmup, number, repeat, cooldown_ms=0, cooldown_every=1):  # noqa: ANN001 - LoadedModule's
+        self.log.append(self.name)
+        return [self.seconds] * repeat
+
+
+def test_rounds_rotate_the_order_and_split_the_repeats() -> None:
+    log: list[str] = []
+    slots = {k: (_Fake(k, log, s), np.zeros((1, 1))) for k, s in (("a", 1e-3), ("b", 2e-3), ("c", 3e-3))}
+    timed = timing_phase(slots, LatencyProtocol(warmup=0, number=1, repeat=10, rounds=3), LocalSystem(), True)
+    assert log == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # every variant first once
+    for k, t in timed.items():
+        assert len(t.round_medians_ms) == 3 and t.spread_pct == 0.0
+        assert t.stats.median_ms == pytest.approx({"a": 1, "b": 2, "c": 3}[k])
+        assert t.other_cpu_frac is not None and 0 <= t.other_cpu_frac <= 1 and t.host_load is not None
+
+
+def test_a_busy_host_is_measured_flagged_and_refused_with_quiet_host(tiny_model, tmp_path) -> None:
+    """A CPU hog on the test's own cores: every slot timed under it reports the others' CPU share and is busy;
+    the row the bench would write is flagged in the report; --quiet-host refuses in one line."""
+    import tvm
+
+    from harness.lower import lower_float
+
+    ex = tvm.compile(lower_float(tiny_model, (1, 8, 8), 1), target=tvm.target.Target({"kind": "llvm"}))
+    lib = tmp_path / "fp32.so"
+    ex.export_library(str(lib))
+    session = LocalSession(1, sensor=False)
+    mod = session.load(lib)
+    x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    proto = LatencyProtocol(warmup=1, number=2, repeat=2, rounds=2)
+    with cpu_hog():
+        load = sample_load(session.system, local=True)
+        timed = timing_phase({"a": (mod, x), "b": (mod, x)}, proto, session.system, True)
+        with pytest.raises(BusyHost, match=r"--quiet-host: other processes still used \d+%"):
+            wait_for_quiet(session.system, True, max_wait_s=1.0, log=lambda m: None)
+    assert load.busy and load.other_cpu_frac > BUSY_FRAC
+    for t in timed.values():
+        assert t.busy and t.other_cpu_frac > BUSY_FRAC
+    row = {"measured_as": "native", "busy_host": "busy: other processes used up to 95% of the CPUs while timing "
+                                                 "(load average up to 3.1)"}
+    assert any("BUSY host" in w and "95%" in w for w in row_warnings(row))
+    assert not any("BUSY" in w for w in row_warnings({"measured_as": "native", "busy_host": ""}))
