@@ -28,6 +28,7 @@ from harness.compile import Artefact, compile_module
 from harness.devices import Session, open_device
 from harness.devices.base import LoadedModule
 from harness.devices.system import (
+    LocalSystem,
     MemoryWindow,
     pin_cpus,
     pin_threads,
@@ -418,18 +419,21 @@ def time_variants(cfg: BenchConfig, profile: TargetProfile, session: Session, me
     waiting = [m for m in measured if m.loaded]
     if not waiting:
         return
-    local = profile.device.kind == "local"
+    # whose /proc tells the load: this host's for local runs and for the emulated board (QEMU runs here); a real
+    # board's through its RPC server (TVM's download cannot read procfs files there: the columns stay empty)
+    local = profile.device.kind in ("local", "emulated")
+    load_system = LocalSystem() if local else session.system
     scope = scope_of(profile.name, "(timing phase)")
     if cfg.quiet_host:
         with clock.time(scope, "waiting for a quiet host"):
-            wait_for_quiet(session.system, local, QUIET_WAIT_S, log)
+            wait_for_quiet(load_system, local, QUIET_WAIT_S, log)
     small, large = 1, cfg.batch_large
     slots = {(m.name, b): (m.loaded[b], m.inputs[b]) for m in waiting for b in (small, large)}
     log(f"[{profile.name}] timing phase: {len(waiting)} variant(s) x batch {small} and {large}, "
         f"{cfg.latency.rounds} interleaved rounds ...")
     with clock.time(scope, "timing"):
         before = read_state(session.system)
-        timed = timing_phase(slots, cfg.latency, session.system, local)
+        timed = timing_phase(slots, cfg.latency, load_system, local)
         after = read_state(session.system)
     for m in waiting:
         t = {b: timed[(m.name, b)] for b in (small, large)}
