@@ -212,3 +212,29 @@ def test_retime_script_times_a_runs_artefacts(bench_run) -> None:
     df = pd.read_csv(run / "retimed.csv")
     assert set(df.variant) == {"fp32", "int8"} and len(set(df.batch)) == 2 and (df.median_ms > 0).all()
     assert (df[df.variant == "int8"].vs_int8 == 1.0).all()
+
+
+def test_square_stand_in_script_pairs_two_runs(bench_run, tmp_path) -> None:
+    """benchmarks/square_stand_in.py pairs two runs' per-image outcomes: a run against itself is 'identical';
+    one flipped image is counted and tested, not hidden."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, _ = bench_run
+    run = next(p.parent for p in out.glob("*/run.json"))
+    other = tmp_path / "literal"
+    shutil.copytree(run, other)
+    per = other / "per_image" / "x86-int8.csv"
+    df = pd.read_csv(per)
+    i = int(df.index[df.robust == 1][0])
+    df.loc[i, ["square", "robust"]] = 0  # the 'literal' run broke one more image
+    df.to_csv(per, index=False)
+    r = subprocess.run([sys.executable, "benchmarks/square_stand_in.py", str(run), str(other)], capture_output=True,
+                       text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = pd.read_csv(run / "square_stand_in.csv").set_index(["variant", "outcome"])
+    assert (got.loc["fp32"].verdict == "identical").all()
+    assert got.loc[("int8", "robust"), "only_stand_in_robust"] == 1
+    assert got.loc[("int8", "robust"), "verdict"] == "not distinguishable"
