@@ -140,7 +140,7 @@ def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, 
               help="Interleaved rounds of the timing phase (every variant of a target timed together after all are "
                    "attacked, order rotated per round; --repeat figures split over the rounds).")
 @click.option("--quiet-host", is_flag=True, help="Time only on a quiet device: wait up to 2 minutes for other "
-              "processes to use < 10 %% of its CPUs, else stop before timing (finished attacks are kept). Without "
+              "processes to use <= 25 %% of its CPUs, else stop before timing (finished attacks are kept). Without "
               "it, rows timed while the host was busy are flagged (busy_host) with the load figures.")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path())
 @click.option("--run-id", default="", help="Run folder name (default: derived from the configuration, so a "

@@ -122,7 +122,7 @@ def test_exact_linear_is_exact_in_every_regime(channels: int, scale: int, regime
     e = ExactLinear(w, "conv", 1, 1)
     assert regime == ("f32" if 255 * e.abs_sum < F32_EXACT else "split" if 255 * e.split_sum < F32_EXACT else "f64")
     ref = torch.nn.functional.conv2d(x.double(), torch.as_tensor(w, dtype=torch.float64), padding=1)
-    assert torch.equal(e(x), torch.round(ref).to(torch.int64))
+    assert torch.equal(e(x, 255), torch.round(ref).to(torch.int64))
 
 
 def test_attack_device_is_resolved_once_and_refused_when_absent(monkeypatch) -> None:

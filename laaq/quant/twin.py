@@ -94,10 +94,9 @@ class ExactLinear:
             return F.conv2d(x, w, stride=self.stride, padding=self.pad, groups=self.groups)
         return F.linear(x, w)
 
-    def __call__(self, codes: torch.Tensor) -> torch.Tensor:
-        """int64 codes -> the exact int64 accumulator (no bias)."""
+    def __call__(self, codes: torch.Tensor, x_max: int) -> torch.Tensor:
+        """int64 codes, each of magnitude <= ``x_max`` -> the exact int64 accumulator (no bias)."""
         if codes.device.type == "cpu":
-            x_max = int(codes.abs().max()) if codes.numel() else 0
             if x_max * self.abs_sum < F32_EXACT:
                 return self._apply(codes.float(), self.w32).to(torch.int64)
             if x_max * self.split_sum < F32_EXACT:
@@ -107,11 +106,10 @@ class ExactLinear:
         return torch.round(self._apply(codes.double(), self.w64)).to(torch.int64)
 
 
-def _exact_float(codes: torch.Tensor, terms: int = 1) -> torch.Tensor:
-    """Integer codes as floats for an op that sums at most ``terms`` of them (max pool: 1): float32 where
-    every such sum stays an exact float32 integer, float64 otherwise."""
-    big = int(codes.abs().max()) * terms if codes.numel() else 0
-    return codes.float() if big < F32_EXACT else codes.double()
+def _exact_float(codes: torch.Tensor, x_max: int, terms: int = 1) -> torch.Tensor:
+    """Integer codes (magnitude <= ``x_max``) as floats for an op that sums at most ``terms`` of them (max
+    pool: 1): float32 where every such sum stays an exact float32 integer, float64 otherwise."""
+    return codes.float() if x_max * terms < F32_EXACT else codes.double()
 
 
 def _rescale_torch(codes: list[torch.Tensor], q: QNode) -> torch.Tensor:
@@ -124,6 +122,41 @@ def _rescale_torch(codes: list[torch.Tensor], q: QNode) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
+class _LayerSTE(torch.autograd.Function):
+    """A weighted layer's real output for the straight-through path: forward, its exact value (the integer
+    accumulator times its scales, already computed); backward, the gradient of the float layer with the
+    quantized weights w.r.t. its input — what ``F.conv2d(r_in, w_real, b_real)`` would give, without
+    computing that convolution a second time in the forward pass (the twin's inner-loop cost)."""
+
+    @staticmethod
+    def forward(ctx, r_in, value, w, op, stride, pad, groups):  # noqa: ANN001, ANN205 - autograd's signature
+        ctx.save_for_backward(w)
+        ctx.meta = (op, stride, pad, groups, r_in.shape)
+        return value
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        (w,) = ctx.saved_tensors
+        op, stride, pad, groups, shape = ctx.meta
+        if op == "conv":
+            gi = torch.nn.grad.conv2d_input(shape, w, g, stride=stride, padding=pad, groups=groups)
+        else:
+            gi = g @ w
+        return gi, None, None, None, None, None, None
+
+
+class _Straight(torch.autograd.Function):
+    """``approx + (exact - approx).detach()`` in one step: forward ``exact``, gradient straight to ``approx``."""
+
+    @staticmethod
+    def forward(ctx, approx, exact):  # noqa: ANN001, ANN205 - autograd's signature
+        return exact
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        return g, None
+
+
 class Twin(torch.nn.Module):
     """Differentiable, bit-exact stand-in for the deployed integer model (eval only)."""
 
@@ -131,8 +164,11 @@ class Twin(torch.nn.Module):
         super().__init__()
         self.qg = qg
         self._exact: dict[str, ExactLinear] = {}
+        # every activation code lies in its node's [lo, hi] (8-bit: within [-128, 255]), the input's in [0, 255]:
+        # a static bound for the exactness proofs, instead of a max() over each tensor on every call
+        self._code_max = max([255] + [max(abs(q.lo), abs(q.hi)) for q in qg.qnodes.values()])
         self._w_real: dict[str, torch.Tensor] = {}
-        self._b_real: dict[str, torch.Tensor] = {}
+        self._scale: dict[str, torch.Tensor] = {}  # per output channel: accumulator -> real value
         for name, q in qg.qnodes.items():
             if q.w_q is None:
                 continue
@@ -141,12 +177,12 @@ class Twin(torch.nn.Module):
             self._exact[name] = ExactLinear(q.w_q, n.op, n.stride, n.padding, n.groups) if n.op == "conv" \
                 else ExactLinear(q.w_q, n.op)
             self._w_real[name] = torch.as_tensor((q.w_q * q.w_scale.reshape(shape)).astype(np.float32))
-            self._b_real[name] = torch.as_tensor((q.b_q * q.s_in * q.w_scale).astype(np.float32))
+            self._scale[name] = torch.as_tensor((q.s_in * q.w_scale).astype(np.float32))
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's signature
         """``.to(device)`` / ``.cuda()`` move the weight dictionaries too (they are not registered buffers)."""
         super()._apply(fn, recurse)
-        for d in (self._w_real, self._b_real):
+        for d in (self._w_real, self._scale):
             for k, t in d.items():
                 d[k] = fn(t)
         device = fn(torch.zeros(0)).device
@@ -172,7 +208,8 @@ class Twin(torch.nn.Module):
                 env[n.name] = (c_in.flatten(1), r_in.flatten(1) if grad_path else None)
                 continue
             if n.op == "maxpool":  # codes and scale pass through; padding (−∞) never wins the max
-                c_out = F.max_pool2d(_exact_float(c_in), n.kernel, n.stride, n.padding).to(torch.int64)
+                c_out = F.max_pool2d(_exact_float(c_in, self._code_max), n.kernel, n.stride,
+                                     n.padding).to(torch.int64)
                 env[n.name] = (c_out, F.max_pool2d(r_in, n.kernel, n.stride, n.padding) if grad_path else None)
                 continue
             if n.op in ("gap", "avgpool"):
@@ -180,7 +217,7 @@ class Twin(torch.nn.Module):
                     acc = c_in.sum(dim=(2, 3))
                     approx = r_in.mean(dim=(2, 3)) if grad_path else None
                 else:  # window sums of integers: exact in float32 below 2^24, else float64 (divisor 1)
-                    wide = _exact_float(c_in, n.kernel * n.kernel)
+                    wide = _exact_float(c_in, self._code_max, n.kernel * n.kernel)
                     acc = torch.round(F.avg_pool2d(wide, n.kernel, n.stride, n.padding,
                                                    divisor_override=1)).to(torch.int64)
                     approx = F.avg_pool2d(r_in, n.kernel, n.stride, n.padding) if grad_path else None
@@ -191,27 +228,28 @@ class Twin(torch.nn.Module):
                 if grad_path:
                     approx = ins[0][1] + ins[1][1] if n.op == "add" else torch.cat([r for _, r in ins], dim=1)
             else:
-                acc = self._exact[n.name](c_in)
-                if grad_path:
-                    approx = (F.conv2d(r_in, self._w_real[n.name], self._b_real[n.name], stride=n.stride,
-                                       padding=n.padding, groups=n.groups) if n.op == "conv"
-                              else F.linear(r_in, self._w_real[n.name], self._b_real[n.name]))
+                acc = self._exact[n.name](c_in, self._code_max)
                 shape = (1, -1) + (1,) * (acc.ndim - 2)
                 acc = acc + torch.as_tensor(q.b_q, dtype=torch.int64, device=acc.device).reshape(shape)
+                if grad_path:
+                    # the float layer's value is the accumulator rescaled (no second convolution; exact in float64
+                    # for the logits, float32 inside, where it only places the ReLU/clip masks); its gradient is
+                    # the float layer's, through the quantized weights (_LayerSTE)
+                    if q.final:
+                        value = (acc.double() * torch.as_tensor(q.s_in * q.w_scale, device=acc.device)
+                                 .reshape(shape)).float()
+                    else:
+                        value = acc.float() * self._scale[n.name].reshape(shape)
+                    approx = _LayerSTE.apply(r_in, value, self._w_real[n.name], n.op, n.stride, n.padding, n.groups)
                 if q.final:
-                    if not grad_path:
-                        return None, acc
-                    scale = torch.as_tensor(q.s_in * q.w_scale, device=acc.device).reshape(shape)
-                    exact = (acc.double() * scale).float()
-                    logits = approx + (exact - approx).detach()
-                    return logits, acc
+                    return (approx if grad_path else None), acc
                 if grad_path and res is not None:
                     approx = approx + res[1]
                 c_out = _requant_torch(acc, q, res[0] if res is not None else None)
             if grad_path:
                 approx = activate(n, approx)
                 approx = torch.clamp(approx, q.lo * q.s_out, q.hi * q.s_out)
-                real_out = approx + (c_out.float() * q.s_out - approx).detach()
+                real_out = _Straight.apply(approx, c_out.float() * q.s_out)
             else:
                 real_out = None
             env[n.name] = (c_out, real_out)
