@@ -60,8 +60,8 @@ def main(a: argparse.Namespace) -> int:
             print(f"{run}: no metrics.csv (not a finished bench run folder)", file=sys.stderr)
             return 2
     info = json.loads((literal / "run.json").read_text())
-    if not info["config"].get("square_on_device"):
-        print(f"warning: {literal} was not run with --square-on-device", file=sys.stderr)
+    if info["config"].get("square_on") != "artefact":
+        print(f"warning: {literal} was not run with --square-on artefact (--square-on-device)", file=sys.stderr)
     df = compare(stand_in, literal)
     print(df.drop(columns=["square_on"]).to_string(index=False))
     atomic_write_text(stand_in / "square_stand_in.csv", df.to_csv(index=False))

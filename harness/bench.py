@@ -71,6 +71,9 @@ from laaq.usermodel import ModelSource, file_digest
 __all__ = ["COLUMNS", "LAYER_COLUMNS", "BenchConfig", "BenchResult", "run_bench"]
 
 
+SQUARE_ON = ("auto", "stand-in", "artefact")
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """Everything a benchmark run depends on; its hash names the run folder (so re-runs resume)."""
@@ -106,9 +109,10 @@ class BenchConfig:
     # trials > 0 tunes what it lacks first. Not part of the run hash (it changes speed, not results).
     tune: bool = True
     trials: int = 0
-    # Square queries the artefact itself for every step (today's literal run) instead of the cheap stand-in
-    # (bit-exact twin / float model) that the artefact then judges; part of the hash only when on
-    square_on_device: bool = False
+    # who answers Square's queries: "auto" (the stand-in — bit-exact twin / float model — unless the local artefact
+    # is faster), "stand-in" (always it), "artefact" (every query on the artefact: the literal run); the artefact
+    # judges every example either way. Part of the hash only when not "auto"
+    square_on: str = "auto"
     # time only on a quiet device: wait (bounded) for other processes to calm down, else refuse to time
     quiet_host: bool = False
     # where the white-box attacks run: auto (a CUDA GPU when torch sees one), cpu or cuda; not part of the hash
@@ -118,6 +122,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         parse_latency_budget(self.latency_budget)  # a bad spec stops here, before any work
         attack_device(self.attack_device)  # so does cuda on a machine without a GPU
+        if self.square_on not in SQUARE_ON:
+            raise ValueError(f"square_on must be one of {', '.join(SQUARE_ON)}, got {self.square_on!r}")
         self.model_source()  # so does a missing model file, factory spec or weights file
 
     def model_source(self) -> ModelSource | None:
@@ -129,7 +135,7 @@ class BenchConfig:
                   "quiet_host"):
             d.pop(k)
         # absent = earlier runs' digests unchanged
-        for k, off in (("latency_budget", ""), ("layer_times", False), ("square_on_device", False)):
+        for k, off in (("latency_budget", ""), ("layer_times", False), ("square_on", "auto")):
             if d[k] == off:
                 d.pop(k)
         for k, off in (("cooldown_ms", 0), ("cooldown_every", 1), ("pin_threads", ""), ("rounds", 3)):  # likewise
@@ -354,12 +360,12 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
     tag = row_tag(profile.name, v.name)
     stand_in, square_on = None, ""
     if cfg.evaluation.preset.square_queries:
-        if cfg.square_on_device:
-            square_on = "artefact (--square-on-device)"
+        if cfg.square_on == "artefact":
+            square_on = "artefact (--square-on artefact)"
         else:
             with clock.time(scope, "square routing"):
                 stand_in, square_on = square_route(square_stand_in(v, model, host_model, run, to_device), run, x,
-                                                   profile.device.kind == "local", large)
+                                                   profile.device.kind == "local" and cfg.square_on == "auto", large)
         log(f"[{tag}] Square queries: {square_on}")
     t_att = time.perf_counter()
     rob = evaluate(host_model, x, y, cfg.evaluation, deployed=predict,

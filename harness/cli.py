@@ -117,11 +117,12 @@ def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, 
 @click.option("--layer-times", is_flag=True, help="Measure the per-layer latency table (layers.csv latency_ms) "
               "without constraining the plan.")
 @_attack_options
-@click.option("--square-on-device", is_flag=True,
-              help="Send every Square query to the artefact (the literal, slow run). Default: Square queries a "
-                   "cheap stand-in that computes the same function (the bit-exact twin; the float model for fp32) "
-                   "unless the local artefact is faster; the artefact judges every Square example and re-runs a "
-                   "sample of its queries, which must agree.")
+@click.option("--square-on", type=click.Choice(["auto", "stand-in", "artefact"]), default="auto", show_default=True,
+              help="Who answers Square's queries. auto: a cheap stand-in that computes the same function (the "
+                   "bit-exact twin; the float model for fp32) unless the local artefact is faster; stand-in: always "
+                   "it; artefact: every query on the artefact (the literal, slow run). With a stand-in the artefact "
+                   "judges every Square example and re-runs a sample of its queries, which must agree.")
+@click.option("--square-on-device", is_flag=True, help="Same as --square-on artefact.")
 @click.option("--attack-device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="Where the white-box attacks run (the float model or the bit-exact twin): auto = a CUDA GPU "
                    "when torch sees one. The artefact still judges every example on its own device.")
@@ -155,7 +156,7 @@ def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, 
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench(targets, dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed, variants, plan_files,
           avg_bits, latency_budget, layer_times, attack,
-          square_queries, square_on_device, attack_device, eval_samples, batch_large, repeat, number, warmup,
+          square_queries, square_on, square_on_device, attack_device, eval_samples, batch_large, repeat, number, warmup,
           cooldown_ms, cooldown_every, pin_threads, timing_rounds, quiet_host,
           results_dir, run_id, rpc, rpc_tracker, rpc_key, tune, trials, quiet) -> None:
     """Train/load, quantize, compile for each TARGET, run on its device, and measure every variant.
@@ -182,7 +183,8 @@ def bench(targets, dataset, data_dir, arch, model, weights, epochs, lr, plain, e
                          latency=latency, seed=seed, results_dir=results_dir,
                          run_id=run_id if len(targets) == 1 else "", rpc=rpc, rpc_tracker=rpc_tracker,
                          rpc_key=rpc_key, tune=tune, trials=trials, model=model, weights=weights,
-                         square_on_device=square_on_device, attack_device=attack_device, quiet_host=quiet_host))
+                         square_on="artefact" if square_on_device else square_on, attack_device=attack_device,
+                         quiet_host=quiet_host))
     import pandas as pd
 
     if len(cfgs) == 1:
