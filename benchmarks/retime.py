@@ -43,7 +43,7 @@ def main(a: argparse.Namespace) -> int:
     shape = {"mnist5k": (1, 28, 28), "digits": (1, 8, 8), "cifar10": (3, 32, 32)}[info["config"]["dataset"]]
     threads = int(os.environ.get("TVM_NUM_THREADS", len(os.sched_getaffinity(0))))
     session = LocalSession(threads, sensor=False)
-    proto = LatencyProtocol(warmup=a.warmup, number=a.number, repeat=a.repeat * a.rounds, rounds=a.rounds)
+    proto = LatencyProtocol(warmup=a.warmup, number=a.number, repeat=a.repeat, rounds=a.rounds)
     slots = {}
     rng = np.random.default_rng(0)
     for p in arts:

@@ -139,7 +139,7 @@ def compile(target, dataset, data_dir, arch, model, weights, epochs, lr, plain, 
               "per core: alone = cores 0..threads-1, or a list (--pin-threads 2,3). Default: TVM's own placement.")
 @click.option("--timing-rounds", default=3, show_default=True,
               help="Interleaved rounds of the timing phase (every variant of a target timed together after all are "
-                   "attacked, order rotated per round; --repeat figures split over the rounds).")
+                   "attacked, order rotated per round; --repeat figures a round).")
 @click.option("--quiet-host", is_flag=True, help="Time only on a quiet device: wait up to 2 minutes for other "
               "processes to use <= 25 %% of its CPUs, else stop before timing (finished attacks are kept). Without "
               "it, rows timed while the host was busy are flagged (busy_host) with the load figures.")

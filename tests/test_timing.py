@@ -47,10 +47,10 @@ class _Fake:
 def test_rounds_rotate_the_order_and_split_the_repeats() -> None:
     log: list[str] = []
     slots = {k: (_Fake(k, log, s), np.zeros((1, 1))) for k, s in (("a", 1e-3), ("b", 2e-3), ("c", 3e-3))}
-    timed = timing_phase(slots, LatencyProtocol(warmup=0, number=1, repeat=10, rounds=3), LocalSystem(), True)
+    timed = timing_phase(slots, LatencyProtocol(warmup=0, number=1, repeat=4, rounds=3), LocalSystem(), True)
     assert log == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # every variant first once
     for k, t in timed.items():
-        assert len(t.round_medians_ms) == 3 and t.spread_pct == 0.0
+        assert len(t.round_medians_ms) == 3 and t.spread_pct == 0.0 and t.stats.batch == 1
         assert t.stats.median_ms == pytest.approx({"a": 1, "b": 2, "c": 3}[k])
         assert t.other_cpu_frac is not None and 0 <= t.other_cpu_frac <= 1 and t.host_load is not None
 
