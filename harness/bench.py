@@ -252,13 +252,16 @@ def square_stand_in(v: Variant, model: torch.nn.Module, host_model: torch.nn.Mod
     return StandIn("PyTorch float model", float_raw, run, lambda o: o, exact=False)
 
 
-def square_route(stand_in: StandIn | None, run, x: torch.Tensor, local: bool, batch: int
+def square_route(stand_in: StandIn | None, run, x: torch.Tensor, local: bool, batch: int, forced: bool = False
                  ) -> tuple[StandIn | None, str]:
     """Who answers Square's queries: the stand-in, unless the artefact is local and faster than it on one
-    batch of evaluation images (then the artefact itself: cheap *and* literal). Returns (stand-in or None,
-    why) — the reason lands in the row's ``square_on`` column."""
+    batch of evaluation images (then the artefact itself: cheap *and* literal); ``forced``: the stand-in
+    regardless (``--square-on stand-in``). Returns (stand-in or None, why) — the reason is logged, and the
+    row's ``square_on`` column says who answered."""
     if stand_in is None:
         return None, "artefact (no host stand-in computes this variant's function)"
+    if forced:
+        return stand_in, f"{stand_in.name} (--square-on stand-in)"
     if not local:
         return stand_in, f"{stand_in.name} (remote artefact: only judged examples and a sample travel)"
     xb = timing_batch(x, batch)
@@ -365,7 +368,8 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
         else:
             with clock.time(scope, "square routing"):
                 stand_in, square_on = square_route(square_stand_in(v, model, host_model, run, to_device), run, x,
-                                                   profile.device.kind == "local" and cfg.square_on == "auto", large)
+                                                   profile.device.kind == "local", large,
+                                                   forced=cfg.square_on == "stand-in")
         log(f"[{tag}] Square queries: {square_on}")
     t_att = time.perf_counter()
     rob = evaluate(host_model, x, y, cfg.evaluation, deployed=predict,
