@@ -199,7 +199,10 @@ def build_bundle(cfg: BenchConfig, out: Path | None = None, tar: bool = False, p
         atomic_write_text(tmp / "README.md", readme(profile, entries, cfg))
         target = TargetEntry(profile.name, profile.backend, profile.target.arch, profile.threads,
                              profile.target.description, str(profile.tvm_target))
-        manifest = write_manifest(tmp, target, asdict(cfg.latency), entries)
+        # the runner times each variant alone on the device (its own protocol, stated in the manifest): bench's
+        # interleaved timing phase (``rounds``) is not part of it
+        protocol = {k: v for k, v in asdict(cfg.latency).items() if k != "rounds"}
+        manifest = write_manifest(tmp, target, protocol, entries)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
