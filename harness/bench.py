@@ -12,9 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,9 +23,7 @@ import torch
 from harness import energy
 from harness.compile import Artefact, compile_module
 from harness.devices import Session, open_device
-from harness.devices.base import LoadedModule
 from harness.devices.system import (
-    LocalSystem,
     MemoryWindow,
     pin_cpus,
     pin_threads,
@@ -36,33 +31,37 @@ from harness.devices.system import (
     runtime_threads,
     state_record,
 )
+from harness.environment import environment
+from harness.host_reference import agreement_columns, host_side, write_per_image
 from harness.layer_latency import LayerTime, as_constraint_table, latency_limit, layer_table, parse_latency_budget
 from harness.measure import LatencyProtocol, outputs
 from harness.profile import TargetProfile, resolve
-from harness.results import ResultsError, RunStore, atomic_write_text, row_tag
+from harness.results import RunStore, atomic_write_text, row_tag
 from harness.rows import (
     COLUMNS,
     LAYER_COLUMNS,
-    conditions_columns,
     is_not_run,
-    latency_columns,
     layer_rows,
     not_run_row,
     robust_columns,
     static_columns,
 )
-from harness.sensors import measured_energy_uj
-from harness.stages import RUN_SCOPE, StageClock, scope_of
-from harness.timing import QUIET_WAIT_S, timing_phase, wait_for_quiet
+from harness.square_route import square_route, square_stand_in
+from harness.stages import RUN_SCOPE, StageClock, earlier_stages, scope_of
 from harness.timing import describe as describe_timing
+from harness.variant_timing import (
+    Measured,
+    reload_for_timing,
+    time_variants,
+    timing_batch,
+    timing_pending,
+)
 from harness.variants import PlanRequest, Variant, build_variants, plan_variant_name
 from laaq.data import Split, load_dataset
 from laaq.importer import model_graph
-from laaq.quant.integer import logits_from_int, run_integer
+from laaq.quant.integer import logits_from_int
 from laaq.quant.plan import QuantPlan
-from laaq.quant.quantizers import quantize_input
-from laaq.quant.twin import Twin
-from laaq.robustness import EvalConfig, RobustResult, StandIn, attack_device, evaluate
+from laaq.robustness import EvalConfig, attack_device, evaluate
 from laaq.search import Calibration, CalibrationRecipe
 from laaq.search.solver import CANDIDATE_BITS
 from laaq.train import TrainConfig, obtain_model
@@ -158,23 +157,6 @@ def resolve_profile(cfg: BenchConfig) -> TargetProfile:
     return resolve(cfg.target, cfg.rpc, cfg.rpc_tracker, cfg.rpc_key)
 
 
-def environment() -> dict[str, Any]:
-    import pandas
-    import tvm
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "tvm": tvm.__version__,
-            "numpy": np.__version__, "pandas": pandas.__version__, "host_cpu": cpu, "host_cores": os.cpu_count(),
-            "host_machine": platform.machine(), "platform": platform.platform()}
-
-
 def calibration(cfg: BenchConfig, model: torch.nn.Module, graph, data: Split) -> Calibration:
     """The run's calibration set (one recipe for bench, search, compile and experiment)."""
     return cfg.calibration.make(graph, data.x_train, data.y_train, cfg.evaluation.eps, cfg.seed, model=model)
@@ -193,18 +175,6 @@ def variants_for(cfg: BenchConfig, model: torch.nn.Module, data: Split, table: l
     return build_variants(cfg.variants, cfg.plan_files, req)
 
 
-def write_per_image(folder: Path, tag: str, labels: np.ndarray, rob: RobustResult) -> Path:
-    """Per-image outcomes (1 = correct) so that any two variants can be compared later (McNemar)."""
-    import pandas as pd
-
-    cols = {"index": np.arange(rob.n), "label": labels, "clean": rob.clean.astype(int)}
-    cols.update({k: v.astype(int) for k, v in rob.cumulative.items()})
-    cols["robust"] = rob.robust.astype(int)
-    path = folder / "per_image" / f"{tag}.csv"
-    atomic_write_text(path, pd.DataFrame(cols).to_csv(index=False))
-    return path
-
-
 def compile_variant(cfg: BenchConfig, profile: TargetProfile, v: Variant, model: torch.nn.Module,
                     shape: tuple[int, ...], folder: Path, log=print, progress: bool = True,
                     clock: StageClock | None = None) -> dict[int, Artefact]:
@@ -220,113 +190,6 @@ def compile_variant(cfg: BenchConfig, profile: TargetProfile, v: Variant, model:
                                      v.name, b, tuning_key=v.tuning_key(cfg.train.arch, shape, b, profile),
                                      trials=cfg.trials, tune=cfg.tune, log=log, progress=progress)
     return arts
-
-
-def host_side(v: Variant, model: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
-    """The variant's white-box stand-in (the float model, or the bit-exact twin of the integer graph) and
-    ``to_device``: float images → the array the artefact takes (float32, or uint8 codes)."""
-    return (model if v.kind == "float" else Twin(v.qg)), device_input(v.kind)
-
-
-def device_input(kind: str):
-    """float images → the array an artefact of this kind takes: float32, or the uint8 codes of an integer one."""
-    if kind == "float":
-        return lambda t: t.numpy().astype(np.float32)
-    return lambda t: quantize_input(t).numpy()
-
-
-def square_stand_in(v: Variant, model: torch.nn.Module, host_model: torch.nn.Module, run,
-                    to_device) -> StandIn | None:
-    """The cheap function that answers Square's queries for ``v`` (``run``: the artefact's raw outputs), or
-    None where there is none: fp16 (no host model computes the artefact's half-precision function)."""
-    if v.kind == "int":
-        return StandIn("bit-exact twin", lambda t: host_model.exact_acc(t).numpy(), run,
-                       lambda o: logits_from_int(v.qg, o), exact=True)
-    if v.name != "fp32":
-        return None
-
-    def float_raw(t: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return model.eval()(torch.from_numpy(to_device(t))).numpy()
-
-    return StandIn("PyTorch float model", float_raw, run, lambda o: o, exact=False)
-
-
-def square_route(stand_in: StandIn | None, run, x: torch.Tensor, local: bool, batch: int, forced: bool = False
-                 ) -> tuple[StandIn | None, str]:
-    """Who answers Square's queries: the stand-in, unless the artefact is local and faster than it on one
-    batch of evaluation images (then the artefact itself: cheap *and* literal); ``forced``: the stand-in
-    regardless (``--square-on stand-in``). Returns (stand-in or None, why) — the reason is logged, and the
-    row's ``square_on`` column says who answered."""
-    if stand_in is None:
-        return None, "artefact (no host stand-in computes this variant's function)"
-    if forced:
-        return stand_in, f"{stand_in.name} (--square-on stand-in)"
-    if not local:
-        return stand_in, f"{stand_in.name} (remote artefact: only judged examples and a sample travel)"
-    xb = timing_batch(x, batch)
-
-    def cost(fn) -> float:
-        fn(xb)
-        t0 = time.perf_counter()
-        for _ in range(3):
-            fn(xb)
-        return (time.perf_counter() - t0) / 3 * 1e3
-
-    art_ms, std_ms = cost(run), cost(stand_in.raw)
-    if art_ms <= std_ms:
-        return None, f"artefact (faster than the {stand_in.name} here: {art_ms:.2f} vs {std_ms:.2f} ms per {batch})"
-    return stand_in, f"{stand_in.name} ({std_ms:.2f} vs the artefact's {art_ms:.2f} ms per {batch} images)"
-
-
-def reference_outputs(v: Variant, model: torch.nn.Module, arr: np.ndarray) -> np.ndarray:
-    """The host reference's raw outputs for device-format inputs ``arr``: PyTorch's logits (float variants),
-    the integer reference's int32 accumulators (integer variants)."""
-    if v.kind == "float":
-        with torch.no_grad():
-            return model(torch.from_numpy(arr)).numpy()
-    return run_integer(v.qg, arr)
-
-
-def timing_batch(x: torch.Tensor, b: int) -> torch.Tensor:
-    """The input timed at batch ``b``: the first ``b`` evaluation images (the first one repeated if fewer)."""
-    return x[:b] if b <= len(x) else x[:1].repeat(b, 1, 1, 1)
-
-
-def agreement_figures(kind: str, pairs: list[tuple[np.ndarray, np.ndarray]], to_logits) -> dict[str, Any]:
-    """(artefact outputs, host reference outputs) per input set → top-1 agreement, bit-exact output rows
-    (integer variants) and the largest output difference; ``to_logits`` maps raw outputs to logits."""
-    agree = bitexact = total = 0
-    max_diff = 0.0
-    for dev_out, ref in pairs:
-        bitexact += int(np.all(dev_out == ref, axis=1).sum())
-        wide = (dev_out, ref) if kind == "float" else (dev_out.astype(np.int64), ref)
-        max_diff = max(max_diff, float(np.abs(wide[0] - wide[1]).max()))
-        agree += int((to_logits(dev_out).argmax(1) == to_logits(ref).argmax(1)).sum())
-        total += len(dev_out)
-    return {"agreement": round(agree / total, 4), "bitexact": round(bitexact / total, 4) if kind == "int" else "",
-            "max_abs_diff": f"{max_diff:.3g}"}
-
-
-def agreement_columns(v: Variant, model: torch.nn.Module, run, to_device, inputs: list[torch.Tensor]
-                      ) -> dict[str, Any]:
-    """The artefact (``run``: inputs → its raw outputs) against the host reference on each input set."""
-    pairs = [(run(inp), reference_outputs(v, model, to_device(inp))) for inp in inputs]
-    return agreement_figures(v.kind, pairs, (lambda o: o) if v.kind == "float" else
-                             (lambda o: logits_from_int(v.qg, o)))
-
-
-@dataclass
-class Measured:
-    """A variant compiled, run and attacked; its row waits for the target's timing phase (``loaded`` holds
-    the libraries to time), or is already final (a not-run row: nothing to time)."""
-
-    name: str
-    row: dict[str, Any]
-    layers: list[dict]
-    loaded: dict[int, LoadedModule] = field(default_factory=dict)
-    inputs: dict[int, np.ndarray] = field(default_factory=dict)  # batch -> the input timed at that batch
-    timing: dict[str, Any] = field(default_factory=dict)  # the row's columns the timing phase fills
 
 
 def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, v: Variant, model: torch.nn.Module,
@@ -399,77 +262,6 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
     return Measured(v.name, row, layer_rows(profile, v, model, table), loaded, inputs)
 
 
-def _timing_pending(row: dict[str, Any]) -> bool:
-    """A measured row whose latency the timing phase has not filled yet (its run was stopped before)."""
-    return not is_not_run(row) and str(row.get("lat_small_median_ms", "")).strip() in ("", "nan")
-
-
-def reload_for_timing(cfg: BenchConfig, profile: TargetProfile, session: Session, name: str, data: Split,
-                      folder: Path) -> Measured:
-    """A variant an earlier session attacked but did not time: its artefacts loaded again for the timing phase."""
-    kind = next(str(r["kind"]) for r in RunStore(folder, COLUMNS, LAYER_COLUMNS).rows
-                if (str(r["target"]), str(r["variant"])) == (profile.name, name))
-    n = min(cfg.eval_samples or len(data.x_test), len(data.x_test))
-    to_device = device_input(kind)
-    loaded, inputs = {}, {}
-    for b in (1, cfg.batch_large):
-        path = folder / "artefacts" / f"{row_tag(profile.name, name)}-b{b}.so"
-        if not path.exists():
-            raise ResultsError(f"{path} is gone, so {name}'s row cannot be timed; delete its row from "
-                               f"{folder / 'metrics.csv'} to measure it again")
-        loaded[b], inputs[b] = session.load(path), to_device(timing_batch(data.x_test[:n], b))
-    return Measured(name, {}, [], loaded, inputs)
-
-
-def time_variants(cfg: BenchConfig, profile: TargetProfile, session: Session, measured: list[Measured],
-                  clock: StageClock, log=print) -> None:
-    """The target's timing phase: every waiting variant timed together in interleaved rounds on the device
-    (:func:`harness.timing.timing_phase`), the host's load sampled before each slot; fills each row's latency,
-    energy, condition and load columns. ``cfg.quiet_host``: first wait (bounded) for a quiet device, or refuse."""
-    waiting = [m for m in measured if m.loaded]
-    if not waiting:
-        return
-    # whose /proc tells the load: this host's for local runs and for the emulated board (QEMU runs here); a real
-    # board's through its RPC server (TVM's download cannot read procfs files there: the columns stay empty)
-    local = profile.device.kind in ("local", "emulated")
-    load_system = LocalSystem() if local else session.system
-    scope = scope_of(profile.name, "(timing phase)")
-    if cfg.quiet_host:
-        with clock.time(scope, "waiting for a quiet host"):
-            wait_for_quiet(load_system, local, QUIET_WAIT_S, log)
-    small, large = 1, cfg.batch_large
-    slots = {(m.name, b): (m.loaded[b], m.inputs[b]) for m in waiting for b in (small, large)}
-    log(f"[{profile.name}] timing phase: {len(waiting)} variant(s) x batch {small} and {large}, "
-        f"{cfg.latency.rounds} interleaved rounds ...")
-    with clock.time(scope, "timing"):
-        before = read_state(session.system)
-        timed = timing_phase(slots, cfg.latency, load_system, local)
-        after = read_state(session.system)
-    for m in waiting:
-        t = {b: timed[(m.name, b)] for b in (small, large)}
-        busy = [t[b] for b in (small, large) if t[b].busy]
-        conditions = conditions_columns(before, after, None)
-        m.timing.update({
-            **latency_columns({"small": t[small].stats, "large": t[large].stats}),
-            "energy_measured_uj": measured_energy_uj(session, m.loaded[large], m.inputs[large],
-                                                     t[large].stats.median_ms),
-            **{k: v for k, v in conditions.items() if not k.startswith("rss_")},
-            "timing_rounds": cfg.latency.rounds, "lat_small_spread_pct": t[small].spread_pct,
-            "lat_large_spread_pct": t[large].spread_pct,
-            "host_load": _max_or_blank(t[b].host_load for b in (small, large)),
-            "other_cpu_frac": _max_or_blank(t[b].other_cpu_frac for b in (small, large)),
-            "busy_host": (f"busy: other processes used up to {max(b.other_cpu_frac for b in busy):.0%} of the CPUs "
-                          f"while timing (load average up to {_max_or_blank(b.host_load for b in busy)})"
-                          if busy else ""),
-        })
-        if busy:
-            log(f"[{profile.name}] {m.name}: WARNING {m.timing['busy_host']}: its latency is not the model's")
-
-
-def _max_or_blank(values) -> float | str:
-    vals = [v for v in values if v is not None]
-    return max(vals) if vals else ""
-
 
 @dataclass
 class BenchResult:
@@ -511,7 +303,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     log(f"model: {ckpt} ({'cached' if cached else f'trained in {time.perf_counter() - t0:.0f} s'})")
     folder = cfg.folder()
     store = RunStore(folder, COLUMNS, LAYER_COLUMNS)
-    earlier = _earlier_stages(folder)
+    earlier = earlier_stages(folder)
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     run_info = {"config": asdict(cfg), "target": asdict(profile.target), "environment": environment(),
                 "checkpoint": str(ckpt), "latency_protocol": describe_timing(cfg.latency), "started": started,
@@ -523,7 +315,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     skipped = [v for v in todo if any(store.key(r) == (profile.name, v) and not is_not_run(r) for r in store.rows)]
     if skipped:
         log(f"resuming {folder}: already measured {', '.join(skipped)}")
-    waiting = [str(r["variant"]) for r in store.rows if _timing_pending(r) and str(r["target"]) == profile.name]
+    waiting = [str(r["variant"]) for r in store.rows if timing_pending(r) and str(r["target"]) == profile.name]
     if waiting:
         log(f"resuming {folder}: {', '.join(waiting)} attacked, not yet timed (they join this run's timing phase)")
     if len(skipped) < len(todo) or waiting:
@@ -603,9 +395,3 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     return BenchResult(folder, store.rows, skipped)
 
 
-def _earlier_stages(folder: Path) -> dict[str, dict[str, float]]:
-    """Stage times a resumed run's earlier sessions recorded (their variants are not measured again)."""
-    try:
-        return dict(json.loads((folder / "run.json").read_text()).get("stages", {}))
-    except (OSError, ValueError):
-        return {}

@@ -24,6 +24,7 @@ import pandas as pd
 from harness import notes, plots
 from harness.document import Block, md_table, write_document
 from harness.results import ResultsError, row_tag
+from harness.stage_report import stage_blocks
 
 SUMMARY_COLUMNS = ["target", "measured_as", "variant", "avg_weight_bits", "lat_small_median_ms", "lat_small_p90_ms",
                    "lat_small_p99_ms", "lat_large_median_ms", "thr_large_ips", "clean_acc", "robust_acc",
@@ -200,25 +201,6 @@ def _robustness_blocks(folder: Path, df: pd.DataFrame, cfg: dict, context: str) 
     return blocks
 
 
-def _stage_blocks(stages: dict[str, dict[str, float]], context: str) -> list[Block]:
-    """Where the time went: a stacked bar per variant and the stage table (wall seconds)."""
-    if not stages:
-        return []
-    rows = [{"scope": scope, "stage": stage, "seconds": sec, "kind": plots.stage_group(stage)[0]}
-            for scope, d in stages.items() for stage, sec in d.items()]
-    totals = pd.DataFrame([{"scope": scope, "total_s": round(sum(d.values()), 1),
-                            "stages": ", ".join(f"{k} {v:.1f}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))}
-                           for scope, d in stages.items()])
-    blocks = [Block("h2", "Where the time went"),
-              Block("p", f"Wall seconds per stage ({sum(r['seconds'] for r in rows):.0f} s in all); `run` holds the "
-                         "shared stages. Every stage is also in run.json (`stages`)."),
-              Block("table", totals)]
-    made = plots.stage_costs(stages, context)
-    if made is not None:
-        blocks.append(Block("plot", made))
-    return blocks
-
-
 def _warning_blocks(rows: pd.DataFrame) -> list[Block]:
     lines = notes.warning_lines(rows)
     return [Block("p", notes.WARNING_INTRO), Block("ul", lines)] if lines else []
@@ -273,7 +255,7 @@ def write_run_report(folder: Path) -> Path:
                             plots.layer_latency(layers, context, _measured_kind(df))],
                            "(no measured rows: nothing to plot)")
     blocks += _robustness_blocks(folder, df, cfg, context)
-    blocks += _stage_blocks(info.get("stages") or {}, context)
+    blocks += stage_blocks(info.get("stages") or {}, context)
     if len(layers):
         blocks += [Block("h2", "Per layer"), Block("table", layers.drop(columns=["target"], errors="ignore"))]
     blocks.append(Block("p", "Every column is documented in results/README.md and README.md (*Results columns*)."))

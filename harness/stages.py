@@ -9,9 +9,11 @@ end-of-run summary and the report's stacked bar per variant.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 RUN_SCOPE = "run"  # stages shared by every variant (set-up, training, calibration, report)
 
@@ -53,3 +55,11 @@ class StageClock:
             parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]) if v >= 0.05)
             lines.append(f"  {scope:<24} {sum(stages.values()):8.1f} s  ({parts})")
         return "\n".join(lines)
+
+
+def earlier_stages(folder: Path) -> dict[str, dict[str, float]]:
+    """Stage times a resumed run's earlier sessions recorded (their variants are not measured again)."""
+    try:
+        return dict(json.loads((folder / "run.json").read_text()).get("stages", {}))
+    except (OSError, ValueError):
+        return {}

@@ -33,10 +33,12 @@ from typing import Any
 import numpy as np
 
 from harness import energy
-from harness.bench import BenchConfig, compile_variant, environment, host_side, pretune, resolve_profile, variants_for
+from harness.bench import BenchConfig, compile_variant, pretune, resolve_profile, variants_for
 from harness.bundle.craft import craft_variant
 from harness.bundle.manifest import BundleError, TargetEntry, VariantEntry, VariantRecord, write_manifest
 from harness.devices import Session, open_device
+from harness.environment import environment
+from harness.host_reference import host_side
 from harness.measure import outputs
 from harness.profile import TargetProfile
 from harness.results import atomic_write_bytes, atomic_write_text, row_tag

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.bench import BenchConfig, host_side, reference_outputs, timing_batch
+from harness.bench import BenchConfig
+from harness.host_reference import host_side, reference_outputs
+from harness.variant_timing import timing_batch
 from harness.variants import Variant
 from laaq.data import Split
 from laaq.example_log import ExampleLog

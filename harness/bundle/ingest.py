@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from harness.backend.base import manifest_path
-from harness.bench import agreement_figures, write_per_image
 from harness.bundle.craft import distinct_rows
 from harness.bundle.manifest import (
     BundleError,
@@ -38,6 +37,7 @@ from harness.bundle.manifest import (
     read_output,
     relpath_ok,
 )
+from harness.host_reference import agreement_figures, write_per_image
 from harness.measure import LatencyProtocol, latency
 from harness.results import RunStore, atomic_write_text, row_tag
 from harness.rows import COLUMNS, LAYER_COLUMNS, latency_columns, robust_columns
