@@ -31,6 +31,8 @@ import numpy as np
 import tvm
 from tvm import relax, topi
 
+from harness.backend.fold import fold_constant_calls
+
 if TYPE_CHECKING:
     from harness.profile import TargetProfile
 
@@ -139,24 +141,8 @@ def _legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call) -> relax.Ex
 
 def fold_constant_layouts(mod: tvm.IRModule) -> tvm.IRModule:
     """``R.layout_transform`` of a constant → the transformed constant (numpy: no kernel built per weight)."""
-    op = tvm.ir.Op.get("relax.layout_transform")
-
-    @relax.expr_functor.mutator
-    class Fold(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 - TVM's visitor naming
-            call = super().visit_call_(call)
-            if call.op == op and isinstance(call.args[0], tvm.ir.expr.Constant) and call.attrs.pad_value is None:
-                src = call.args[0].value.numpy()
-                out = _apply_index_map(call.attrs.index_map, src)
-                if out is not None:
-                    return relax.const(tvm.runtime.tensor(out))
-            return call
-
-    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
-    for gv, f in mod.functions.items():
-        if isinstance(f, relax.Function):
-            out[gv] = Fold().visit_expr(f)
-    return out
+    return fold_constant_calls(mod, "relax.layout_transform", lambda call, src: None if call.attrs.pad_value
+                               is not None else _apply_index_map(call.attrs.index_map, src))
 
 
 def _apply_index_map(index_map, src: np.ndarray) -> np.ndarray | None:

@@ -10,6 +10,8 @@ import torch
 import tvm
 from tvm import relax
 
+from harness.backend.fold import fold_constant_calls
+
 
 def lower_float(model: torch.nn.Module, input_shape: tuple[int, int, int], batch: int) -> tvm.IRModule:
     """The float model through TVM's own PyTorch frontend (torch.export → Relax), weights as constants."""
@@ -35,18 +37,4 @@ def lower_float16(model, input_shape: tuple[int, int, int], batch: int) -> tvm.I
 
 
 def _fold_constant_casts(mod: tvm.IRModule) -> tvm.IRModule:
-    astype = tvm.ir.Op.get("relax.astype")
-
-    @relax.expr_functor.mutator
-    class CastConstants(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 - TVM's visitor naming
-            call = super().visit_call_(call)
-            if call.op == astype and isinstance(call.args[0], tvm.ir.expr.Constant):
-                return relax.const(tvm.runtime.tensor(call.args[0].value.numpy().astype(str(call.attrs.dtype))))
-            return call
-
-    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
-    for gv, f in mod.functions.items():
-        if isinstance(f, relax.Function):
-            out[gv] = CastConstants().visit_expr(f)
-    return out
+    return fold_constant_calls(mod, "relax.astype", lambda call, value: value.astype(str(call.attrs.dtype)))
