@@ -61,7 +61,7 @@ from laaq.data import Split, load_dataset
 from laaq.importer import model_graph
 from laaq.quant.integer import logits_from_int
 from laaq.quant.plan import QuantPlan
-from laaq.robustness import EvalConfig, attack_device, evaluate
+from laaq.robustness import EvalConfig, TransferCache, attack_device, evaluate
 from laaq.search import Calibration, CalibrationRecipe
 from laaq.search.solver import CANDIDATE_BITS
 from laaq.train import TrainConfig, obtain_model
@@ -194,9 +194,10 @@ def compile_variant(cfg: BenchConfig, profile: TargetProfile, v: Variant, model:
 
 def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, v: Variant, model: torch.nn.Module,
                     data: Split, folder: Path, progress: bool, log=print, table: list[LayerTime] | None = None,
-                    clock: StageClock | None = None) -> Measured:
+                    clock: StageClock | None = None, transfers: TransferCache | None = None) -> Measured:
     """Compile one variant at both batch sizes, run it on the device and measure everything but its latency
-    (:func:`time_variants` times every variant of the target together, once all are attacked)."""
+    (:func:`time_variants` times every variant of the target together, once all are attacked). ``transfers``:
+    the run's transfer-check examples, crafted on the float model once for all integer variants."""
     clock = clock if clock is not None else StageClock()
     scope = scope_of(profile.name, v.name)
     arts = compile_variant(cfg, profile, v, model, data.input_shape, folder, log, progress, clock)
@@ -239,7 +240,8 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
                    transfer_source=model if v.kind == "int" else None,
                    state_path=folder / "attack_state" / f"{tag}.npz", state_tag=tag,
                    log=(lambda m: print(f"[{tag}] {m}", flush=True)) if progress else None,
-                   stand_in=stand_in, progress=progress, device=attack_device(cfg.attack_device))
+                   stand_in=stand_in, progress=progress, device=attack_device(cfg.attack_device),
+                   transfers=transfers, own_threads=profile.device.kind == "local")
     attack_s = time.perf_counter() - t_att
     clock.merge(scope, rob.seconds)
     if rob.stand_in is not None:
@@ -350,10 +352,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
                 log(f"NOTE: {session.where}'s TVM runtime uses {runtime_threads(session.system, 0)} thread(s), the "
                     f"target asks for {profile.threads} (pool sized earlier, or fewer cores); rows say what it uses")
             measured = [reload_for_timing(cfg, profile, session, name, data, folder) for name in waiting]
+            transfers = TransferCache()
             for v in variants:
                 t1 = time.perf_counter()
                 log(f"[{profile.name}] {v.name}: compile, run, attack ...")
-                m = measure_variant(cfg, profile, session, v, model, data, folder, progress, log, table, clock)
+                m = measure_variant(cfg, profile, session, v, model, data, folder, progress, log, table, clock,
+                                    transfers)
                 store.add(m.row, m.layers)  # accuracy safe on disk; latency follows in the timing phase
                 # the row is safe: its resumable attack state is no longer needed
                 (folder / "attack_state" / f"{row_tag(profile.name, v.name)}.npz").unlink(missing_ok=True)

@@ -34,7 +34,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -555,10 +556,11 @@ class _Ensemble:
         self.alive = _correct(deployed, x, y)
         self.x_worst = x.clone()
 
-    def run(self, attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], idx: np.ndarray | None = None,
-            name: str = "", calls: int = 0) -> np.ndarray:
+    def run(self, attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None, idx: np.ndarray | None = None,
+            name: str = "", calls: int = 0, given: torch.Tensor | None = None) -> np.ndarray:
         """Attack images ``idx`` (default: the survivors); returns per-image correctness on those images.
-        ``calls``: the member's model calls per batch at most (its progress bar)."""
+        ``calls``: the member's model calls per batch at most (its progress bar). ``given``: examples already
+        crafted for every image (a :class:`TransferCache`'s), judged instead of running ``attack``."""
         idx = np.flatnonzero(self.alive) if idx is None else idx
         if idx.size == 0:
             return np.zeros(0, dtype=bool)
@@ -570,11 +572,15 @@ class _Ensemble:
             ok_all[have] = self._judge(idx[have], xa)
             return ok_all
         xi, yi = self.x[idx], self.y[idx]
-        self.meter.start(f"{self.stage} {name} ({idx.size} images)", calls * math.ceil(idx.size / self.batch))
-        try:
-            xa = _project(_batched(attack, xi, yi, self.batch, self.device), xi, self.eps)
-        finally:
-            self.meter.close()
+        if given is not None:
+            xa = _project(given[torch.as_tensor(idx)], xi, self.eps)
+        else:
+            assert attack is not None
+            self.meter.start(f"{self.stage} {name} ({idx.size} images)", calls * math.ceil(idx.size / self.batch))
+            try:
+                xa = _project(_batched(attack, xi, yi, self.batch, self.device), xi, self.eps)
+            finally:
+                self.meter.close()
         if self.log is not None:
             self.log.add(key, idx, xa)
         return self._judge(idx, xa)
@@ -632,13 +638,57 @@ def _key(cfg: EvalConfig, x: torch.Tensor, y: torch.Tensor, tag: str) -> str:
     return h.hexdigest()[:16]
 
 
+class TransferCache:
+    """The transfer check's adversarial examples, crafted once per source and shared by every variant.
+
+    Why: the check crafts the preset's white-box members on the float model for the check images, and
+    those examples depend on the source, the images, ε, the preset and the seed — not on the model they are
+    judged on. ``bench`` with int8, int7 and LAAQ crafted them three times (~40 s each for VGG8 on 2 cores);
+    with one cache per run, once. Every member attacks every check image (not only the survivors of the
+    earlier members on one variant), so an image counts as broken when any member's example breaks it.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, tuple[torch.nn.Module, list[tuple[str, torch.Tensor]]]] = {}
+
+    def examples(self, source: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig, n_classes: int,
+                 device: torch.device | None = None) -> list[tuple[str, torch.Tensor]]:
+        """(member, examples of every image of ``x``) crafted on ``source`` with ``cfg``'s preset, cached."""
+        h = hashlib.sha256(x.numpy().tobytes())
+        h.update(y.numpy().tobytes())
+        key = (id(source), json.dumps(cfg.preset.to_dict(), sort_keys=True), cfg.eps, cfg.seed, h.hexdigest())
+        if key not in self._store:  # the source is kept with its entry, so its id cannot be reused meanwhile
+            src = source.eval()
+            crafted = [(name, _project(_batched(attack, x, y, cfg.batch, device), x, cfg.eps))
+                       for name, attack in _white_box_attacks(cfg.preset, src, cfg.eps, n_classes, cfg.seed + 2)]
+            self._store[key] = (source, crafted)
+        return self._store[key][1]
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block, restored after.
+
+    Why: a local TVM artefact runs on TVM's own thread pool. When torch ops (Square's bookkeeping, the
+    input conversion) run between its calls on torch's 2-thread OpenMP pool, each pool's idle workers spin
+    on the cores the other needs: on 2 cores a 2.8 ms artefact call beside a 3 ms torch conv took 9–15 ms
+    instead of ~6 (measured; ``OMP_WAIT_POLICY=PASSIVE`` removes it but slows the attacks by ~40 %)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------------------------------ entry point
 
 def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig,
              deployed: Predict | None = None, transfer_source: torch.nn.Module | None = None,
              state_path: Path | None = None, state_tag: str = "", log: Callable[[str], None] | None = None,
              examples: ExampleLog | None = None, stand_in: StandIn | None = None, progress: bool = False,
-             device: str | torch.device = "cpu") -> RobustResult:
+             device: str | torch.device = "cpu", transfers: TransferCache | None = None,
+             own_threads: bool = False) -> RobustResult:
     """Clean and robust accuracy of ``deployed`` on (x, y) under ``cfg``'s ensemble, with its checks.
 
     ``white_box`` is the differentiable stand-in the gradient attacks use (the bit-exact twin, or the
@@ -650,6 +700,10 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
     re-runs a sample of its queries: :class:`StandIn`). ``progress``: a bar per member (calls, ETA).
     ``device``: where the white-box attacks run (``"cuda"``: the white-box model and the transfer source are
     copied there; the deployed function, the stand-in and every verdict stay where they are).
+    ``transfers``: the transfer check's source examples, shared by every evaluation given the same cache
+    (they do not depend on the model judged). ``own_threads``: ``deployed`` runs on its own thread pool in
+    this process (a local TVM artefact); while Square queries it, torch keeps to one thread, so that the two
+    pools do not spin against each other on the same cores (:func:`torch_threads`).
     """
     dev = torch.device(device)
     wb = white_box if isinstance(white_box, torch.nn.Module) and any(True for _ in white_box.parameters()) \
@@ -708,8 +762,9 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
             # Square on the check subset (every clean-correct image, for the masking test) and on the
             # white-box survivors elsewhere (its contribution to the worst case), in one call
             targets = np.union1d(check_idx[clean[check_idx]], np.flatnonzero(ens.alive))
-            ok_targets = ens.run(_square(pre, _Metered(queried, meter), eps, seed), targets, "square",
-                                 calls=_expected_calls(pre, "square", n_classes))
+            with torch_threads(1 if own_threads and stand_in is None else torch.get_num_threads()):
+                ok_targets = ens.run(_square(pre, _Metered(queried, meter), eps, seed), targets, "square",
+                                     calls=_expected_calls(pre, "square", n_classes))
             sq_ok = clean.copy()
             sq_ok[targets] = ok_targets
             sq_ok_sub = sq_ok[check_idx]
@@ -734,7 +789,7 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
     if cfg.checks:
         t0 = time.perf_counter()
         checks.extend(_sanity_checks(cfg, wb, dep, transfer_source, x, y, check_idx, white_alive, n_classes, state,
-                                     examples, dev))
+                                     transfers or TransferCache(), examples, dev))
         seconds["checks"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
         curve = _eps_curve(cfg, wb, dep, x, y, n_classes, state, examples, dev)
@@ -756,7 +811,8 @@ def _beats(name: str, what: str, other_ok: np.ndarray, white_ok: np.ndarray) -> 
 
 def _sanity_checks(cfg: EvalConfig, wb: torch.nn.Module, dep: torch.nn.Module, transfer_source: torch.nn.Module | None,
                    x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, white_alive: np.ndarray, n_classes: int,
-                   state: _State, log: ExampleLog | None = None, device: torch.device | None = None) -> list[Check]:
+                   state: _State, transfers: TransferCache, log: ExampleLog | None = None,
+                   device: torch.device | None = None) -> list[Check]:
     """Convergence (a stronger white-box attack) and transfer (from the float model), on the check subset."""
     out = []
     xs, ys = x[idx], y[idx]
@@ -772,11 +828,13 @@ def _sanity_checks(cfg: EvalConfig, wb: torch.nn.Module, dep: torch.nn.Module, t
     if transfer_source is not None:
         tr = state.get("transfer_ok")
         if tr is None:
-            src = transfer_source.eval()
             sub = _Ensemble(xs, ys, dep, cfg.eps, cfg.batch, log, "transfer", device=device)
-            sub.alive = np.ones(len(xs), dtype=bool)  # attack every image on the source, judge on the deployed
-            for name, attack in _white_box_attacks(cfg.preset, src, cfg.eps, n_classes, cfg.seed + 2):
-                sub.run(attack, name=name)
+            sub.alive = np.ones(len(xs), dtype=bool)  # every image's source examples, judged on the deployed
+            replaying = log is not None and log.replaying
+            crafted = [(n, None) for n, _ in _white_box_attacks(cfg.preset, dep, cfg.eps, n_classes, 0)] \
+                if replaying else transfers.examples(transfer_source, xs, ys, cfg, n_classes, device)
+            for name, xa in crafted:
+                sub.run(None, name=name, given=xa)
             tr = sub.alive & _correct(dep, xs, ys)
             state.put(transfer_ok=tr)
         out.append(_beats("transfer", "transfer from the float model", tr.astype(bool), white_sub))

@@ -122,3 +122,25 @@ def test_twin_stays_bit_exact_on_the_attack_device(device: str) -> None:
     assert np.array_equal(acc.cpu().numpy(), ref)
     (g,) = torch.autograd.grad(logits.logsumexp(1).sum(), xg)
     assert g.device.type == device and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_twin_in_chunks_equals_one_batch() -> None:
+    """A batch larger than the twin's chunk runs in chunks: the same exact accumulators and logits, and
+    (up to float summation order) the same input gradient as one whole batch."""
+    torch.manual_seed(1)
+    model = ResNet20(image=16).eval()
+    randomize_bn_stats(model)
+    graph = model.to_graph()
+    qg = quantize_graph(graph, _mixed_plan(graph), torch.rand(32, 3, 16, 16))
+    x = torch.rand(23, 3, 16, 16)
+    whole, chunked = Twin(qg), Twin(qg)
+    whole.chunk, chunked.chunk = 64, 5  # 23 images: chunks of 5, the last one of 3
+    assert np.array_equal(chunked.exact_acc(x).numpy(), whole.exact_acc(x).numpy())
+    assert np.array_equal(chunked.exact_acc(x).numpy(), run_integer(qg, quantize_input(x).numpy()))
+    grads = []
+    for twin in (whole, chunked):
+        xi = x.clone().requires_grad_(True)
+        out = twin(xi)
+        grads.append((out.detach(), torch.autograd.grad(out.square().sum(), [xi])[0]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
