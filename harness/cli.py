@@ -298,8 +298,19 @@ def search(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed
               help="Instead of running: merge earlier --out folders (same configuration, e.g. one process per "
                    "seed) into --out.")
 @click.option("--out", "out", default="results/experiment", show_default=True, type=click.Path())
+@click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
+              help="Who computes the units. ray: each unit a Ray task (an embedded local Ray on this machine's "
+                   "cores, or the cluster at --address), retried if its worker dies; local: one at a time in this "
+                   "process (debugging). Units are identical either way; only the driver writes them.")
+@click.option("--address", default=None, envvar="RAY_ADDRESS",
+              help="Join the Ray cluster at HOST:PORT (started with `ray start --head`) instead of a local Ray.")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="At most this many units at once (0: the cluster's CPUs; each unit holds one CPU and runs "
+                   "torch on one thread).")
+@click.option("--attack-device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where the attacks run (auto: a CUDA GPU when torch sees one; each Ray unit then holds a GPU).")
 def experiment(data_dir, seeds, budgets, bops, models, methods, f1_bits, arch, attack, n_eval, quick, combine_dirs,
-               out) -> None:
+               out, executor, address, workers, attack_device) -> None:
     """LAAQ vs every baseline at several budgets (F2) and uniform widths on plain vs PGD-AT models (F1).
 
     F2: uniform (+ MSE clip), MSE, HAWQ-V3 Hessian, one-layer sensitivity, best-of-N random at LAAQ's search
@@ -309,7 +320,8 @@ def experiment(data_dir, seeds, budgets, bops, models, methods, f1_bits, arch, a
     evaluated on its bit-exact twin with the attack ensemble. Resumable: each finished unit is a file under
     OUT/units/; a re-run continues, and may add seeds, budgets or methods.
     """
-    from laaq.experiment import ExperimentConfig, combine, run_experiment
+    from laaq.experiment import ExperimentConfig, combine, make_executor, run_experiment
+    from laaq.robustness import attack_device as attack_device_of
     from laaq.robustness import get_preset
 
     def ints(text: str) -> tuple[int, ...]:
@@ -338,7 +350,9 @@ def experiment(data_dir, seeds, budgets, bops, models, methods, f1_bits, arch, a
     if combine_dirs:
         _, summary = _run(combine, list(combine_dirs), cfg, out)
     else:
-        _, summary = _run(run_experiment, cfg, out)
+        device = _run(attack_device_of, attack_device)
+        runner = _run(make_executor, executor, address, workers, 1.0 if device == "cuda" else 0.0)
+        _, summary = _run(run_experiment, cfg, out, executor=runner, device=device)
     click.echo(summary)
     click.echo(f"\nresults: {out}")
 

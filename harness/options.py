@@ -41,13 +41,14 @@ def _errors():
     from harness.results import ResultsError
     from harness.targets import TargetError
     from laaq.data import DataError
+    from laaq.experiment.executor import ExecutorError
     from laaq.experiment.store import StateMismatch
     from laaq.importer import ModelImportError
     from laaq.robustness import AttackError
     from laaq.train import CheckpointError
 
     return (TargetError, DataError, CheckpointError, CompileError, DeviceError, ResultsError, AttackError, BundleError,
-            ValueError, FileNotFoundError, OverflowError, ModelImportError, StateMismatch)
+            ValueError, FileNotFoundError, OverflowError, ModelImportError, StateMismatch, ExecutorError)
 
 
 def _run(fn, *a, **kw):

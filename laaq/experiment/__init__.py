@@ -18,12 +18,13 @@ import pandas as pd
 
 from .analysis import aggregate, answers, complete_blocks, differences, f1_table, kurtosis_table, search_cost
 from .config import BASELINES, F2_METHODS, MODEL_KINDS, ExperimentConfig, budget_for
-from .report import markdown, plot
+from .executor import Executor, ExecutorError, make_executor
+from .report import compute_section, markdown, plot
 from .run import rows_and_outcomes, run_grid, twin_for
 from .store import StateMismatch, UnitStore, atomic_write
 
-__all__ = ["BASELINES", "F2_METHODS", "MODEL_KINDS", "ExperimentConfig", "StateMismatch", "budget_for", "combine",
-           "run_experiment", "twin_for", "write_outputs"]
+__all__ = ["BASELINES", "F2_METHODS", "MODEL_KINDS", "Executor", "ExecutorError", "ExperimentConfig", "StateMismatch",
+           "budget_for", "combine", "make_executor", "run_experiment", "twin_for", "write_outputs"]
 
 
 def _store(cfg: ExperimentConfig, out: Path) -> UnitStore:
@@ -31,11 +32,15 @@ def _store(cfg: ExperimentConfig, out: Path) -> UnitStore:
 
 
 def run_experiment(cfg: ExperimentConfig | None = None, out_dir: str | Path = "results/experiment",
-                   progress: bool = True, cache_dir: Path | None = None) -> tuple[pd.DataFrame, str]:
-    """Run every unfinished unit of ``cfg`` into ``out_dir``, then write the tables; returns (rows, summary)."""
+                   progress: bool = True, cache_dir: Path | None = None, executor: Executor | None = None,
+                   device: str = "cpu") -> tuple[pd.DataFrame, str]:
+    """Run every unfinished unit of ``cfg`` into ``out_dir``, then write the tables; returns (rows, summary).
+
+    ``executor``: who computes the units (:mod:`laaq.experiment.executor`; default: this process, in order);
+    ``device``: where the attacks run (``cpu`` or ``cuda``)."""
     cfg = cfg or ExperimentConfig()
     store = _store(cfg, Path(out_dir))
-    run_grid(cfg, store, progress, cache_dir)
+    run_grid(cfg, store, progress, cache_dir, executor=executor, device=device)
     return write_outputs(cfg, Path(out_dir))
 
 
@@ -52,7 +57,8 @@ def write_outputs(cfg: ExperimentConfig, out: Path) -> tuple[pd.DataFrame, str]:
     atomic_write(out / "per_image.npz", lambda t: _save_npz(t, outcomes))
     for name, table in (("results", df), ("summary", agg), ("differences", diffs), ("f1", f1), ("search_cost", cost)):
         atomic_write(out / f"{name}.csv", lambda t, table=table: table.to_csv(t, index=False))
-    atomic_write(out / "results.md", lambda t: Path(t).write_text(markdown(agg, diffs, f1, kurt, cost, cfg, summary)))
+    text = markdown(agg, diffs, f1, kurt, cost, cfg, summary) + compute_section(df)
+    atomic_write(out / "results.md", lambda t: Path(t).write_text(text))
     atomic_write(out / "results.png", lambda t: plot(agg, t))
     return df, "\n".join(summary)
 

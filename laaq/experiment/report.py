@@ -69,6 +69,20 @@ def markdown(agg: pd.DataFrame, diffs: pd.DataFrame, f1: pd.DataFrame, kurt: pd.
     return "\n".join(out) + "\n"
 
 
+def compute_section(df: pd.DataFrame) -> str:
+    """What the study cost: CPU core-hours and unit wall-hours summed over units, and the nodes they ran on
+    (units finished before these columns existed are counted as unknown)."""
+    known = df[df.cpu_s.notna()] if "cpu_s" in df else df.iloc[:0]
+    lines = ["", "## Compute\n"]
+    if known.empty:
+        return "\n".join(lines + ["No unit recorded its CPU time (all finished before this was measured).", ""])
+    nodes = sorted({str(n) for n in known.node if str(n)}) if "node" in known else []
+    lines.append(f"{len(known)} of {len(df)} units recorded their cost: {known.cpu_s.sum() / 3600:.2f} CPU core-hours "
+                 f"(each unit's process CPU time) in {known.unit_s.sum() / 3600:.2f} unit wall-hours, "
+                 f"on {len(nodes)} node(s): {', '.join(nodes)}.")
+    return "\n".join(lines + [""])
+
+
 def plot(agg: pd.DataFrame, path: str) -> None:
     """Robust accuracy vs average-bit budget per method (t-interval bars), one panel per model kind."""
     import matplotlib

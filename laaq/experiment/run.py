@@ -8,6 +8,7 @@ budget's units are unfinished), then F1. A killed run restarts at the first unfi
 from __future__ import annotations
 
 import json
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from laaq.stats import wilson
 from laaq.train import TrainConfig, train_or_load
 
 from .config import GROUP_SUFFIX, ExperimentConfig, budget_for, split_method
+from .executor import Executor, LocalExecutor
 from .store import Unit, UnitStore, unit_key
 
 MATCH_IMAGES = 200  # images for the plain model's radius matching (test images past the evaluated ones)
@@ -120,55 +122,80 @@ def f1_plan(graph: Graph, bits: int, clip_mode: str, clips: tuple[float, ...]) -
     return QuantPlan(layers, name=f"w{bits}-{clip_mode}", meta={"method": f"uniform-{clip_mode}", "search_time_s": "0"})
 
 
-class Runner:
-    """Evaluates and stores units for one :class:`SeedContext`."""
+@dataclass(frozen=True)
+class UnitTask:
+    """One unit to compute: which model (kind, seed), budget label and method; ``laaq_evals``: for
+    ``random-best``, as many random plans as LAAQ's refinement evaluated at that seed and budget."""
 
-    def __init__(self, cfg: ExperimentConfig, ctx: SeedContext, store: UnitStore, log: Callable[[str], None]) -> None:
-        self.cfg, self.ctx, self.store, self.log = cfg, ctx, store, log
-        self.ecfg = replace(cfg.evaluation, eps=ctx.eps, seed=ctx.seed)
-        self.stats = layer_stats(ctx.graph)
+    kind: str
+    seed: int
+    budget: str
+    method: str
+    laaq_evals: int = 0
 
-    def evaluate(self, budget: str, method: str, plan: QuantPlan | None, extra: dict[str, object] | None = None
-                 ) -> Unit:
-        c = self.ctx
-        t0 = time.perf_counter()
-        predict = c.model if plan is None else twin_for(c.graph, plan, c.calib)
-        r = evaluate(predict, c.x, c.y, self.ecfg)
-        (c_lo, c_hi), (r_lo, r_hi) = (wilson(int(v.sum()), v.size) for v in (r.clean, r.robust))
-        row: dict[str, object] = {
-            "seed": c.seed, "model": c.kind, "budget": budget, "method": method, "eps": c.eps,
-            "attack": self.ecfg.preset.name, "n_eval": int(r.clean.size),
-            "clean": float(r.clean.mean()), "clean_lo": c_lo, "clean_hi": c_hi,
-            "robust": float(r.robust.mean()), "robust_lo": r_lo, "robust_hi": r_hi,
-            "avg_bits": 32.0, "bops_frac": 16.0, "search_s": 0.0, "eval_s": time.perf_counter() - t0, "plan": "float32"}
-        if plan is not None:
-            used = spend(plan.layers, self.stats, Budget(avg_bits=99, bops=1e30))
-            row.update(avg_bits=used["avg_bits"], bops_frac=used["bops"] / c.bops_int8,
-                       search_s=float(plan.meta.get("search_time_s", 0.0)), plan=_alloc_str(plan))
-        row.update(extra or {})
-        unit = Unit(unit_key(c.kind, c.seed, budget, method), row, r.clean, r.robust,
-                    plan.to_json() if plan is not None else "")
-        self.store.put(unit)
-        self.log(f"[{c.kind} s{c.seed} {budget} {method}] clean {row['clean']:.3f} robust {row['robust']:.3f} "
-                 f"({row['eval_s']:.0f} s)")
-        return unit
+    @property
+    def key(self) -> str:
+        return unit_key(self.kind, self.seed, self.budget, self.method)
 
-    def laaq_evaluations(self, budget: str, laaq: str = "laaq") -> int:
-        """How many exact-loss evaluations LAAQ's refinement made at this seed and budget (0: not run)."""
-        key = unit_key(self.ctx.kind, self.ctx.seed, budget, laaq)
-        if not self.store.has(key) or not self.store.get(key).plan:
-            return 0
-        return int(QuantPlan.from_json(self.store.get(key).plan).meta.get("refine_evals", 0))
 
-    def plan(self, budget: Budget, label: str, method: str) -> QuantPlan:
-        base, group = split_method(method)
-        scfg = replace(self.cfg.search, seed=self.ctx.seed, random_count=self.cfg.random_count, group_size=group)
-        if base == "laaq-ilp":
-            return search_plan("laaq", self.ctx.graph, self.ctx.calib, budget, replace(scfg, refine=False))
-        if base == "random-best":  # equal compute: as many exact-loss evaluations as LAAQ's refinement made
-            laaq = "laaq" + (f"{GROUP_SUFFIX}{group}" if group else "")
-            scfg = replace(scfg, random_count=max(self.cfg.random_count, self.laaq_evaluations(label, laaq)))
-        return search_plan(base, self.ctx.graph, self.ctx.calib, budget, scfg)
+def _plan(cfg: ExperimentConfig, ctx: SeedContext, task: UnitTask) -> QuantPlan | None:
+    """The unit's plan (None: the float model), searched here when the unit is an F2 method."""
+    if task.budget == "fp32":
+        return None
+    if task.budget == "f1":
+        bits, mode = task.method[1:].split("-")
+        return f1_plan(ctx.graph, int(bits), mode, cfg.search.clips)
+    budget = budget_for(task.budget, ctx.bops_int8)
+    base, group = split_method(task.method)
+    scfg = replace(cfg.search, seed=ctx.seed, random_count=cfg.random_count, group_size=group)
+    if base == "laaq-ilp":
+        return search_plan("laaq", ctx.graph, ctx.calib, budget, replace(scfg, refine=False))
+    if base == "random-best":  # equal compute: as many exact-loss evaluations as LAAQ's refinement made
+        scfg = replace(scfg, random_count=max(cfg.random_count, task.laaq_evals))
+    return search_plan(base, ctx.graph, ctx.calib, budget, scfg)
+
+
+def compute_unit(cfg: ExperimentConfig, ctx: SeedContext, task: UnitTask, device: str = "cpu", node: str = "") -> Unit:
+    """One unit — its plan searched, its bit-exact twin (or the float model) attacked — as a :class:`Unit`.
+
+    Pure: writes nothing (the driver alone stores units), so any executor may run it, anywhere. The row
+    records where it ran (``node``), its wall time and this process's CPU time (the study's core-hours)."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    plan = _plan(cfg, ctx, task)
+    t0 = time.perf_counter()
+    predict = ctx.model if plan is None else twin_for(ctx.graph, plan, ctx.calib)
+    ecfg = replace(cfg.evaluation, eps=ctx.eps, seed=ctx.seed)
+    r = evaluate(predict, ctx.x, ctx.y, ecfg, device=device)
+    (c_lo, c_hi), (r_lo, r_hi) = (wilson(int(v.sum()), v.size) for v in (r.clean, r.robust))
+    row: dict[str, object] = {
+        "seed": ctx.seed, "model": ctx.kind, "budget": task.budget, "method": task.method, "eps": ctx.eps,
+        "attack": ecfg.preset.name, "n_eval": int(r.clean.size),
+        "clean": float(r.clean.mean()), "clean_lo": c_lo, "clean_hi": c_hi,
+        "robust": float(r.robust.mean()), "robust_lo": r_lo, "robust_hi": r_hi,
+        "avg_bits": 32.0, "bops_frac": 16.0, "search_s": 0.0, "eval_s": time.perf_counter() - t0, "plan": "float32"}
+    if plan is not None:
+        used = spend(plan.layers, layer_stats(ctx.graph), Budget(avg_bits=99, bops=1e30))
+        row.update(avg_bits=used["avg_bits"], bops_frac=used["bops"] / ctx.bops_int8,
+                   search_s=float(plan.meta.get("search_time_s", 0.0)), plan=_alloc_str(plan))
+    if task.budget == "fp32":
+        row["kurtosis"] = json.dumps(kurtosis(ctx.graph))
+    row.update(node=node or platform.node(), unit_s=round(time.perf_counter() - wall0, 3),
+               cpu_s=round(time.process_time() - cpu0, 3))
+    return Unit(task.key, row, r.clean, r.robust, plan.to_json() if plan is not None else "")
+
+
+def _laaq_for(method: str) -> str:
+    """The LAAQ unit a ``random-best`` unit takes its number of random plans from (same group size)."""
+    _, group = split_method(method)
+    return "laaq" + (f"{GROUP_SUFFIX}{group}" if group else "")
+
+
+def laaq_evaluations(store: UnitStore, kind: str, seed: int, budget: str, laaq: str = "laaq") -> int:
+    """How many exact-loss evaluations LAAQ's refinement made at this seed and budget (0: not run)."""
+    key = unit_key(kind, seed, budget, laaq)
+    if not store.has(key) or not store.get(key).plan:
+        return 0
+    return int(QuantPlan.from_json(store.get(key).plan).meta.get("refine_evals", 0))
 
 
 def _ordered(methods: tuple[str, ...]) -> list[str]:
@@ -182,30 +209,60 @@ def pending(cfg: ExperimentConfig, store: UnitStore, kind: str, seed: int) -> li
     return [(b, m) for b, m in keys if not store.has(unit_key(kind, seed, b, m))]
 
 
+def _waits_for(cfg: ExperimentConfig, store: UnitStore, task: UnitTask) -> str | None:
+    """The key of the unfinished LAAQ unit a ``random-best`` task must wait for (None: ready now)."""
+    if task.budget in ("fp32", "f1") or split_method(task.method)[0] != "random-best":
+        return None
+    laaq = _laaq_for(task.method)
+    key = unit_key(task.kind, task.seed, task.budget, laaq)
+    return key if laaq in cfg.methods and not store.has(key) else None
+
+
 def run_grid(cfg: ExperimentConfig, store: UnitStore, progress: bool = True, cache_dir: Path | None = None,
-             log: Callable[[str], None] = print) -> None:
-    """Every unfinished unit of ``cfg``, in order; each finished unit is on disk before the next starts."""
+             log: Callable[[str], None] = print, executor: Executor | None = None, device: str = "cpu") -> None:
+    """Every unfinished unit of ``cfg``; each finished unit is on disk (written here, by the driver alone)
+    as soon as it is back. The models are trained or loaded and calibrated here, once per (seed, kind); the
+    units go to ``executor`` (default: in this process, in order), ``random-best`` after its LAAQ unit."""
+    executor = executor or LocalExecutor()
     data = load_dataset(cfg.dataset, seed=0, data_dir=cfg.data_dir)
     total = sum(len(pending(cfg, store, k, s)) for s in cfg.seeds for k in cfg.models)
-    bar = tqdm(total=total, desc="experiment units", unit="unit", disable=not progress)
-    for seed in cfg.seeds:
-        for kind in cfg.models:
-            todo = pending(cfg, store, kind, seed)
-            if not todo:
-                continue
-            ctx = context(data, cfg, seed, kind, progress, cache_dir, store)
-            run = Runner(cfg, ctx, store, lambda m: bar.write(m) if progress else log(m))
-            for budget_label, method in todo:
-                if budget_label == "fp32":
-                    run.evaluate("fp32", "fp32", None, {"kurtosis": json.dumps(kurtosis(ctx.graph))})
-                elif budget_label == "f1":
-                    bits, mode = method[1:].split("-")
-                    run.evaluate("f1", method, f1_plan(ctx.graph, int(bits), mode, cfg.search.clips))
-                else:
-                    budget = budget_for(budget_label, ctx.bops_int8)
-                    run.evaluate(budget_label, method, run.plan(budget, budget_label, method))
-                bar.update(1)
-    bar.close()
+    bar = tqdm(total=total, desc=f"experiment units ({executor.describe()})", unit="unit", disable=not progress)
+    say = (lambda m: bar.write(m)) if progress else log
+    contexts: dict[tuple[str, int], SeedContext] = {}
+    waiting: dict[str, list[UnitTask]] = {}
+
+    def submit(task: UnitTask) -> None:
+        f2 = task.budget not in ("fp32", "f1")
+        laaq = _laaq_for(task.method) if f2 and split_method(task.method)[0] == "random-best" else ""
+        if laaq:
+            task = replace(task, laaq_evals=laaq_evaluations(store, task.kind, task.seed, task.budget, laaq))
+        executor.submit(compute_unit, cfg, contexts[(task.kind, task.seed)], task, device)
+
+    try:
+        for seed in cfg.seeds:
+            for kind in cfg.models:
+                todo = [UnitTask(kind, seed, b, m) for b, m in pending(cfg, store, kind, seed)]
+                if not todo:
+                    continue
+                contexts[(kind, seed)] = context(data, cfg, seed, kind, progress, cache_dir, store)
+                for task in todo:
+                    after = _waits_for(cfg, store, task)
+                    if after is None:
+                        submit(task)
+                    else:
+                        waiting.setdefault(after, []).append(task)
+        while executor.pending():
+            unit = executor.next_done()
+            store.put(unit)
+            r = unit.row
+            say(f"[{r['model']} s{r['seed']} {r['budget']} {r['method']}] clean {r['clean']:.3f} robust "
+                f"{r['robust']:.3f} ({r['eval_s']:.0f} s, {r.get('node', '')})")
+            bar.update(1)
+            for task in waiting.pop(unit.key, []):
+                submit(task)
+    finally:
+        bar.close()
+        executor.close()
 
 
 def rows_and_outcomes(cfg: ExperimentConfig, store: UnitStore) -> tuple[list[dict[str, object]], dict[str, np.ndarray]]:
