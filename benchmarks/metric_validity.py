@@ -43,6 +43,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     ap.add_argument("--out", default="results/metric-validity")
     ap.add_argument("--quick", action="store_true", help="digits + tiny CNN smoke run")
+    ap.add_argument("--executor", default="local", choices=["local", "ray"],
+                    help="who attacks the plans: this process in order, or Ray tasks (one CPU each)")
+    ap.add_argument("--address", default=None, help="Ray cluster HOST:PORT (default: a local Ray)")
+    ap.add_argument("--workers", type=int, default=0, help="Ray: plans in flight at most (0: the cluster's CPUs)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.quick:
@@ -53,7 +57,10 @@ def main() -> None:
     cfg = replace(cfg, n_plans=a.plans if not a.quick else cfg.n_plans)
     data = load_dataset(cfg.dataset, seed=0)
     print(cfg.describe(), flush=True)
-    df, corr = run(data, cfg, a.out, log=lambda m: print(m, flush=True), max_plans=a.max_new)
+    from laaq.experiment.executor import make_executor
+
+    df, corr = run(data, cfg, a.out, log=lambda m: print(m, flush=True), max_plans=a.max_new,
+                   executor=make_executor(a.executor, a.address, a.workers))
     if len(corr):
         print(corr.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,7 @@ import torch
 
 from laaq.attacks import PGDConfig, pgd_step
 from laaq.data import Split
+from laaq.experiment.executor import Executor, LocalExecutor
 from laaq.graph import Graph
 from laaq.importer import model_graph
 from laaq.lipschitz import conv_operator_norms, dense_operator_norm
@@ -396,12 +398,28 @@ def prepare(data: Split, cfg: ValidityConfig, cache_dir: Path | None = None, pro
     return Prepared(model, graph, split.x_test[: cfg.n_eval], split.y_test[: cfg.n_eval], calib, train_s, cached)
 
 
+def plan_row(prep: Prepared, ecfg: EvalConfig, i: int, target: float, alloc, params: dict[str, int],
+             ref_robust: float, node: str = "") -> dict[str, object]:
+    """One sampled plan quantized and attacked on its bit-exact twin: its ``plans.csv`` row (writes nothing,
+    so an executor may run it anywhere; ``node``: where it ran)."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    plan = QuantPlan(dict(alloc), name=f"plan{i}")
+    twin = Twin(quantize_graph(prep.graph, plan, prep.calib.all_x)).eval()
+    r = evaluate(twin, prep.x_val, prep.y_val, ecfg)
+    return {"plan": i, "target": round(target, 4), "avg_bits": round(avg_bits(alloc, params), 4),
+            "clean": r.clean_acc, "robust": r.robust_acc, "drop": round(ref_robust - r.robust_acc, 6),
+            "seconds": round(time.perf_counter() - t0, 1), "alloc": alloc_str(alloc),
+            "cpu_s": round(time.process_time() - cpu0, 2), "node": node or platform.node()}
+
+
 def run(data: Split, cfg: ValidityConfig, out_dir: str | Path, cache_dir: Path | None = None,
-        log: Callable[[str], None] = print, max_plans: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        log: Callable[[str], None] = print, max_plans: int | None = None, executor: Executor | None = None
+        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Measure (or resume) ``cfg.n_plans`` plans; returns (plan rows, correlation table) and writes
     ``plans.csv``, ``costs.json``, ``config.json`` and ``correlations.md`` under ``out_dir/<arch>-<digest>/``.
 
-    ``max_plans`` stops after that many *new* plans this call (the rest resumes next time)."""
+    ``max_plans`` stops after that many *new* plans this call (the rest resumes next time). ``executor``:
+    who attacks the plans (:mod:`laaq.experiment.executor`: Ray tasks, or this process in order)."""
     out = Path(out_dir) / f"{cfg.train.arch}-{cfg.digest()}"
     out.mkdir(parents=True, exist_ok=True)
     _atomic_text(out / "config.json", json.dumps({"description": cfg.describe(), **asdict(cfg)}, indent=1,
@@ -443,27 +461,28 @@ def run(data: Split, cfg: ValidityConfig, out_dir: str | Path, cache_dir: Path |
     plans = sample_plans(params, cfg.n_plans, *cfg.bits_range, cfg.bits, cfg.clips, cfg.plan_seed)
     done = set(df["plan"].astype(int)) if len(df) else set()
     rows = df.to_dict("records") if len(df) else []
+    executor = executor or LocalExecutor()
     new = 0
-    for i, (target, alloc) in enumerate(plans):
-        if i in done:
-            prev = next(r for r in rows if int(r["plan"]) == i)
-            if prev["alloc"] != alloc_str(alloc):
-                raise ValueError(f"{csv}: plan {i} differs from this config's draw; remove the folder to start over")
-            continue
-        if max_plans is not None and new >= max_plans:
-            break
-        t0 = time.perf_counter()
-        plan = QuantPlan(dict(alloc), name=f"plan{i}")
-        twin = Twin(quantize_graph(graph, plan, prep.calib.all_x)).eval()
-        r = evaluate(twin, prep.x_val, prep.y_val, ecfg)
-        row = {"plan": i, "target": round(target, 4), "avg_bits": round(avg_bits(alloc, params), 4),
-               "clean": r.clean_acc, "robust": r.robust_acc, "drop": round(ref["robust"] - r.robust_acc, 6),
-               "seconds": round(time.perf_counter() - t0, 1), "alloc": alloc_str(alloc)}
-        rows.append(row)
-        new += 1
-        _atomic_text(csv, pd.DataFrame(rows).to_csv(index=False))
-        log(f"  plan {i}: {row['avg_bits']:.2f} bits, robust {r.robust_acc:.3f} (drop {row['drop']:+.3f}), "
-            f"{row['seconds']} s")
+    try:
+        for i, (target, alloc) in enumerate(plans):
+            if i in done:
+                prev = next(r for r in rows if int(r["plan"]) == i)
+                if prev["alloc"] != alloc_str(alloc):
+                    raise ValueError(f"{csv}: plan {i} differs from this config's draw; remove the folder to "
+                                     "start over")
+                continue
+            if max_plans is not None and new >= max_plans:
+                break
+            executor.submit(plan_row, prep, ecfg, i, target, alloc, params, ref["robust"])
+            new += 1
+        while executor.pending():  # rows come back in any order; only this process writes plans.csv
+            row = executor.next_done()
+            rows.append(row)
+            _atomic_text(csv, pd.DataFrame(rows).to_csv(index=False))
+            log(f"  plan {row['plan']}: {row['avg_bits']:.2f} bits, robust {row['robust']:.3f} "
+                f"(drop {row['drop']:+.3f}), {row['seconds']} s")
+    finally:
+        executor.close()
     df = pd.DataFrame(rows).sort_values("plan")
     df = df[df["plan"] < cfg.n_plans].reset_index(drop=True)  # a longer earlier run: analyse the first n_plans
     for m in cfg.metrics:  # costs come from the cached tables, so metrics can be added without re-attacking

@@ -148,3 +148,16 @@ def test_recipes_are_the_cli_checkpoints() -> None:
     assert train_config("mnist5k", "vgg8", 6, 3e-3, False, None, 0)[0] == RECIPES["vgg8"]
     assert train_config("mnist5k", "smallcnn", 6, None, False, None, 0)[0] == RECIPES["smallcnn"]
     assert train_config("mnist5k", None, 6, None, False, None, 0)[0] == RECIPES["vgg8"]  # the default model
+
+
+def test_plans_on_ray_equal_plans_in_process(digits, tmp_path, private_cache) -> None:
+    """The same plans attacked as Ray tasks: identical rows (outcomes), each with the node it ran on."""
+    from laaq.experiment.executor import RayExecutor
+
+    cfg = _tiny_config()
+    local, _ = mv.run(digits, cfg, tmp_path / "local", cache_dir=private_cache, log=lambda m: None)
+    on_ray, _ = mv.run(digits, cfg, tmp_path / "ray", cache_dir=private_cache, log=lambda m: None,
+                       executor=RayExecutor(workers=2))
+    cols = ["plan", "alloc", "avg_bits", "clean", "robust", "drop"]
+    pd.testing.assert_frame_equal(on_ray[cols], local[cols])
+    assert on_ray["node"].str.startswith("ray:").all()
