@@ -196,8 +196,7 @@ def measure_variant(cfg: BenchConfig, profile: TargetProfile, session: Session, 
                     data: Split, folder: Path, progress: bool, log=print, table: list[LayerTime] | None = None,
                     clock: StageClock | None = None, transfers: TransferCache | None = None) -> Measured:
     """Compile one variant at both batch sizes, run it on the device and measure everything but its latency
-    (:func:`time_variants` times every variant of the target together, once all are attacked). ``transfers``:
-    the run's transfer-check examples, crafted on the float model once for all integer variants."""
+    (:func:`time_variants` times every variant together, once all are attacked; ``transfers``: shared by them)."""
     clock = clock if clock is not None else StageClock()
     scope = scope_of(profile.name, v.name)
     arts = compile_variant(cfg, profile, v, model, data.input_shape, folder, log, progress, clock)

@@ -214,8 +214,10 @@ def test_grouped_methods_run_and_are_compared(cache: Path, tmp_path: Path) -> No
     assert "mse@g8" in set(d.baseline) and (d.baseline == "best (mse@g8)").any()
 
 
-def test_attack_gap_script_compares_per_image(quick_run, cache: Path, tmp_path: Path) -> None:
-    """benchmarks/attack_gap.py re-attacks stored plans on the same images and writes the per-plan gap."""
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_attack_gap_script_compares_per_image(quick_run, cache: Path, tmp_path: Path, executor: str) -> None:
+    """benchmarks/attack_gap.py re-attacks stored plans on the same images and writes the per-plan gap
+    (in this process, or as Ray tasks: the same figures)."""
     import shutil
     import subprocess
     import sys
@@ -225,7 +227,8 @@ def test_attack_gap_script_compares_per_image(quick_run, cache: Path, tmp_path: 
     shutil.copytree(out, folder)
     root = Path(__file__).resolve().parent.parent
     r = subprocess.run([sys.executable, "benchmarks/attack_gap.py", str(folder), "--quick", "--budget", "bits3",
-                        "--methods", "mse,laaq", "--attack", "quick", "--cache-dir", str(cache)], cwd=root,
+                        "--methods", "mse,laaq", "--attack", "quick", "--cache-dir", str(cache),
+                        "--executor", executor], cwd=root,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     gap = pd.read_csv(folder / "attack_gap.csv")
