@@ -24,15 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _content(out: Path) -> dict[str, tuple]:
-    got = {}
-    for p in sorted((out / "units").glob("*.json")):
-        u = json.loads(p.read_text())
-        plan = json.loads(u["plan"])["layers"] if u["plan"] else None
-        got[p.name] = (json.dumps(plan, sort_keys=True), u["clean"], u["robust"])
-    return got
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
@@ -41,6 +32,7 @@ def main() -> None:
     a = ap.parse_args()
     from harness.environment import environment
     from laaq.experiment import ExperimentConfig, make_executor, run_experiment
+    from laaq.experiment.store import unit_contents
 
     cfg = replace(ExperimentConfig(), models=("pgd-at",), seeds=tuple(int(s) for s in a.seeds.split(",")),
                   budgets=(3.0,), bops_fraction=None, f1_bits=(), n_eval=a.n_eval,
@@ -55,7 +47,7 @@ def main() -> None:
             ex = make_executor(name, workers=a.workers if name == "ray" else 0)
             run_experiment(cfg, out, progress=False, executor=ex)
             times[name] = time.perf_counter() - t0
-        same = _content(Path(tmp) / "local") == _content(Path(tmp) / "ray")
+        same = unit_contents(Path(tmp) / "local") == unit_contents(Path(tmp) / "ray")
         rows = [json.loads(p.read_text())["row"] for p in (Path(tmp) / "ray" / "units").glob("*.json")]
         cpu = sum(r.get("cpu_s", 0) for r in rows)
         nodes = sorted({r.get("node", "") for r in rows})

@@ -48,13 +48,18 @@ def test_twin_reference_tvm_agree_on_eval_set(tiny_model, digits) -> None:
     assert out.dtype == np.int32 and np.array_equal(out, ref)
 
 
-def test_random_inputs_and_resnet_residuals_exact() -> None:
-    torch.manual_seed(0)
+def _mixed_resnet(seed: int):
+    """A 16×16 ResNet-20 with non-trivial batch-norm under a mixed 2–8-bit plan: residuals and every width."""
+    torch.manual_seed(seed)
     model = ResNet20(image=16).eval()
     randomize_bn_stats(model)  # non-trivial BN: folding matters
     graph = model.to_graph()
-    assert any(n.residual for n in graph.nodes)
-    qg = quantize_graph(graph, _mixed_plan(graph), torch.rand(32, 3, 16, 16))
+    return quantize_graph(graph, _mixed_plan(graph), torch.rand(32, 3, 16, 16))
+
+
+def test_random_inputs_and_resnet_residuals_exact() -> None:
+    qg = _mixed_resnet(seed=0)
+    assert any(n.residual for n in qg.graph.nodes)
     x = torch.rand(8, 3, 16, 16)
     xq = quantize_input(x).numpy()
     ref = run_integer(qg, xq)
@@ -108,11 +113,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 def test_twin_stays_bit_exact_on_the_attack_device(device: str) -> None:
     """`--attack-device`: the twin moved with `.to(device)` (float32 exact paths on the CPU, float64 on a GPU)
     gives the integer reference's accumulators, and its gradient path still runs there."""
-    torch.manual_seed(1)
-    model = ResNet20(image=16).eval()
-    randomize_bn_stats(model)
-    graph = model.to_graph()
-    qg = quantize_graph(graph, _mixed_plan(graph), torch.rand(32, 3, 16, 16))
+    qg = _mixed_resnet(seed=1)
     x = torch.rand(8, 3, 16, 16)
     ref = run_integer(qg, quantize_input(x).numpy())
     twin = Twin(qg).to(device)
@@ -127,11 +128,7 @@ def test_twin_stays_bit_exact_on_the_attack_device(device: str) -> None:
 def test_twin_in_chunks_equals_one_batch() -> None:
     """A batch larger than the twin's chunk runs in chunks: the same exact accumulators and logits, and
     (up to float summation order) the same input gradient as one whole batch."""
-    torch.manual_seed(1)
-    model = ResNet20(image=16).eval()
-    randomize_bn_stats(model)
-    graph = model.to_graph()
-    qg = quantize_graph(graph, _mixed_plan(graph), torch.rand(32, 3, 16, 16))
+    qg = _mixed_resnet(seed=1)
     x = torch.rand(23, 3, 16, 16)
     whole, chunked = Twin(qg), Twin(qg)
     whole.chunk, chunked.chunk = 64, 5  # 23 images: chunks of 5, the last one of 3

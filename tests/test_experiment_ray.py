@@ -18,6 +18,7 @@ import pytest
 
 from laaq.experiment import ExperimentConfig, run_experiment
 from laaq.experiment.executor import ExecutorError, RayExecutor, make_executor
+from laaq.experiment.store import unit_contents
 
 RAY = Path(sys.executable).with_name("ray")
 
@@ -25,16 +26,6 @@ RAY = Path(sys.executable).with_name("ray")
 def _cfg() -> ExperimentConfig:
     """The quick grid on one seed: 43 small units (fp32, 8 methods x 2 budgets, F1 x 2 models)."""
     return replace(ExperimentConfig.quick(), seeds=(0,))
-
-
-def _content(out: Path) -> dict[str, tuple]:
-    """Per unit: its plan's layer settings and its per-image outcomes (not timings, not where it ran)."""
-    got = {}
-    for p in sorted((out / "units").glob("*.json")):
-        u = json.loads(p.read_text())
-        plan = json.loads(u["plan"])["layers"] if u["plan"] else None
-        got[p.name] = (json.dumps(plan, sort_keys=True), u["clean"], u["robust"])
-    return got
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,7 @@ def test_ray_units_equal_local_units(local_run: Path, cache: Path, tmp_path: Pat
     ex = RayExecutor(workers=2)
     assert ex.workers == 2
     run_experiment(_cfg(), tmp_path, progress=False, cache_dir=cache, executor=ex)
-    ray_units, local_units = _content(tmp_path), _content(local_run)
+    ray_units, local_units = unit_contents(tmp_path), unit_contents(local_run)
     assert len(ray_units) == len(local_units) > 40
     assert ray_units == local_units  # plans and outcomes identical, unit by unit
     rows = [json.loads(p.read_text())["row"] for p in (tmp_path / "units").glob("*.json") if "__match__" not in p.name]
@@ -92,8 +83,8 @@ def test_killed_worker_unit_is_retried(local_run: Path, cache: Path, tmp_path: P
         t.join(timeout=10)
     assert killed, "no running unit was caught to kill"
     assert not list(tmp_path.rglob("*.tmp"))  # no partial file
-    assert _content(tmp_path) == _content(local_run)  # every unit once, equal to the undisturbed run's
-    rows = [k for k in _content(local_run) if "__match__" not in k]  # the radius-matching unit is not a table row
+    assert unit_contents(tmp_path) == unit_contents(local_run)  # every unit once, equal to the undisturbed run's
+    rows = [k for k in unit_contents(local_run) if "__match__" not in k]  # the radius-matching unit is not a table row
     assert (tmp_path / "results.csv").read_text().count("\n") == len(rows) + 1
 
 
@@ -121,7 +112,7 @@ def test_two_node_cluster_on_loopback(local_run: Path, cache: Path, tmp_path: Pa
         subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
     nodes = {json.loads(p.read_text())["row"].get("node") for p in (tmp_path / "units").glob("*.json")}
     assert len({n for n in nodes if n}) == 2, nodes  # units ran on both nodes
-    assert _content(tmp_path) == _content(local_run)
+    assert unit_contents(tmp_path) == unit_contents(local_run)
 
 
 def test_bad_executor_settings_fail_clearly() -> None:

@@ -57,6 +57,17 @@ class Unit:
         return cls(d["key"], d["row"], arr(d["clean"]), arr(d["robust"]), d.get("plan", ""))
 
 
+def unit_contents(out: Path) -> dict[str, tuple[str, str, str]]:
+    """Per unit file of a folder: its plan's layer settings and its per-image outcomes — what must not
+    depend on who computed it (timings and the node it ran on left out). For comparing executors."""
+    got = {}
+    for p in sorted((Path(out) / "units").glob("*.json")):
+        u = json.loads(p.read_text())
+        plan = json.loads(u["plan"])["layers"] if u["plan"] else None
+        got[p.name] = (json.dumps(plan, sort_keys=True), u["clean"], u["robust"])
+    return got
+
+
 def unit_key(kind: str, seed: int, budget: str, method: str) -> str:
     return f"{kind}|{seed}|{budget}|{method}"
 
