@@ -649,20 +649,27 @@ class TransferCache:
     """
 
     def __init__(self) -> None:
-        self._store: dict[tuple, tuple[torch.nn.Module, list[tuple[str, torch.Tensor]]]] = {}
+        self._store: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
 
     def examples(self, source: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig, n_classes: int,
                  device: torch.device | None = None) -> list[tuple[str, torch.Tensor]]:
-        """(member, examples of every image of ``x``) crafted on ``source`` with ``cfg``'s preset, cached."""
-        h = hashlib.sha256(x.numpy().tobytes())
+        """(member, examples of every image of ``x``) crafted on ``source`` with ``cfg``'s preset, cached.
+
+        The source is known by its weights' content, not its identity: on a GPU each evaluation attacks its
+        own copy of the float model, which must still find the examples the first one crafted."""
+        h = hashlib.sha256(type(source).__name__.encode())
+        for name, t in source.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(x.numpy().tobytes())
         h.update(y.numpy().tobytes())
-        key = (id(source), json.dumps(cfg.preset.to_dict(), sort_keys=True), cfg.eps, cfg.seed, h.hexdigest())
-        if key not in self._store:  # the source is kept with its entry, so its id cannot be reused meanwhile
+        key = (h.hexdigest(), json.dumps(cfg.preset.to_dict(), sort_keys=True), cfg.eps, cfg.seed)
+        if key not in self._store:
             src = source.eval()
-            crafted = [(name, _project(_batched(attack, x, y, cfg.batch, device), x, cfg.eps))
-                       for name, attack in _white_box_attacks(cfg.preset, src, cfg.eps, n_classes, cfg.seed + 2)]
-            self._store[key] = (source, crafted)
-        return self._store[key][1]
+            self._store[key] = [(name, _project(_batched(attack, x, y, cfg.batch, device), x, cfg.eps))
+                                for name, attack in _white_box_attacks(cfg.preset, src, cfg.eps, n_classes,
+                                                                       cfg.seed + 2)]
+        return self._store[key]
 
 
 @contextmanager

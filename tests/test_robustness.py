@@ -145,3 +145,26 @@ def test_missing_library_is_named(twin_and_data, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "torchattacks", None)
     with pytest.raises(AttackError, match="torchattacks is missing: `pip install --no-deps"):
         evaluate(twin, x[:10], y[:10], EvalConfig(PRESETS["standard"], 0.1, checks=False))
+
+
+def test_transfer_examples_crafted_once_and_shared(twin_and_data, at_model) -> None:
+    """Two variants judged against one TransferCache: the float model is attacked for the first only (a copy of
+    it — what a GPU evaluation attacks — finds the same entry), and the second's transfer check equals the
+    one it computes with a cache of its own."""
+    import copy
+
+    from laaq.robustness import TransferCache
+
+    twin, x, y = twin_and_data
+    cfg = EvalConfig(replace(SMALL, square_queries=0, curve_samples=20, curve_steps=2), 0.1)
+    calls = {"n": 0}
+    counted = copy.deepcopy(at_model)
+    counted.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    cache = TransferCache()
+    evaluate(twin, x, y, cfg, transfer_source=counted, transfers=cache)
+    crafted = calls["n"]
+    assert crafted > 0
+    shared = evaluate(twin, x, y, cfg, transfer_source=copy.deepcopy(counted), transfers=cache)
+    assert calls["n"] == crafted  # the second evaluation attacked the float model not once
+    alone = evaluate(twin, x, y, cfg, transfer_source=at_model)
+    assert shared.check("transfer").detail == alone.check("transfer").detail
