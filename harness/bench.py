@@ -57,7 +57,7 @@ from harness.variant_timing import (
     timing_pending,
 )
 from harness.variants import PlanRequest, Variant, build_variants, plan_variant_name
-from laaq.data import Split, load_dataset
+from laaq.data import Split, dataset_slug, load_dataset
 from laaq.importer import model_graph
 from laaq.quant.integer import logits_from_int
 from laaq.quant.plan import QuantPlan
@@ -148,7 +148,7 @@ class BenchConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def folder(self) -> Path:
-        rid = self.run_id or f"{self.target}-{self.dataset}-{self.train.arch}-{self.digest()}"
+        rid = self.run_id or f"{self.target}-{dataset_slug(self.dataset)}-{self.train.arch}-{self.digest()}"
         return Path(self.results_dir) / rid
 
 

