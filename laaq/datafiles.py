@@ -235,7 +235,8 @@ def _to_split(name: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte:
         raise DataError(f"{where}: the training split has only one class ({int(ytr[0])}); a classifier needs 2+")
     n_classes = int(ytr.max()) + 1
     if int(yte.max()) >= n_classes:
-        raise DataError(f"{where}: test labels reach {int(yte.max())}, but the training labels only 0 … {n_classes - 1}")
+        raise DataError(f"{where}: test labels reach {int(yte.max())}, "
+                        f"but the training labels only 0 … {n_classes - 1}")
 
     def f(a: np.ndarray) -> torch.Tensor:
         a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)

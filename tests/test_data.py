@@ -56,7 +56,8 @@ def test_mnist5k_is_real_shuffled_and_fixed() -> None:
 
 # ------------------------------------------------------------------ a person's own data: folders and arrays
 
-def _png_folder(root, sizes=((12, 12),), classes=("cat", "dog", "eel"), per_class=3, rgb=True, splits=("train", "test")):
+def _png_folder(root, sizes=((12, 12),), classes=("cat", "dog", "eel"), per_class=3, rgb=True,
+                splits=("train", "test")):
     from PIL import Image
 
     rng = np.random.default_rng(1)

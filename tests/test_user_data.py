@@ -72,7 +72,8 @@ def test_npz_dataset_with_image_size_refused_and_class_count_from_labels(tmp_pat
     ("one_class", "1 class folder"),
 ])
 def test_bad_folder_is_one_line_and_writes_nothing(tmp_path: Path, spoil: str, names: str) -> None:
-    data = tmp_path / "nowhere" if spoil == "missing" else digit_folder(tmp_path / "d", 1 if spoil == "one_class" else 3)
+    n_classes = 1 if spoil == "one_class" else 3
+    data = tmp_path / "nowhere" if spoil == "missing" else digit_folder(tmp_path / "d", n_classes)
     if spoil == "corrupt":
         (data / "test" / "digit1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "results"
