@@ -52,13 +52,18 @@ class MobileNetV2(nn.Module):
     # (expansion t, channels c, repeats n, first stride s), MobileNetV2's table with fewer strides
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 2, 1), (6, 96, 1, 1))
 
+    # the paper's ImageNet table (Sandler et al. 2018, Table 2): 17 blocks, output stride 32
+    IMAGENET = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1))
+
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: float = 0.25, head: int = 128,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, settings: tuple[tuple[int, int, int, int], ...] | None = None,
+                 divisor: int = 4) -> None:
         super().__init__()
-        cin = _round(32 * width)
-        layers: list[nn.Module] = [conv_bn(in_channels, cin, 3, 2)]  # 28×28 → 14×14
-        for t, c, n, s in self.SETTINGS:
-            cout = _round(c * width)
+        cin = _round(32 * width, divisor)
+        layers: list[nn.Module] = [conv_bn(in_channels, cin, 3, 2)]  # stride-2 stem: 28×28 → 14×14, 224 → 112
+        for t, c, n, s in settings or self.SETTINGS:
+            cout = _round(c * width, divisor)
             for i in range(n):
                 layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
                 cin = cout
@@ -74,3 +79,12 @@ class MobileNetV2(nn.Module):
 def mobilenetv2(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
     """The factory ``--model examples/mobilenetv2.py:mobilenetv2`` calls (width 0.25)."""
     return MobileNetV2(in_channels, num_classes)
+
+
+def mobilenetv2_1_0(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    """MobileNetV2 as deployed: width 1.0, the ImageNet table, a 1,280-channel head (``--image-size 224``:
+    ~300 M multiply-accumulates, 2.2 M weights with 10 classes, 3.5 M with 1,000)::
+
+        laaq-bench bench --model examples/mobilenetv2.py:mobilenetv2_1_0 --dataset folder:PATH --image-size 224
+    """
+    return MobileNetV2(in_channels, num_classes, width=1.0, head=1280, settings=MobileNetV2.IMAGENET, divisor=8)

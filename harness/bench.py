@@ -384,10 +384,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
             f"machine that has the device: `laaq-bench bundle` with these options, run its runner.py there, then "
             f"`laaq-bench ingest OUTPUT` fills this run folder ({folder.name}).")
     from harness.report import write_run_report
-
     with clock.time(RUN_SCOPE, "report"):
         run_info["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         run_info["stages"] = {**{k: v for k, v in earlier.items() if k not in clock.seconds}, **clock.seconds}
+        run_info["stages_peak_mib"] = clock.peak_mib
         store.write_json("run.json", run_info)
         write_run_report(folder)
     run_info["stages"][RUN_SCOPE] = clock.seconds[RUN_SCOPE]

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from laaq.attacks import PGDConfig, pgd, pgd_step
 from laaq.example_log import ExampleLog
+from laaq.memory import backward_batch
 from laaq.stats import PairedTest, paired_test, wilson
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
@@ -725,6 +726,12 @@ def evaluate(white_box: torch.nn.Module | Predict, x: torch.Tensor, y: torch.Ten
     if examples is not None and state_path is not None:
         raise ValueError("an evaluation that records or replays examples cannot resume from a state file")
     state = _State(state_path, _key(cfg, x, y, state_tag))
+    # attack batches within the memory budget (laaq.memory): cfg.batch for small models, fewer images for large
+    if len(x):
+        try:
+            cfg = replace(cfg, batch=backward_batch(wb, x[:1].to(dev), cfg.batch))
+        except RuntimeError:  # a function without a backward pass (a replay's judge): nothing kept, any batch fits
+            pass
     say = log or (lambda m: None)
     seconds: dict[str, float] = {}
     meter = _Meter(progress)

@@ -95,6 +95,9 @@ def test_bench_writes_every_result_file(bench_run) -> None:
     assert "timing" in stages["x86/(timing phase)"]
     assert {"data", "calibration", "report"} <= set(stages["run"])
     assert {"training", "checkpoint (cached)"} & set(stages["run"])
+    peaks = info["stages_peak_mib"]  # each stage's peak resident memory (MiB), the attacks' as one figure
+    assert {"data", "report"} <= set(peaks["run"]) and {"attacks", "compile b1", "load"} <= set(peaks["x86/int8"])
+    assert all(0 < v < 64 * 1024 for scope in peaks.values() for v in scope.values()), peaks
     for scope in ("x86/fp32", "x86/int8"):
         assert {"lowering b1", "compile b1", "compile b16", "load", "clean", "pgd-20", "square", "checks",
                 "eps_curve", "agreement"} <= set(stages[scope]), scope

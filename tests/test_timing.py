@@ -81,3 +81,21 @@ def test_a_busy_host_is_measured_flagged_and_refused_with_quiet_host(tiny_model,
                                                  "(load average up to 3.1)"}
     assert any("BUSY host" in w and "95%" in w for w in row_warnings(row))
     assert not any("BUSY" in w for w in row_warnings({"measured_as": "native", "busy_host": ""}))
+
+
+def test_stage_clock_records_each_stages_own_peak_memory() -> None:
+    """A stage that allocates shows its peak; the next, which does not, shows less (the mark was reset)."""
+    import numpy as np
+
+    from harness.stages import StageClock, reset_peak
+
+    clock = StageClock()
+    with clock.time("run", "big"):
+        a = np.ones(200 * 1024 * 1024 // 8)  # 200 MiB, touched
+        del a
+    with clock.time("run", "small"):
+        np.ones(1024).sum()
+    big, small = clock.peak_mib["run"]["big"], clock.peak_mib["run"]["small"]
+    assert big >= 190, big
+    if reset_peak():  # Linux: the high-water mark is per stage
+        assert small < big - 150, (small, big)

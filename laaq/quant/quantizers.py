@@ -160,14 +160,31 @@ def calibrate(graph: Graph, calib_x: torch.Tensor, percentile: float = 100.0) ->
     ``percentile`` < 100 clips rare outliers; max (100) is the default because the calibration set
     includes adversarial inputs in our searches, whose large activations should stay representable.
     """
-    with torch.no_grad():
-        outs = run_float(graph, calib_x.float(), keep_all=True)
+    from laaq.graph import infer_shapes  # noqa: PLC0415 - laaq.graph imports this module's neighbours
+    from laaq.memory import forward_batch, spans
+
+    # in batches that keep every node's output within the memory budget (one batch for small models); the
+    # running max, and the first 2,000,000 values of each node for a percentile, as over the whole set
+    per_image = sum(int(np.prod(s)) for s in infer_shapes(graph).values())
+    peak: dict[str, torch.Tensor] = {}
+    head: dict[str, list[torch.Tensor]] = {}
+    for sl in spans(len(calib_x), forward_batch(per_image, len(calib_x))):
+        with torch.no_grad():
+            outs = run_float(graph, calib_x[sl].float(), keep_all=True)
+        for n in graph.nodes:
+            if n.op in PASS_THROUGH:
+                continue
+            a = outs[n.name].abs().flatten().double()
+            peak[n.name] = torch.maximum(peak[n.name], a.max()) if n.name in peak else a.max()
+            if percentile < 100 and sum(len(t) for t in head.setdefault(n.name, [])) < 2_000_000:
+                head[n.name].append(a)
+        del outs
     scales: dict[str, float] = {"input": INPUT_SCALE}
     for n in graph.nodes:
         if n.op in PASS_THROUGH:
             continue
-        a = outs[n.name].abs().flatten().double()
-        r = float(a.max()) if percentile >= 100 else float(torch.quantile(a[:2_000_000], percentile / 100))
+        r = float(peak[n.name]) if percentile >= 100 else \
+            float(torch.quantile(torch.cat(head[n.name])[:2_000_000], percentile / 100))
         if n.act_max is not None:  # ReLU6: the quantized range is at most [0, act_max]
             r = min(r, n.act_max)
         signed = not n.relu

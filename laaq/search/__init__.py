@@ -22,6 +22,7 @@ import torch
 
 from laaq.attacks import PGDConfig, pgd, pgd_step
 from laaq.graph import Graph
+from laaq.memory import backward_batch, spans
 from laaq.quant.plan import QuantPlan
 from laaq.search.baselines import (
     hessian_costs,
@@ -146,7 +147,11 @@ def make_calibration(graph: Graph, x: torch.Tensor, y: torch.Tensor, pgd_cfg: PG
     """Craft adversarial calibration inputs with PGD on the float network (``model`` if given, else the graph)."""
     t0 = time.perf_counter()
     predict = model.eval() if model is not None else (lambda z: forward(graph, z))
-    x_adv = pgd(predict, x, y, pgd_cfg)  # type: ignore[arg-type]
+    # one PGD batch where it fits the memory budget (every small model: unchanged), else batches of it
+    batch = backward_batch(predict, x[:1], len(x)) if len(x) else 1  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(pgd_cfg.seed)  # one stream of random starts across the batches
+    x_adv = torch.cat([pgd(predict, x[sl], y[sl], pgd_cfg, gen)  # type: ignore[arg-type]
+                       for sl in spans(len(x), batch)]) if len(x) else x.clone()
     return Calibration(x, y, x_adv, pgd_cfg, time.perf_counter() - t0)
 
 
