@@ -70,3 +70,18 @@ def pgd(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch
             best_loss = torch.where(better, loss, best_loss)
             best_wrong |= wrong
     return best.detach()
+
+
+def pgd_in_batches(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   cfg: PGDConfig) -> torch.Tensor:
+    """:func:`pgd` in batches whose backward pass fits the memory budget (:mod:`laaq.memory`), one stream of
+    random starts across them; one batch — the same result as :func:`pgd` — wherever the whole set fits."""
+    from laaq.memory import backward_batch, spans
+
+    if not len(x):
+        return x.clone()
+    batch = backward_batch(model, x[:1], len(x))
+    if batch >= len(x):
+        return pgd(model, x, y, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return torch.cat([pgd(model, x[sl], y[sl], cfg, gen) for sl in spans(len(x), batch)])

@@ -64,3 +64,16 @@ def test_evaluation_and_calibration_run_in_smaller_batches_under_a_small_budget(
     calib = make_calibration(model_graph(m, (3, 32, 32)), x, y, PGDConfig(eps=0.03, step_size=0.01, steps=2), model=m)
     assert calib.x_adv.shape == x.shape and float((calib.x_adv - x).abs().max()) <= 0.03 + 1e-6
     assert float((calib.x_adv - x).abs().max()) > 0  # every batch was attacked, not copied
+
+
+def test_search_and_refinement_use_a_subset_only_for_large_models() -> None:
+    from laaq.importer import model_graph
+    from laaq.search.metric import MIN_SEARCH_IMAGES, search_images
+    from laaq.search.refinement import MIN_REFINE_IMAGES, refine_images
+
+    small = model_graph(build_model("resnet20", (3, 32, 32), 10).eval(), (3, 32, 32))  # the CIFAR default
+    assert search_images(small, 256) == 256 and refine_images(small, 256, 600) == 256
+    large = model_graph(build_model("resnet20", (3, 128, 128), 10).eval(), (3, 128, 128))  # 16× the MACs
+    assert MIN_SEARCH_IMAGES <= search_images(large, 256) < 256
+    assert MIN_REFINE_IMAGES <= refine_images(large, 256, 600) < 256
+    assert search_images(large, 5) == 5  # never more than there are

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from laaq.attacks import PGDConfig, pgd, pgd_step
+from laaq.attacks import PGDConfig, pgd_in_batches, pgd_step
 from laaq.graph import Graph
-from laaq.memory import backward_batch, spans
 from laaq.quant.plan import QuantPlan
 from laaq.search.baselines import (
     hessian_costs,
@@ -33,7 +32,7 @@ from laaq.search.baselines import (
     uniform_clip_alloc,
 )
 from laaq.search.groups import GroupView, group_view
-from laaq.search.metric import forward, laaq_costs
+from laaq.search.metric import forward, laaq_costs, search_images
 from laaq.search.refinement import best_random_alloc, refinement_metric
 from laaq.search.solver import (
     CANDIDATE_BITS,
@@ -147,11 +146,7 @@ def make_calibration(graph: Graph, x: torch.Tensor, y: torch.Tensor, pgd_cfg: PG
     """Craft adversarial calibration inputs with PGD on the float network (``model`` if given, else the graph)."""
     t0 = time.perf_counter()
     predict = model.eval() if model is not None else (lambda z: forward(graph, z))
-    # one PGD batch where it fits the memory budget (every small model: unchanged), else batches of it
-    batch = backward_batch(predict, x[:1], len(x)) if len(x) else 1  # type: ignore[arg-type]
-    gen = torch.Generator().manual_seed(pgd_cfg.seed)  # one stream of random starts across the batches
-    x_adv = torch.cat([pgd(predict, x[sl], y[sl], pgd_cfg, gen)  # type: ignore[arg-type]
-                       for sl in spans(len(x), batch)]) if len(x) else x.clone()
+    x_adv = pgd_in_batches(predict, x, y, pgd_cfg)  # type: ignore[arg-type] - one batch where it fits memory
     return Calibration(x, y, x_adv, pgd_cfg, time.perf_counter() - t0)
 
 
@@ -195,11 +190,12 @@ def register_method(name: str) -> Callable[[Handler], Handler]:
 def _laaq(s: _Search) -> dict:
     costs = laaq_costs(s.graph, s.calib.x, s.calib.x_adv, s.settings, s.cfg.mode, s.cfg.attack_weight, s.cfg.seed)
     s.extra_time = s.calib.adv_time_s
-    s.meta.update(mode=s.cfg.mode, attack_weight=s.cfg.attack_weight)
+    s.meta.update(mode=s.cfg.mode, attack_weight=s.cfg.attack_weight,
+                  search_images=search_images(s.graph, len(s.calib.x_adv)))
     alloc = solve(costs, s.stats, s.budget)
     if s.cfg.refine:
         before = alloc
-        metric, on_sweep = refinement_metric(s.graph, s.calib, s.cfg.refine_on, *s.deployed())
+        metric, on_sweep = refinement_metric(s.graph, s.calib, s.cfg.refine_on, *s.deployed(), s.cfg.refine_max_evals)
         alloc, evals = refine(alloc, metric, s.settings, s.stats, s.budget, s.cfg.refine_sweeps, s.cfg.refine_max_evals,
                               on_sweep=on_sweep)
         s.meta.update(refine_evals=evals, refined_layers=sum(before[n] != alloc[n] for n in alloc),

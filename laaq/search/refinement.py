@@ -13,11 +13,12 @@ stale examples does not survive the next sweep.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 
-from laaq.attacks import pgd
+from laaq.attacks import pgd_in_batches
 from laaq.graph import Graph
 from laaq.quant.plan import LayerSetting, QuantPlan
 from laaq.quant.quantizers import quantize_graph
@@ -30,6 +31,8 @@ if TYPE_CHECKING:  # laaq.search imports this module
     from laaq.search import Calibration
 
 Alloc = dict[str, LayerSetting]
+REFINE_MAC_BUDGET = 8e12  # multiply-accumulates refinement's scoring passes may spend (a few 2-core minutes)
+MIN_REFINE_IMAGES = 16
 
 
 def adaptive_examples(graph: Graph, alloc: Mapping[str, LayerSetting], calib: Calibration) -> torch.Tensor:
@@ -37,11 +40,22 @@ def adaptive_examples(graph: Graph, alloc: Mapping[str, LayerSetting], calib: Ca
     activation scales calibrated as every twin is (clean + adversarial calibration images)."""
     assert calib.x_hold is not None and calib.y_hold is not None
     twin = Twin(quantize_graph(graph, QuantPlan(dict(alloc)), calib.all_x)).eval()
-    return pgd(twin, calib.x_hold, calib.y_hold, calib.pgd)
+    return pgd_in_batches(twin, calib.x_hold, calib.y_hold, calib.pgd)
+
+
+def refine_images(graph: Graph, n: int, max_evals: int) -> int:
+    """Images refinement scores moves on: all ``n`` unless ``max_evals`` forward passes over them would cost more
+    than :data:`REFINE_MAC_BUDGET`, then as many as it buys (at least :data:`MIN_REFINE_IMAGES`).
+
+    Why: every candidate move is one forward pass of the weight-quantized network over these images (up to 600
+    per search). VGG8/MNIST and ResNet-20 keep all 256; MobileNetV2-1.0 at 224×224 (300 M MACs an image) would spend ~45
+    minutes of 2 cores on them, so it scores on a subset — noisier moves, the same rule."""
+    macs = sum(graph.macs(nd) for nd in graph.weighted())
+    return min(n, max(MIN_REFINE_IMAGES, int(REFINE_MAC_BUDGET // max(1, macs * max(1, max_evals)))))
 
 
 def refinement_metric(graph: Graph, calib: Calibration, refine_on: str, twin_graph: Graph | None = None,
-                      to_layers: Callable[[Alloc], Alloc] = dict
+                      to_layers: Callable[[Alloc], Alloc] = dict, max_evals: int = 600
                       ) -> tuple[Callable[[Alloc], float], Callable[[Alloc], None] | None]:
     """(metric, per-sweep hook) for :func:`laaq.search.solver.refine`.
 
@@ -54,7 +68,12 @@ def refinement_metric(graph: Graph, calib: Calibration, refine_on: str, twin_gra
     if refine_on not in ("holdout", "calibration"):
         raise ValueError(f"refine_on must be 'holdout' or 'calibration', got {refine_on!r}")
     if refine_on == "calibration" or calib.x_hold is None:
-        return (lambda a: adversarial_loss(graph, a, calib.x_adv, calib.y)), None
+        k = refine_images(graph, len(calib.x_adv), max_evals)
+        x, y = (calib.x_adv, calib.y) if k == len(calib.x_adv) else (calib.x_adv[:k], calib.y[:k])
+        return (lambda a: adversarial_loss(graph, a, x, y)), None
+    k = refine_images(graph, len(calib.x_hold), max_evals)
+    if k < len(calib.x_hold):
+        calib = replace(calib, x_hold=calib.x_hold[:k], y_hold=calib.y_hold[:k])  # type: ignore[index]
     state: dict[str, torch.Tensor] = {}
 
     def on_sweep(alloc: Alloc) -> None:
