@@ -33,8 +33,9 @@ from harness.devices.system import (
 )
 from harness.environment import environment
 from harness.host_reference import agreement_columns, host_side, write_per_image
-from harness.layer_latency import LayerTime, as_constraint_table, latency_limit, layer_table, parse_latency_budget
+from harness.layer_latency import LayerTime, as_constraint_table, latency_limit, layer_table
 from harness.measure import LatencyProtocol, outputs
+from harness.preflight import check_config, check_target
 from harness.profile import TargetProfile, resolve
 from harness.results import RunStore, atomic_write_text, row_tag
 from harness.rows import (
@@ -70,7 +71,6 @@ from laaq.usermodel import ModelSource, file_digest
 __all__ = ["COLUMNS", "LAYER_COLUMNS", "BenchConfig", "BenchResult", "run_bench"]
 
 
-SQUARE_ON = ("auto", "stand-in", "artefact")
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,7 @@ class BenchConfig:
     attack_device: str = "auto"
 
     def __post_init__(self) -> None:
-        parse_latency_budget(self.latency_budget)  # a bad spec stops here, before any work
-        attack_device(self.attack_device)  # so does cuda on a machine without a GPU
-        if self.square_on not in SQUARE_ON:
-            raise ValueError(f"square_on must be one of {', '.join(SQUARE_ON)}, got {self.square_on!r}")
-        self.model_source()  # so does a missing model file, factory spec or weights file
+        check_config(self)  # every field checkable without model or device: one line, before any work
 
     def model_source(self) -> ModelSource | None:
         return ModelSource.parse(self.model, self.weights) if self.model else None
@@ -293,7 +289,7 @@ def pretune(cfg: BenchConfig, profile: TargetProfile, variants: list[Variant], m
 
 def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, flush=True)) -> BenchResult:
     """Run (or resume) a benchmark; returns the run folder and its rows."""
-    profile = resolve_profile(cfg)  # fail on a bad target before any expensive work; the only resolve of the run
+    profile = check_target(resolve_profile(cfg))  # a bad target or a missing cross compiler fails before any work
     clock = StageClock()
     with clock.time(RUN_SCOPE, "data"):
         data = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)

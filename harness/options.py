@@ -144,6 +144,9 @@ def train_config(dataset: str, arch: str | None, epochs: int, lr: float | None, 
     # (explicit, no library defaults)
     if not eps > 0:
         raise Fail(f"AttackError: eps must be > 0 (got {eps}); it is the L-inf radius of training and evaluation")
+    if eps > 1:  # every command that trains: a radius above the [0, 1] pixel range allows any image
+        raise Fail(f"AttackError: eps={eps:g} is outside the data range [0, 1] (pixels are in [0, 1]; MNIST's usual "
+                   "radius is 0.3, CIFAR's 8/255 = 0.0314); nothing was trained")
     train_pgd = PGDConfig(eps=eps, step_size=pgd_step(eps, 7), steps=7, restarts=1, random_start=True, seed=seed)
     return TrainConfig(arch=arch, epochs=epochs, lr=lr, adversarial=not plain, pgd=train_pgd, seed=seed,
                        model_digest=source.digest() if source else ""), eps

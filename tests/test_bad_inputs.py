@@ -253,3 +253,63 @@ def test_unknown_attack_preset_is_refused(tmp_path: Path) -> None:
         r = CliRunner().invoke(main, [*cmd, "--attack", "strongest"])
         assert r.exit_code == 2 and f"'strongest' is not one of {choices}" in r.output, r.output
     assert not (tmp_path / "exp").exists()
+
+
+# --- found before any work (the edges issue): one line, nothing trained, nothing written -----------------
+
+
+def _nothing_done(tmp_path: Path) -> None:
+    assert not (tmp_path / "res").exists(), sorted((tmp_path / "res").rglob("*"))
+    assert not list((tmp_path / "cache").rglob("*.pt")), "nothing may be trained before the input is checked"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--eval-samples", "-5"], "--eval-samples must be >= 0"),
+    (["--variants", "int8,int9"], "unknown variant 'int9'"),
+    (["--variants", "laaq,int9"], "unknown variant 'int9'"),
+    (["--batch-large", "0"], "--batch-large must be >= 1"),
+])
+def test_bad_bench_arguments_fail_before_training(tmp_path: Path, extra: list[str], message: str) -> None:
+    args = list(BENCH)
+    if "--variants" in extra:
+        i = args.index("--variants")
+        del args[i:i + 2]
+    r = CliRunner().invoke(main, ["bench", "--target", "x86", *args, *extra, "--results-dir", str(tmp_path / "res")],
+                           env={"LAAQ_CACHE": str(tmp_path / "cache")})
+    assert message in error_line(r)
+    _nothing_done(tmp_path)
+
+
+def test_malformed_plan_file_is_named_before_training(tmp_path: Path) -> None:
+    plan = tmp_path / "my_plan.json"
+    plan.write_text('{"layers": {"conv1": {"bits": "eight"}}')  # truncated JSON
+    r = CliRunner().invoke(main, ["bench", "--target", "x86", *BENCH, "--plan", str(plan),
+                                  "--results-dir", str(tmp_path / "res")], env={"LAAQ_CACHE": str(tmp_path / "cache")})
+    line = error_line(r)
+    assert f"plan file {plan}" in line and "not a valid quantization plan" in line
+    _nothing_done(tmp_path)
+
+
+def test_missing_cross_compiler_fails_before_training(tmp_path: Path) -> None:
+    d = targets_dir(tmp_path, nocc=BOARD + 'cross_compiler = "does-not-exist-g++"\n[tvm]\nkind = "llvm"\n')
+    r = CliRunner().invoke(main, ["bench", "--target", "nocc", "--results-dir", str(tmp_path / "res"), *BENCH],
+                           env={"LAAQ_TARGETS_DIR": str(d), "LAAQ_CACHE": str(tmp_path / "cache")})
+    assert "does-not-exist-g++" in error_line(r)
+    _nothing_done(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["train", "search"])
+def test_eps_above_the_pixel_range_trains_nothing(tmp_path: Path, command: str) -> None:
+    args = [a if a != "0.1" else "5" for a in MODEL] + (["--out", str(tmp_path / "plan.json")] if command == "search"
+                                                      else [])
+    r = CliRunner().invoke(main, [command, *args], env={"LAAQ_CACHE": str(tmp_path / "cache")})
+    assert "outside the data range [0, 1]" in error_line(r)
+    _nothing_done(tmp_path)
+
+
+def test_experiment_with_a_wrong_data_dir_leaves_no_state(tmp_path: Path) -> None:
+    out = tmp_path / "exp"
+    r = CliRunner().invoke(main, ["experiment", "--data-dir", str(tmp_path / "no-cifar"), "--out", str(out),
+                                  "--executor", "local"], env={"LAAQ_CACHE": str(tmp_path / "cache")})
+    assert "DataError" in error_line(r)
+    assert not (out / "state.json").exists(), "a wrong --data-dir must not leave a state the corrected run refuses"

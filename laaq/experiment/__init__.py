@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from laaq.data import load_dataset
+
 from .analysis import aggregate, answers, complete_blocks, differences, f1_table, kurtosis_table, search_cost
 from .config import BASELINES, F2_METHODS, MODEL_KINDS, ExperimentConfig, budget_for
 from .executor import Executor, ExecutorError, make_executor
@@ -39,8 +41,9 @@ def run_experiment(cfg: ExperimentConfig | None = None, out_dir: str | Path = "r
     ``executor``: who computes the units (:mod:`laaq.experiment.executor`; default: this process, in order);
     ``device``: where the attacks run (``cpu`` or ``cuda``)."""
     cfg = cfg or ExperimentConfig()
+    data = load_dataset(cfg.dataset, seed=0, data_dir=cfg.data_dir)  # a wrong --data-dir fails before state.json
     store = _store(cfg, Path(out_dir))
-    run_grid(cfg, store, progress, cache_dir, executor=executor, device=device)
+    run_grid(cfg, store, progress, cache_dir, executor=executor, device=device, data=data)
     return write_outputs(cfg, Path(out_dir))
 
 

@@ -219,12 +219,13 @@ def _waits_for(cfg: ExperimentConfig, store: UnitStore, task: UnitTask) -> str |
 
 
 def run_grid(cfg: ExperimentConfig, store: UnitStore, progress: bool = True, cache_dir: Path | None = None,
-             log: Callable[[str], None] = print, executor: Executor | None = None, device: str = "cpu") -> None:
+             log: Callable[[str], None] = print, executor: Executor | None = None, device: str = "cpu",
+             data: Split | None = None) -> None:
     """Every unfinished unit of ``cfg``; each finished unit is on disk (written here, by the driver alone)
     as soon as it is back. The models are trained or loaded and calibrated here, once per (seed, kind); the
     units go to ``executor`` (default: in this process, in order), ``random-best`` after its LAAQ unit."""
     executor = executor or LocalExecutor()
-    data = load_dataset(cfg.dataset, seed=0, data_dir=cfg.data_dir)
+    data = data if data is not None else load_dataset(cfg.dataset, seed=0, data_dir=cfg.data_dir)
     total = sum(len(pending(cfg, store, k, s)) for s in cfg.seeds for k in cfg.models)
     bar = tqdm(total=total, desc=f"experiment units ({executor.describe()})", unit="unit", disable=not progress)
     say = (lambda m: bar.write(m)) if progress else log
