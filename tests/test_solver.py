@@ -103,3 +103,67 @@ def test_plan_meta_and_refine_respects_budget() -> None:
     refined, evals = refine(alloc, metric, SETTINGS, STATS, budget)
     assert evals > 1 and feasible(refined, STATS, budget)
     assert metric(refined) <= metric(alloc)
+
+
+def test_monotone_projection_cannot_make_a_narrow_width_free() -> None:
+    """A noisy or negative narrow entry is lifted to the wider widths' cost, never carried up to them."""
+    from laaq.quant.plan import LayerSetting
+    from laaq.search.solver import monotone_in_bits
+
+    s2, s4, s8 = (LayerSetting(b, 1.0) for b in (2, 4, 8))
+    table = {"conv1": {s2: -5.0, s4: 1.0, s8: 0.5}, "fc": {s2: 3.0, s4: 2.0, s8: 2.5}}
+    out = monotone_in_bits(table)
+    assert out["conv1"] == {s2: 1.0, s4: 1.0, s8: 0.5}  # 2 bits costs what 4 bits costs, not -5 (free)
+    assert out["fc"] == {s2: 3.0, s4: 2.5, s8: 2.5}
+    for row in out.values():  # fewer bits never cheaper
+        assert row[s2] >= row[s4] >= row[s8]
+
+
+def test_hessian_uses_the_trace_magnitude(monkeypatch) -> None:
+    """A negative Hutchinson trace must not turn a layer's cost into a reward for fewer bits."""
+    import torch
+
+    from laaq.importer import model_graph
+    from laaq.models import build_model
+    from laaq.search import baselines, candidate_settings
+
+    g = model_graph(build_model("tinycnn", (1, 8, 8), 10).eval(), (1, 8, 8))
+    names = [n.name for n in g.weighted()]
+    monkeypatch.setattr(baselines, "hessian_traces", lambda *a, **k: {n: (-1.0 if i == 0 else 1.0)
+                                                                         for i, n in enumerate(names)})
+    st = candidate_settings((2, 4, 8), (1.0,))
+    costs = baselines.hessian_costs(g, torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), st)
+    first = costs[names[0]]
+    assert all(v >= 0 for v in first.values()) and first[st[0]] > first[st[-1]]
+
+
+def test_output_error_baseline_measures_the_real_logit_change_and_stores_its_table() -> None:
+    import json
+
+    import torch
+
+    from laaq.importer import model_graph
+    from laaq.models import build_model
+    from laaq.quant.quantizers import dequantize_weight
+    from laaq.search import Calibration, candidate_settings, search_plan
+    from laaq.search.baselines import output_error_costs
+    from laaq.search.metric import forward
+    from laaq.search.solver import Budget
+
+    torch.manual_seed(0)
+    g = model_graph(build_model("resnet20", (3, 8, 8), 10).eval(), (3, 8, 8))
+    x = torch.rand(6, 3, 8, 8)
+    xa = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)
+    st = candidate_settings((2, 8), (1.0,))
+    costs = output_error_costs(g, x, xa, st)
+    node = g.weighted()[3]  # a layer inside a residual block: the tail-only pass must equal the full one
+    both = torch.cat([x, xa])
+    w = {node.name: torch.as_tensor(dequantize_weight(node.weight, st[0]))}
+    with torch.no_grad():
+        want = float(((forward(g, both, weights=w) - forward(g, both)) ** 2).sum(1).mean())
+    assert abs(costs[node.name][st[0]] - want) <= 1e-6 * max(1.0, want)
+    assert all(row[st[0]] > row[st[1]] >= 0 for row in costs.values())  # 2 bits moves the logits more than 8
+    calib = Calibration(x, torch.zeros(6, dtype=torch.long), xa)
+    plan = search_plan("output-error", g, calib, Budget(avg_bits=5.0))
+    table = json.loads(plan.meta["costs"])
+    assert set(table) == {n.name for n in g.weighted()} and "2/1" in table[node.name]

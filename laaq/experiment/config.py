@@ -21,9 +21,10 @@ from laaq.robustness import PRESETS, EvalConfig
 from laaq.search import Budget, CalibrationRecipe, SearchConfig
 
 #: every quantization method of the F2 comparison, in table order (LAAQ's ablation before LAAQ)
-F2_METHODS = ("uniform", "uniform-clip", "mse", "hessian", "sensitivity", "random-best", "laaq-ilp", "laaq")
+F2_METHODS = ("uniform", "uniform-clip", "mse", "hessian", "sensitivity", "output-error", "random-best", "laaq-ilp",
+              "laaq")
 #: the methods LAAQ is compared with ("random-best": best of N random plans, N = LAAQ's exact-loss evaluations)
-BASELINES = ("uniform", "uniform-clip", "mse", "hessian", "sensitivity", "random-best")
+BASELINES = ("uniform", "uniform-clip", "mse", "hessian", "sensitivity", "output-error", "random-best")
 MODEL_KINDS = ("pgd-at", "plain")
 #: suffix of a method run with per-output-channel-group widths, e.g. ``laaq@g16`` (groups of 16 channels)
 GROUP_SUFFIX = "@g"

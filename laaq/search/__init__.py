@@ -13,6 +13,7 @@ the plan spends and the search time.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ from laaq.quant.plan import QuantPlan
 from laaq.search.baselines import (
     hessian_costs,
     mse_costs,
+    output_error_costs,
     random_allocs,
     sensitivity_costs,
     uniform_alloc,
@@ -165,6 +167,13 @@ class _Search:
     view: GroupView | None = None  # per-channel-group search: ``graph`` is view.graph, allocations are per unit
     deploy_graph: Graph | None = None  # the real graph (what plans are for)
 
+    def solve(self, costs: dict) -> dict:
+        """The knapsack over ``costs``; the table itself goes into the plan's meta (``costs``, JSON: layer ->
+        "bits/clip" -> cost), so a unit's plan says what its method saw and a defect can be checked later."""
+        self.meta["costs"] = json.dumps({n: {f"{st.bits}/{st.clip:g}": c for st, c in row.items()}
+                                         for n, row in costs.items()}, sort_keys=True)
+        return solve(costs, self.stats, self.budget)
+
     def deployed(self) -> tuple[Graph, Callable[[dict], dict]]:
         """(the real graph, unit allocation → per-layer settings): what a twin of a plan is built from."""
         if self.view is None:
@@ -192,7 +201,7 @@ def _laaq(s: _Search) -> dict:
     s.extra_time = s.calib.adv_time_s
     s.meta.update(mode=s.cfg.mode, attack_weight=s.cfg.attack_weight,
                   search_images=search_images(s.graph, len(s.calib.x_adv)))
-    alloc = solve(costs, s.stats, s.budget)
+    alloc = s.solve(costs)
     if s.cfg.refine:
         before = alloc
         metric, on_sweep = refinement_metric(s.graph, s.calib, s.cfg.refine_on, *s.deployed(), s.cfg.refine_max_evals)
@@ -215,19 +224,27 @@ def _uniform_clip(s: _Search) -> dict:
 
 @register_method("mse")
 def _mse(s: _Search) -> dict:
-    return solve(mse_costs(s.graph, s.settings), s.stats, s.budget)
+    return s.solve(mse_costs(s.graph, s.settings))
 
 
 @register_method("sensitivity")
 def _sensitivity(s: _Search) -> dict:
     s.extra_time = s.calib.adv_time_s
-    return solve(sensitivity_costs(s.graph, s.calib.x_adv, s.calib.y, s.settings), s.stats, s.budget)
+    return s.solve(sensitivity_costs(s.graph, s.calib.x_adv, s.calib.y, s.settings))
+
+
+@register_method("output-error")
+def _output_error(s: _Search) -> dict:
+    s.extra_time = s.calib.adv_time_s
+    n = search_images(s.graph, len(s.calib.x_adv))  # the LAAQ metric's images: the same data, without the factor
+    s.meta.update(search_images=n)
+    return s.solve(output_error_costs(s.graph, s.calib.x[:n], s.calib.x_adv[:n], s.settings))
 
 
 @register_method("hessian")
 def _hessian(s: _Search) -> dict:
     costs = hessian_costs(s.graph, s.calib.x, s.calib.y, s.settings, max_iter=s.cfg.hessian_max_iter, seed=s.cfg.seed)
-    return solve(costs, s.stats, s.budget)
+    return s.solve(costs)
 
 
 @register_method("random")

@@ -134,19 +134,23 @@ def feasible(layers: Mapping[str, LayerSetting], stats: Mapping[str, LayerStats]
 
 
 def monotone_in_bits(costs: CostTable) -> CostTable:
-    """Project a cost table onto "more bits never hurt" (per layer and clip: running minimum over bits).
+    """Project a cost table onto "fewer bits never help" (per layer and clip): each width costs at least what
+    any wider width of the same clip costs — the upper monotone envelope, ``cost[b] = max_{b' >= b} cost[b']``.
 
-    Measured costs are noisy (a loss on a few hundred calibration images can drop by chance when a
-    layer loses a bit); left alone, the solver exploits that noise and returns plans that leave
-    budget unspent. Every method gets the same projection, so comparisons stay at equal budget.
+    Measured costs are noisy (a loss on a few hundred calibration images can drop by chance when a layer loses a
+    bit); left alone, the solver exploits that noise. The projection used to be the running *minimum* from the
+    narrow end, which carried a noisy or negative narrow entry up to every wider width, so the narrow width tied
+    with 8 bits and cost nothing (a negative HAWQ trace made 2 bits free for conv1; Sensitivity's seed-3
+    collapse). The envelope from the wide end cannot make a narrow width cheaper than a wider one. Every method
+    gets the same projection, so comparisons stay at equal budget.
     """
     out: CostTable = {}
     for n, row in costs.items():
         new = dict(row)
         for clip in {s.clip for s in row}:
-            run = math.inf
-            for s in sorted((s for s in row if s.clip == clip), key=lambda s: s.bits):
-                run = min(run, row[s])
+            run = -math.inf
+            for s in sorted((s for s in row if s.clip == clip), key=lambda s: -s.bits):
+                run = max(run, row[s])
                 new[s] = run
         out[n] = new
     return out
