@@ -43,9 +43,9 @@ def test_refinement_scores_adaptive_holdout_examples(digits, tiny_model, monkeyp
     crafted: list[torch.Tensor] = []
     real_loss, real_craft = refinement.adversarial_loss, refinement.adaptive_examples
 
-    def spy_loss(g, alloc, x, y):
+    def spy_loss(g, alloc, x, y, **kw):
         seen.append(x)
-        return real_loss(g, alloc, x, y)
+        return real_loss(g, alloc, x, y, **kw)
 
     def spy_craft(g, alloc, c):
         crafted.append(real_craft(g, alloc, c))

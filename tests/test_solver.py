@@ -167,3 +167,24 @@ def test_output_error_baseline_measures_the_real_logit_change_and_stores_its_tab
     plan = search_plan("output-error", g, calib, Budget(avg_bits=5.0))
     table = json.loads(plan.meta["costs"])
     assert set(table) == {n.name for n in g.weighted()} and "2/1" in table[node.name]
+
+
+def test_tail_cache_gives_the_full_pass_loss() -> None:
+    """Refinement's cached passes (only the layers after the first changed one) equal full passes exactly."""
+    import torch
+
+    from laaq.importer import model_graph
+    from laaq.models import build_model
+    from laaq.quant.plan import LayerSetting
+    from laaq.search.metric import TailCache, adversarial_loss
+
+    torch.manual_seed(0)
+    g = model_graph(build_model("resnet20", (3, 8, 8), 10).eval(), (3, 8, 8))
+    x, y = torch.rand(5, 3, 8, 8), torch.randint(0, 10, (5,))
+    names = [n.name for n in g.weighted()]
+    base = {n: LayerSetting(8, 1.0) for n in names}
+    cache = TailCache()
+    probes = [base, {**base, names[-1]: LayerSetting(2, 1.0)}, {**base, names[5]: LayerSetting(3, 0.8)}, base,
+              {**base, names[0]: LayerSetting(4, 1.0), names[9]: LayerSetting(2, 1.0)}]
+    for alloc in probes:
+        assert adversarial_loss(g, alloc, x, y, cache=cache) == adversarial_loss(g, alloc, x, y)

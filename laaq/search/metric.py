@@ -223,10 +223,41 @@ def dequantized_weights(graph: Graph, layers: Mapping[str, LayerSetting]) -> dic
     return {n.name: torch.as_tensor(dequantize_weight(n.weight, layers[n.name])) for n in graph.weighted()}
 
 
-def adversarial_loss(graph: Graph, layers: Mapping[str, LayerSetting], x_adv: torch.Tensor, y: torch.Tensor) -> float:
+class TailCache:
+    """The last :func:`adversarial_loss` pass on fixed inputs: every node's output and the settings it used.
+
+    Why: refinement scores up to 600 allocations that each differ from the current one in one layer; a pass
+    only needs to recompute from the first layer whose setting differs from the cached pass's (the outputs
+    before it are the same numbers), which halves the work on average and more for late layers. Results are
+    identical to a full pass."""
+
+    def __init__(self) -> None:
+        self.x: torch.Tensor | None = None
+        self.layers: dict[str, LayerSetting] = {}
+        self.env: dict[str, torch.Tensor] = {}
+
+    def prefix(self, graph: Graph, x: torch.Tensor, layers: Mapping[str, LayerSetting]) -> dict[str, torch.Tensor]:
+        if self.x is not x or not self.env:
+            return {"input": x}
+        first = next((n.name for n in graph.weighted() if layers[n.name] != self.layers.get(n.name)), None)
+        return dict(self.env) if first is None else prefix_env(graph, self.env, first)
+
+
+def adversarial_loss(graph: Graph, layers: Mapping[str, LayerSetting], x_adv: torch.Tensor, y: torch.Tensor,
+                     cache: TailCache | None = None) -> float:
     """The exact (non-separable) refinement metric: cross-entropy of the weight-quantized network on
-    the adversarial calibration inputs."""
+    the adversarial calibration inputs (``cache``: reuse the previous pass's outputs before the first
+    layer whose setting changed)."""
     with torch.no_grad():
-        logits = forward(graph, x_adv, weights=dequantized_weights(graph, layers))
+        if cache is None:
+            logits = forward(graph, x_adv, weights=dequantized_weights(graph, layers))
+        else:
+            prefix = cache.prefix(graph, x_adv, layers)
+            tail = {n.name: torch.as_tensor(dequantize_weight(n.weight, layers[n.name]))
+                    for n in graph.weighted() if n.name not in prefix}
+            env = forward(graph, x_adv, weights=tail, keep=True, prefix=prefix)
+            assert isinstance(env, dict)
+            cache.x, cache.layers, cache.env = x_adv, dict(layers), env
+            logits = env[graph.output]
         assert isinstance(logits, torch.Tensor)
         return float(F.cross_entropy(logits, y))

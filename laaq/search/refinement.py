@@ -24,7 +24,7 @@ from laaq.quant.plan import LayerSetting, QuantPlan
 from laaq.quant.quantizers import quantize_graph
 from laaq.quant.twin import Twin
 from laaq.search.baselines import random_allocs
-from laaq.search.metric import adversarial_loss
+from laaq.search.metric import TailCache, adversarial_loss
 from laaq.search.solver import Budget, LayerStats
 
 if TYPE_CHECKING:  # laaq.search imports this module
@@ -70,7 +70,8 @@ def refinement_metric(graph: Graph, calib: Calibration, refine_on: str, twin_gra
     if refine_on == "calibration" or calib.x_hold is None:
         k = refine_images(graph, len(calib.x_adv), max_evals)
         x, y = (calib.x_adv, calib.y) if k == len(calib.x_adv) else (calib.x_adv[:k], calib.y[:k])
-        return (lambda a: adversarial_loss(graph, a, x, y)), None
+        fixed = TailCache()
+        return (lambda a: adversarial_loss(graph, a, x, y, cache=fixed)), None
     k = refine_images(graph, len(calib.x_hold), max_evals)
     if k < len(calib.x_hold):
         calib = replace(calib, x_hold=calib.x_hold[:k], y_hold=calib.y_hold[:k])  # type: ignore[index]
@@ -79,8 +80,10 @@ def refinement_metric(graph: Graph, calib: Calibration, refine_on: str, twin_gra
     def on_sweep(alloc: Alloc) -> None:
         state["x"] = adaptive_examples(twin_graph or graph, to_layers(alloc), calib)
 
+    cache = TailCache()  # keyed by the examples' identity: a new sweep's examples start a new cache
+
     def metric(alloc: Alloc) -> float:
-        return adversarial_loss(graph, alloc, state["x"], calib.y_hold)  # type: ignore[arg-type]
+        return adversarial_loss(graph, alloc, state["x"], calib.y_hold, cache=cache)  # type: ignore[arg-type]
 
     return metric, on_sweep
 
