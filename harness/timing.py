@@ -15,6 +15,7 @@ whose window shows more than :data:`BUSY_FRAC` of the machine in use by others m
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Hashable
@@ -102,6 +103,7 @@ class Timed:
     stats: LatencyStats
     round_medians_ms: list[float]
     loads: list[HostLoad] = field(default_factory=list)
+    number: int = 0  # calls per repeat actually used (calls_per_repeat)
 
     @property
     def spread_pct(self) -> float:
@@ -124,6 +126,22 @@ class Timed:
         return any(v.busy for v in self.loads)
 
 
+MIN_REPEAT_S = 0.05  # a repeat of at least this long is timed well by a wall clock; longer ones add nothing
+
+
+def calls_per_repeat(call_s: float, requested: int) -> int:
+    """Back-to-back calls a repeat averages: the protocol's ``number``, or fewer where a repeat of that many
+    would last beyond :data:`MIN_REPEAT_S` — at least one call, and enough to reach it.
+
+    Why: ``number`` (10) is sized for sub-millisecond calls, where one call is too short to time alone. A
+    MobileNetV2 at 224×224 and batch 64 takes ~1 s a call on 2 cores: 3 rounds × 20 repeats × 10 calls were
+    ~30 minutes of timing for two variants, where one call a repeat times it just as well. Every row records
+    the number used (``number``; ``small/large`` when they differ)."""
+    if call_s <= 0:
+        return requested
+    return max(1, min(requested, math.ceil(MIN_REPEAT_S / call_s)))
+
+
 def timing_phase(slots: dict[Hashable, tuple[LoadedModule, np.ndarray]], proto: LatencyProtocol,
                  system: System | None, local: bool, log: Callable[[str], None] | None = None
                  ) -> dict[Hashable, Timed]:
@@ -138,17 +156,18 @@ def timing_phase(slots: dict[Hashable, tuple[LoadedModule, np.ndarray]], proto: 
     seconds: dict[Hashable, list[float]] = {k: [] for k in keys}
     medians: dict[Hashable, list[float]] = {k: [] for k in keys}
     loads: dict[Hashable, list[HostLoad]] = {k: [] for k in keys}
+    number = {k: calls_per_repeat(min(slots[k][0].time(slots[k][1], 1, 1, 1)), proto.number) for k in keys}
     for r in range(rounds):
         order = keys[r % len(keys):] + keys[: r % len(keys)] if keys else []
         for k in order:
             mod, x = slots[k]
             loads[k].append(sample_load(system, local))
-            got = mod.time(x, proto.warmup, proto.number, per_round, proto.cooldown_ms, proto.cooldown_every)
+            got = mod.time(x, proto.warmup, number[k], per_round, proto.cooldown_ms, proto.cooldown_every)
             seconds[k] += got
             medians[k].append(float(np.median(got)) * 1e3)
         if log is not None:
             log(f"timing round {r + 1}/{rounds} done")
-    return {k: Timed(stats(int(slots[k][1].shape[0]), seconds[k]), medians[k], loads[k]) for k in keys}
+    return {k: Timed(stats(int(slots[k][1].shape[0]), seconds[k]), medians[k], loads[k], number[k]) for k in keys}
 
 
 def describe(proto: LatencyProtocol) -> str:
@@ -159,5 +178,6 @@ def describe(proto: LatencyProtocol) -> str:
     pin = f"; runtime threads pinned one per core ({proto.pin_threads})" if proto.pin_threads else ""
     return (f"one timing phase after every variant was attacked: {proto.rounds} interleaved rounds (order rotated), "
             f"each slot a {QUIET_WINDOW_S * 1e3:.0f} ms quiet window (host load sampled), {proto.warmup} warm-up "
-            f"calls, {per_round} repeats x {proto.number} calls{cool}; median/p90/p99 over all "
+            f"calls, {per_round} repeats x {proto.number} calls (fewer where a repeat would exceed "
+            f"{MIN_REPEAT_S * 1e3:.0f} ms; the row's number column){cool}; median/p90/p99 over all "
             f"{per_round * proto.rounds} repeats; busy = others used > {BUSY_FRAC:.0%} of the CPUs in a window{pin}")

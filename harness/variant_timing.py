@@ -111,6 +111,7 @@ def time_variants(cfg: BenchConfig, profile: TargetProfile, session: Session, me
             "energy_measured_uj": measured_energy_uj(session, m.loaded[large], m.inputs[large],
                                                      t[large].stats.median_ms),
             **{k: v for k, v in conditions.items() if not k.startswith("rss_")},
+            "number": t[small].number if t[small].number == t[large].number else f"{t[small].number}/{t[large].number}",
             "timing_rounds": cfg.latency.rounds, "lat_small_spread_pct": t[small].spread_pct,
             "lat_large_spread_pct": t[large].spread_pct,
             "host_load": _max_or_blank(t[b].host_load for b in (small, large)),

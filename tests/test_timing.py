@@ -48,7 +48,9 @@ def test_rounds_rotate_the_order_and_split_the_repeats() -> None:
     log: list[str] = []
     slots = {k: (_Fake(k, log, s), np.zeros((1, 1))) for k, s in (("a", 1e-3), ("b", 2e-3), ("c", 3e-3))}
     timed = timing_phase(slots, LatencyProtocol(warmup=0, number=1, repeat=4, rounds=3), LocalSystem(), True)
-    assert log == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # every variant first once
+    assert log[:3] == ["a", "b", "c"]  # one probe call each: how many calls a repeat needs (calls_per_repeat)
+    assert log[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # every variant first once
+    assert {t.number for t in timed.values()} == {1}
     for k, t in timed.items():
         assert len(t.round_medians_ms) == 3 and t.spread_pct == 0.0 and t.stats.batch == 1
         assert t.stats.median_ms == pytest.approx({"a": 1, "b": 2, "c": 3}[k])
@@ -99,3 +101,12 @@ def test_stage_clock_records_each_stages_own_peak_memory() -> None:
     assert big >= 190, big
     if reset_peak():  # Linux: the high-water mark is per stage
         assert small < big - 150, (small, big)
+
+
+def test_calls_per_repeat_shrinks_only_for_slow_calls() -> None:
+    from harness.timing import MIN_REPEAT_S, calls_per_repeat
+
+    assert calls_per_repeat(1e-4, 10) == 10  # sub-millisecond: the protocol's number
+    assert calls_per_repeat(0.02, 10) == 3  # 3 × 20 ms reach 50 ms
+    assert calls_per_repeat(1.0, 10) == 1  # a 1 s call is timed alone
+    assert calls_per_repeat(MIN_REPEAT_S / 4, 2) == 2  # never above what was asked
