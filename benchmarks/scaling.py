@@ -35,8 +35,7 @@ class Case:
     size: int | None  # folder image size (None: built-in data)
 
 
-COMMON = ("--target", "x86", "--variants", "int8,laaq", "--attack", "quick", "--batch-large", "16",
-          "--repeat", "5", "--number", "1", "--warmup", "1", "--quiet")
+COMMON = ("--target", "x86", "--variants", "int8,laaq", "--attack", "quick", "--quiet")  # bench's own timing protocol
 CASES = {
     "vgg8": Case("VGG8 / MNIST 1×28×28", ("--arch", "vgg8", "--eval-samples", "100"), None),
     "resnet20": Case("ResNet-20 / 3×32×32", ("--arch", "resnet20", "--epochs", "2", "--eval-samples", "100"), 32),
@@ -46,7 +45,7 @@ CASES = {
                         ("--model", "examples/mobilenetv2.py:mobilenetv2_1_0", "--epochs", "1", "--eval-samples", "20"),
                         224),
 }
-SHOWN = ("training", "checkpoint (cached)", "calibration", "search", "lowering b1", "compile b1", "compile b16",
+SHOWN = ("training", "checkpoint (cached)", "calibration", "search", "lowering b1", "compile b1", "compile b64",
          "pgd-20", "square", "checks", "eps_curve", "timing")
 
 
@@ -61,7 +60,7 @@ def run_case(key: str, out: Path, folder: Path) -> Path:
         r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False)
     if r.returncode:
         raise SystemExit(f"{key}: bench failed (exit {r.returncode}); see {log}")
-    print(f"{key}: {time.perf_counter() - t0:.0f} s ({' '.join(cmd[1:])})", flush=True)
+    print(f"{key}: {time.perf_counter() - t0:.0f} s ({' '.join(cmd[1:])})", flush=True)  # a resumed run: less
     (run,) = [p for p in results.iterdir() if (p / "run.json").exists()]
     return run
 
@@ -80,7 +79,7 @@ def summarize(key: str, run: Path) -> dict:
             row[f"{stage} (s)"] = round(sum(secs), 1)
     for v in ("int8", "laaq"):
         row[f"{v} b1 (ms)"] = df.loc[v, "lat_small_median_ms"]
-        row[f"{v} b16 (ms)"] = df.loc[v, "lat_large_median_ms"]
+        row[f"{v} b64 (ms)"] = df.loc[v, "lat_large_median_ms"]
     scope = next(k for k in stages if k.endswith("/int8"))
     attacked = round(int8.clean_acc * int8.n_eval)
     row["PGD ms / image / step"] = round(1000 * stages[scope]["pgd-20"] / max(1, attacked) / 21, 2)
@@ -107,20 +106,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(CASES))
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "scaling")
+    ap.add_argument("--folder", type=Path, default=None, help="the image folder (default: OUT/digits-rgb, written "
+                    "once); a model whose run is already in OUT/<model>/ resumes (bench skips measured variants)")
     a = ap.parse_args()
     from benchmarks.image_folder import write_folder
     from harness.environment import environment
 
     a.out.mkdir(parents=True, exist_ok=True)
-    folder = a.out / "digits-rgb"
+    folder = (a.folder or a.out / "digits-rgb").resolve()
     if not (folder / "test").is_dir():
         write_folder(folder)
     rows = [summarize(k, run_case(k, a.out, folder)) for k in a.models.split(",")]
     env = environment()
     table = markdown([r["model"] for r in rows], rows)
     text = (f"# Scaling: every stage per model\n\n{env['host_cpu']}, {env['host_cores']} cores; `bench` x86, "
-            f"int8 + LAAQ, `quick` attack; latency median of 5 × 1 call after 1 warm-up, batch 1 and 16, all cores; "
-            f"peak = "
+            f"int8 + LAAQ, `quick` attack; latency = bench's timing phase (3 interleaved rounds × 20 repeats, median, "
+            f"batch 1 and 64, all cores); peak = "
             f"resident memory high-water mark per stage (run.json `stages_peak_mib`).\n\n"
             f"{table}\n")
     (a.out / "scaling.md").write_text(text)

@@ -96,7 +96,8 @@ def compile_module(mod: tvm.IRModule, profile: TargetProfile | Target, out: Path
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so")
     os.close(fd)
     try:
-        manifest = backend.export(ex, profile, Path(tmp))
+        manifest = backend.export(ex, profile, Path(tmp))  # a ".so" name: export_library picks the linker by it
+        os.chmod(tmp, 0o644)  # laaq.atomic's mode; its ".tmp" name would not do here
         os.replace(tmp, out)
         if manifest is not None:
             atomic_write_text(manifest_path(out, backend.name), json.dumps(manifest, indent=2) + "\n")

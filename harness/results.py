@@ -12,12 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from laaq.atomic import write_atomic
 
 
 class ResultsError(RuntimeError):
@@ -31,32 +31,18 @@ def row_tag(target: str, variant: str) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """:func:`laaq.atomic.write_atomic`, a failure as one ResultsError line."""
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
+        write_atomic(path, text)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise ResultsError(f"could not write {path} ({e.strerror or e}); the previous version is intact. "
                            "Free some disk space and re-run: finished rows are kept.") from e
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise ResultsError(f"could not write {path} ({e.strerror or e}); the previous version is intact") from e
 
 

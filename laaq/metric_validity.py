@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from laaq.atomic import write_atomic
 from laaq.attacks import PGDConfig, pgd_step
 from laaq.data import Split
 from laaq.experiment.executor import Executor, LocalExecutor
@@ -358,11 +357,7 @@ def correlation_table(df: pd.DataFrame, metrics: Sequence[str], reps: int = 2000
 # ------------------------------------------------------------------------------------------ the run
 
 def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def load_rows(path: Path) -> pd.DataFrame:

@@ -31,8 +31,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from laaq.atomic import write_atomic
 from laaq.attacks import PGDConfig, pgd, pgd_step
 from laaq.example_log import ExampleLog
 from laaq.memory import backward_batch
@@ -624,11 +623,7 @@ class _State:
             return
         buf = io.BytesIO()
         np.savez_compressed(buf, key=np.array(self.key), **self.data)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, buf.getvalue())
 
 
 def _key(cfg: EvalConfig, x: torch.Tensor, y: torch.Tensor, tag: str) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from laaq.atomic import write_atomic
 from laaq.attacks import PGDConfig, pgd
 from laaq.cache import cache_root
 from laaq.data import Split
@@ -101,15 +100,7 @@ def _fit(model: torch.nn.Module, data: Split, cfg: TrainConfig, progress: bool) 
 
 
 def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _one_line(e: Exception, limit: int = 240) -> str:

@@ -35,3 +35,10 @@ def test_packing_and_protocols(tmp_path: Path) -> None:
     assert small.packed_over_int8_size <= 0.6  # sizes are properties, not timings
     out = _run("benchmarks/protocols.py", "--batches", "1", "--rounds", "1")
     assert "bench/perf" in out and "perf/perf  1.00" in out
+
+
+@pytest.mark.slow
+def test_scaling_table_one_model(tmp_path: Path) -> None:
+    out = _run("benchmarks/scaling.py", "--models", "vgg8", "--out", str(tmp_path))
+    table = (tmp_path / "scaling.md").read_text()
+    assert "VGG8" in table and "peak (MiB)" in table and "PGD ms / image / step" in table, out

@@ -43,6 +43,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
+from laaq.atomic import write_atomic
 from laaq.cache import cache_root
 
 DEFAULT_GPU_CODE = "fatbin"
@@ -173,10 +174,7 @@ def compile_device_code(source: str, tvm_target: tvm.target.Target, fmt: str,
         os.environ["PATH"] = env_path
     if fmt == "ptx" and not code.endswith(b"\0"):
         code += b"\0"  # cuModuleLoadData reads PTX as a C string
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(code)
-    os.replace(tmp, cache)
+    write_atomic(cache, code)
     return code
 
 

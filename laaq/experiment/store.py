@@ -9,26 +9,19 @@ A folder remembers the configuration digest it was made with and refuses to mix 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from laaq.atomic import write_atomic
+
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write via a temp file in the same directory, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix + ".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write via a temp file in the same directory, then rename: readers never see half a file
+    (:func:`laaq.atomic.write_atomic`)."""
+    write_atomic(path, write)
 
 
 class StateMismatch(RuntimeError):
