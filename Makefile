@@ -23,6 +23,7 @@ help:
 	@echo "make perf        peers timed side by side (benchmarks/)"
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	@PYTHON=$(PYTHON) bash scripts/check_system.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
