@@ -60,3 +60,25 @@ def test_paired_bootstrap_and_t_interval() -> None:
     t = t_interval(np.array([0.01, 0.03, 0.02, 0.04, 0.00]))
     # mean 0.02, sd 0.0158 (ddof 1), t_{0.975,4} = 2.776 -> half width 0.0196
     assert t.mean == pytest.approx(0.02) and t.hi - t.mean == pytest.approx(2.7764 * 0.015811 / math.sqrt(5), rel=1e-3)
+
+
+def test_crossed_bootstrap_shares_one_image_draw_and_tests_a_margin() -> None:
+    import numpy as np
+
+    from laaq.stats import crossed_bootstrap, holm, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    image_effect = rng.random(200) < 0.5  # the same images for every seed: their noise is common
+    a = [(image_effect | (rng.random(200) < 0.1)).astype(float) for _ in range(5)]
+    b = [image_effect.astype(float) * (rng.random(200) < 0.9) for _ in range(5)]
+    crossed, p = crossed_bootstrap(a, b, reps=500, margin=0.0)
+    hier = paired_bootstrap(a, b, reps=500)
+    assert crossed.mean == hier.mean and crossed.lo <= crossed.mean <= crossed.hi
+    assert crossed.hi - crossed.lo >= 0.9 * (hier.hi - hier.lo)  # not narrower than independent draws
+    assert p < 0.01  # A beats B clearly: "difference <= 0" rejected
+    _, p_far = crossed_bootstrap(a, b, reps=500, margin=0.5)
+    assert p_far > 0.5  # "difference <= 50 points" is not rejected
+    same, p_same = crossed_bootstrap(a, a, reps=100)
+    assert (same.lo, same.hi) == (0.0, 0.0) and p_same == 1.0
+    assert holm([0.01, 0.04, 0.03]) == [True, False, False]  # 0.01 <= 0.05/3; then 0.03 > 0.05/2 stops
+    assert holm([0.001, 0.02, 0.04]) == [True, True, True]
