@@ -110,3 +110,26 @@ def test_calls_per_repeat_shrinks_only_for_slow_calls() -> None:
     assert calls_per_repeat(0.02, 10) == 3  # 3 × 20 ms reach 50 ms
     assert calls_per_repeat(1.0, 10) == 1  # a 1 s call is timed alone
     assert calls_per_repeat(MIN_REPEAT_S / 4, 2) == 2  # never above what was asked
+
+
+def test_outputs_mixed_runs_a_small_remainder_at_the_small_batch() -> None:
+    from harness.measure import outputs_mixed
+
+    calls: list[int] = []
+
+    class Mod:
+        def __init__(self, batch: int) -> None:
+            self.batch = batch
+
+        def run(self, x: np.ndarray) -> np.ndarray:
+            assert len(x) == self.batch
+            calls.append(self.batch)
+            return x.reshape(len(x), -1)[:, :1] * 2
+
+    mods = {1: Mod(1), 8: Mod(8)}
+    x = np.arange(19, dtype=np.float32).reshape(19, 1)
+    out = outputs_mixed(mods, x, {1: 0.01, 8: 0.2})  # a large call costs 20 small ones: 3 left -> 3 small calls
+    assert out.ravel().tolist() == (2 * x).ravel().tolist() and calls == [8, 8, 1, 1, 1]
+    calls.clear()
+    outputs_mixed(mods, x, {1: 0.1, 8: 0.2})  # 3 small calls (0.3 s) cost more than one padded large (0.2 s)
+    assert calls == [8, 8, 8]
