@@ -73,10 +73,9 @@ def summarize(key: str, run: Path) -> dict:
     row = {"model": CASES[key].name, "MMACs": int8.macs / 1e6, "weights (M)": int8.weight_bytes / 1e6,
            "run (s)": sum(sum(s.values()) for s in stages.values()),
            "peak (MiB)": max(v for s in peaks.values() for v in s.values()) if peaks else float("nan")}
-    for stage in SHOWN:
+    for stage in SHOWN:  # every row has every stage ("—" where it did not run: a cached checkpoint, no training)
         secs = [s[stage] for s in stages.values() if stage in s]
-        if secs:
-            row[f"{stage} (s)"] = round(sum(secs), 1)
+        row[f"{stage} (s)"] = round(sum(secs), 1) if secs else "—"
     for v in ("int8", "laaq"):
         row[f"{v} b1 (ms)"] = df.loc[v, "lat_small_median_ms"]
         row[f"{v} b64 (ms)"] = df.loc[v, "lat_large_median_ms"]

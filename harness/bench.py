@@ -300,7 +300,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     log(f"model: {ckpt} ({'cached' if cached else f'trained in {time.perf_counter() - t0:.0f} s'})")
     folder = cfg.folder()
     store = RunStore(folder, COLUMNS, LAYER_COLUMNS)
-    earlier = earlier_stages(folder)
+    earlier, earlier_peak = earlier_stages(folder), earlier_stages(folder, "stages_peak_mib")
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     run_info = {"config": asdict(cfg), "target": asdict(profile.target), "environment": environment(),
                 "checkpoint": str(ckpt), "latency_protocol": describe_timing(cfg.latency), "started": started,
@@ -383,7 +383,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True, log=lambda m: print(m, fl
     with clock.time(RUN_SCOPE, "report"):
         run_info["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         run_info["stages"] = {**{k: v for k, v in earlier.items() if k not in clock.seconds}, **clock.seconds}
-        run_info["stages_peak_mib"] = clock.peak_mib
+        run_info["stages_peak_mib"] = {**{k: v for k, v in earlier_peak.items() if k not in clock.peak_mib},
+                                       **clock.peak_mib}
         store.write_json("run.json", run_info)
         write_run_report(folder)
     run_info["stages"][RUN_SCOPE] = clock.seconds[RUN_SCOPE]

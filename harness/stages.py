@@ -94,9 +94,10 @@ def reset_peak() -> bool:
         return False
 
 
-def earlier_stages(folder: Path) -> dict[str, dict[str, float]]:
-    """Stage times a resumed run's earlier sessions recorded (their variants are not measured again)."""
+def earlier_stages(folder: Path, key: str = "stages") -> dict[str, dict[str, float]]:
+    """Stage times (``key="stages_peak_mib"``: peak memory) a resumed run's earlier sessions recorded (their
+    variants are not measured again)."""
     try:
-        return dict(json.loads((folder / "run.json").read_text()).get("stages", {}))
+        return dict(json.loads((folder / "run.json").read_text()).get(key, {}))
     except (OSError, ValueError):
         return {}

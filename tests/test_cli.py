@@ -154,6 +154,8 @@ def test_rerun_resumes_without_remeasuring(bench_run) -> None:
     assert "already measured fp32, int8" in r.output
     (folder,) = [p for p in out.iterdir() if p.is_dir()]
     assert len(pd.read_csv(folder / "metrics.csv")) == 2
+    info = json.loads((folder / "run.json").read_text())  # the measured variants keep their stage figures
+    assert "attacks" in info["stages_peak_mib"]["x86/int8"] and "pgd-20" in info["stages"]["x86/int8"]
 
 
 def test_report_builds_comparison(bench_run) -> None:
