@@ -7,43 +7,18 @@ train/test parts by a seeded shuffle, so that a data set name + seed identifies 
 
 from __future__ import annotations
 
-import hashlib
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from laaq.datafiles import DataSpec
+from laaq.datasplit import DataError, Split
+
+__all__ = ["DATASETS", "DataError", "Split", "dataset_slug", "load_dataset"]
+
 DATASETS = ("mnist5k", "digits", "cifar10")
-
-
-class DataError(RuntimeError):
-    """A data set that cannot be loaded, with what was expected."""
-
-
-@dataclass(frozen=True)
-class Split:
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        return int(max(self.y_train.max(), self.y_test.max())) + 1
-
-    def digest(self) -> str:
-        """Content hash (for checkpoint cache keys): a changed file means a new model."""
-        h = hashlib.sha256()
-        for t in (self.x_train, self.y_train, self.x_test, self.y_test):
-            h.update(t.numpy().tobytes())
-        return h.hexdigest()[:16]
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> Split:
@@ -122,19 +97,13 @@ def load_cifar10(data_dir: str | Path, max_train: int | None = None, max_test: i
 
 def dataset_slug(name: str) -> str:
     """``name`` as it may appear in file names and run ids (``folder:/a/b`` -> ``folder-b``)."""
-    if ":" not in name:
-        return name
-    from laaq.datafiles import DataSpec
-
-    return DataSpec.parse(name).slug()
+    return name if ":" not in name else DataSpec.parse(name).slug()
 
 
 def load_dataset(name: str, seed: int = 0, data_dir: str | Path | None = None) -> Split:
     """Data set by name; CIFAR-10 needs ``data_dir``; ``folder[@SIZE]:PATH`` and ``npz:PATH`` read a person's files
     (their own train/test split is kept: ``seed`` does not reshuffle it)."""
     if ":" in name:
-        from laaq.datafiles import DataSpec
-
         return DataSpec.parse(name).load()
     if name == "mnist5k":
         return load_mnist5k(seed)

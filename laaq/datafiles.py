@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from laaq.data import DataError, Split
+from laaq.datasplit import DataError, Split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 FILE_KINDS = ("folder", "npz")
