@@ -12,7 +12,6 @@ their results do not change.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 
@@ -64,6 +63,3 @@ def spans(n: int, batch: int) -> Iterator[slice]:
     for i in range(0, n, max(1, batch)):
         yield slice(i, min(n, i + batch))
 
-
-def batches_needed(n: int, batch: int) -> int:
-    return math.ceil(n / max(1, batch))

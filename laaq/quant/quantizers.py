@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from laaq.graph import PASS_THROUGH, Graph, Node, run_float
+from laaq.graph import PASS_THROUGH, Graph, Node, infer_shapes, run_float
+from laaq.memory import forward_batch, spans
 from laaq.quant.plan import LayerSetting, QuantPlan
 
 INPUT_SCALE = 1.0 / 255.0
@@ -160,9 +161,6 @@ def calibrate(graph: Graph, calib_x: torch.Tensor, percentile: float = 100.0) ->
     ``percentile`` < 100 clips rare outliers; max (100) is the default because the calibration set
     includes adversarial inputs in our searches, whose large activations should stay representable.
     """
-    from laaq.graph import infer_shapes  # noqa: PLC0415 - laaq.graph imports this module's neighbours
-    from laaq.memory import forward_batch, spans
-
     # in batches that keep every node's output within the memory budget (one batch for small models); the
     # running max, and the first 2,000,000 values of each node for a percentile, as over the whole set
     per_image = sum(int(np.prod(s)) for s in infer_shapes(graph).values())
