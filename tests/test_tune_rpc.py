@@ -185,6 +185,43 @@ def test_real_board_path_through_a_tracker(tiny_model, digits, monkeypatch) -> N
         tracker.terminate()
 
 
+def test_tracker_summary_is_read_on_its_own_connection(monkeypatch) -> None:
+    """A key nobody serves: the timed-out ``request`` stays parked in ``recv`` on its connection, so the
+    summary for the message must travel on another one (sent on the same socket, its answer could go to
+    the parked thread and the caller would wait forever — CI once hung here)."""
+    import threading
+
+    from harness.devices import rpc as dev_rpc
+    from harness.devices.base import DeviceError
+
+    release = threading.Event()
+    sessions: list = []
+
+    class Session:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+            sessions.append(self)
+
+        def request(self, key, priority=1, session_timeout=0):  # noqa: ANN001, ANN202 - TVM's signature
+            self.calls.append("request")
+            release.wait(10)  # no free server: parked until the test ends
+
+        def text_summary(self) -> str:
+            self.calls.append("summary")
+            if "request" in self.calls:
+                release.wait(10)  # what the real tracker socket would do: the answer went to the other thread
+            return "key nobody: no server"
+
+    monkeypatch.setattr(dev_rpc, "_probe", lambda *a: None)
+    monkeypatch.setattr(dev_rpc.rpc, "connect_tracker", lambda host, port: Session())
+    try:
+        with pytest.raises(DeviceError, match="(?s)no free RPC server with key 'nobody'.*key nobody: no server"):
+            dev_rpc.tracker_request("127.0.0.1", 9, "nobody", 10.0, wait_s=0.5)
+    finally:
+        release.set()
+    assert [s.calls for s in sessions] == [["request"], ["summary"]]
+
+
 def test_busy_direct_server_is_a_bounded_wait(tiny_model, digits, monkeypatch) -> None:
     """The `--rpc host:port` route (the emulated test above measures through the same direct session
     code): a server busy with another client's session — the bench's own, for a single board — costs

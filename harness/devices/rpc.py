@@ -59,18 +59,24 @@ def connect_direct(host: str, port: int, session_timeout_s: float, wait_s: float
 
 
 def tracker_request(host: str, port: int, key: str, session_timeout_s: float, wait_s: float):
+    """A session from a tracker key, every step bounded by ``wait_s``.
+
+    When no server answers in time, the tracker's summary (for the message) is read over a *new*
+    connection: the timed-out ``request`` is still parked in ``recv`` on the first one, and a summary
+    sent there could be answered to that thread instead — the caller would then wait forever.
+    """
     _probe(host, port, wait_s, "RPC tracker")
-    tracker = rpc.connect_tracker(host, port)
+    tracker, err = _within(lambda: rpc.connect_tracker(host, port), wait_s)
+    if tracker is None:
+        raise DeviceError(f"RPC tracker at {host}:{port} did not answer the handshake"
+                          + (f": {err}" if err is not None else f" within {wait_s:.0f} s"))
     remote, err = _within(lambda: tracker.request(key, priority=1, session_timeout=session_timeout_s), wait_s)
     if remote is not None:
         return remote
     detail = f": {err}" if err is not None else f" within {wait_s:.0f} s"
-    try:
-        summary = tracker.text_summary()
-    except Exception:
-        summary = "(tracker summary unavailable)"
+    summary, _ = _within(lambda: rpc.connect_tracker(host, port).text_summary(), wait_s)
     raise DeviceError(f"no free RPC server with key {key!r} at tracker {host}:{port}{detail}. "
-                      f"Tracker says:\n{summary}")
+                      f"Tracker says:\n{summary or '(tracker summary unavailable)'}")
 
 
 class RPCSession(SessionBase):
