@@ -39,7 +39,7 @@ def test_project_writers_use_it(tmp_path: Path) -> None:
 
     from harness.results import atomic_write_bytes, atomic_write_text
     from laaq.experiment.store import atomic_write
-    from laaq.robustness import _State
+    from laaq.robustness.ensemble import _State
     from laaq.train import _atomic_save
 
     atomic_write_text(tmp_path / "a.txt", "a")

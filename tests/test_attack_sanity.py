@@ -60,7 +60,7 @@ def test_hand_written_pgd_matches_the_library(setup: tuple[Twin, torch.Tensor, t
     same inputs, radius, step and steps: the two accuracies agree within a few images."""
     import torchattacks
 
-    from laaq.robustness import _AsModule
+    from laaq.robustness.members import _AsModule
 
     twin, x, y = setup
     eps, steps = 0.1, 10

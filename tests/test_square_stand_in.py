@@ -13,7 +13,8 @@ from laaq.quant.integer import logits_from_int
 from laaq.quant.plan import QuantPlan
 from laaq.quant.quantizers import quantize_graph
 from laaq.quant.twin import F32_EXACT, ExactLinear, Twin
-from laaq.robustness import AttackPreset, EvalConfig, StandIn, StandInMismatch, _QuerySample, evaluate
+from laaq.robustness import AttackPreset, EvalConfig, StandIn, StandInMismatch, evaluate
+from laaq.robustness.stand_in import _QuerySample
 
 PRESET = AttackPreset("sq", pgd_steps=5, square_queries=60, check_samples=40)
 CFG = EvalConfig(PRESET, 0.1, seed=0, checks=False)
