@@ -27,6 +27,7 @@
 # Why cache it outside the repo: the build takes minutes and ~250 MB; a compressed tarball next to
 # it unpacks in seconds when the directory is lost or damaged.
 set -euo pipefail
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"  # emu_chroot.sh, the one chroot recipe, lies beside
 
 # Bump when the rootfs recipe changes: it is part of the cache key, so old caches are rebuilt.
 RECIPE_VERSION=1
@@ -185,17 +186,12 @@ rootfs_valid() {  # complete and built with the current recipe?
     && compgen -G "$root${VENV_IN_ROOTFS}/lib/python*/site-packages/tvm/lib/libtvm_runtime.so" >/dev/null
 }
 
-# Runs a command inside the rootfs with proc/dev/sys mounted in a private mount namespace: the
-# mounts vanish with the namespace, even if this script is killed.
+# Runs a command inside the rootfs (scripts/emu_chroot.sh, the one chroot recipe) in a private mount + PID
+# namespace: the mounts vanish with the namespace, even if this script is killed.
 in_chroot() {
   local root="$1"; shift
-  unshare --mount --pid --fork --kill-child --propagation private -- /bin/sh -ec '
-    r="$1"; shift
-    mount -t proc proc "$r/proc"
-    mount --rbind /sys "$r/sys"
-    mount --rbind /dev "$r/dev"
-    mount -t tmpfs tmpfs "$r/tmp"
-    exec chroot "$r" "$@"' sh "$root" /usr/bin/env -i PATH="$CHROOT_PATH" HOME=/root LANG=C.UTF-8 "$@"
+  unshare --mount --pid --fork --kill-child --propagation private -- \
+    /bin/sh "$SCRIPT_DIR/emu_chroot.sh" "$root" -- /usr/bin/env -i PATH="$CHROOT_PATH" HOME=/root LANG=C.UTF-8 "$@"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 
 from harness.devices.emulated_rootfs import (
+    CHROOT_SCRIPT,
     DEVICE_PYTHON,
     RASPBERRY_PI_4,
     RASPBERRY_PI_5,
@@ -65,25 +66,6 @@ __all__ = [
     "ensure_rootfs",
     "rootfs_ready",
 ]
-
-
-# PID 1 of the server's private mount + PID namespace (host /bin/sh, before the chroot): mounts what
-# the chroot needs, starts the server, and waits. When it exits, the kernel kills everything in the
-# namespace and the mounts vanish. Its stdin is a pipe from the harness: EOF there (the harness
-# exited, even by SIGKILL) kills the server, so a dead harness never leaves an orphan server.
-_NAMESPACE_INIT = """
-r="$1"; shift
-mount -t proc proc "$r/proc"
-mount --rbind /sys "$r/sys"
-mount --rbind /dev "$r/dev"
-mount -t tmpfs -o size=1g tmpfs "$r/tmp"
-exec 3<&0
-chroot "$r" "$@" </dev/null &
-server=$!
-( cat <&3 >/dev/null; kill -KILL "$server" 2>/dev/null ) &
-exec 3<&-
-wait "$server"
-"""
 
 
 def _free_port(host: str) -> int:
@@ -249,7 +231,7 @@ class EmulatedRPCServer:
             server += ["--tracker", f"{self.tracker[0]}:{self.tracker[1]}", "--key", self.key]
         return [
             "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--",
-            "/bin/sh", "-ec", _NAMESPACE_INIT, "sh", str(self.rootfs),
+            "/bin/sh", str(CHROOT_SCRIPT), "--watch-stdin", str(self.rootfs), "--",
             "/usr/bin/env", "-i", *device_env, *server,
         ]  # fmt: skip
 
@@ -259,7 +241,7 @@ class EmulatedRPCServer:
         try:
             self._proc = subprocess.Popen(
                 self._command(),
-                stdin=subprocess.PIPE,  # the watchdog pipe (see _NAMESPACE_INIT); never written
+                stdin=subprocess.PIPE,  # the watchdog pipe (scripts/emu_chroot.sh --watch-stdin); never written
                 stdout=fd,
                 stderr=subprocess.STDOUT,
                 # setsid: own process group, so teardown reaches the Popen worker and sessions.

@@ -22,20 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.devices.emulated import _DEVICE_PATH, _HOST_PATH
-from harness.devices.emulated_rootfs import EmulatedBoard, EmulatorUnavailable, ensure_rootfs
-
-# PID 1 of the private namespace: mount what the chroot needs, bind the host folders (pairs up to "--"),
-# then become the program (its death ends the namespace and every process in it).
-_INIT = """
-r="$1"; shift
-mount -t proc proc "$r/proc"
-mount --rbind /sys "$r/sys"
-mount --rbind /dev "$r/dev"
-mount -t tmpfs -o size=1g tmpfs "$r/tmp"
-while [ "$1" != "--" ]; do mkdir -p "$r$2"; mount --bind "$1" "$r$2"; shift 2; done
-shift
-exec chroot "$r" "$@" </dev/null
-"""
+from harness.devices.emulated_rootfs import CHROOT_SCRIPT, EmulatedBoard, EmulatorUnavailable, ensure_rootfs
 
 
 @dataclass(frozen=True)
@@ -71,7 +58,7 @@ def run_on_board(board: EmulatedBoard, argv: list[str], binds: dict[Path, str], 
     device_env = [f"PATH={_DEVICE_PATH}", "HOME=/root", "LANG=C.UTF-8", f"QEMU_CPU={board.qemu_cpu}",
                   "TVM_USE_RUNTIME_LIB=1", "PYTHONUNBUFFERED=1", *(f"{k}={v}" for k, v in (env or {}).items())]
     cmd = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--",
-           "/bin/sh", "-ec", _INIT, "sh", str(rootfs), *pairs, "--", "/usr/bin/env", "-i", *device_env, *argv]
+           "/bin/sh", str(CHROOT_SCRIPT), str(rootfs), *pairs, "--", "/usr/bin/env", "-i", *device_env, *argv]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", start_new_session=True, preexec_fn=_die_with_parent,

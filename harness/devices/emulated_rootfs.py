@@ -20,6 +20,8 @@ from laaq.cache import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROOTFS_SCRIPT = REPO_ROOT / "scripts" / "emu_rootfs.sh"
+#: The one chroot recipe (mounts, binds, watchdog), shared by the RPC server, board runs and the rootfs build.
+CHROOT_SCRIPT = REPO_ROOT / "scripts" / "emu_chroot.sh"
 #: Python of the venv inside the rootfs (runtime-only TVM, cloudpickle, psutil, numpy).
 DEVICE_PYTHON = "/opt/tvm-venv/bin/python"
 _QEMU_CPU_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
