@@ -31,7 +31,7 @@ def main(a: argparse.Namespace) -> int:
     from harness.compile import compile_module
     from harness.devices import open_device
     from harness.lower import lower_integer_for
-    from harness.measure import LatencyProtocol, latency
+    from harness.measure import LatencyProtocol, interleaved, latency_timer
     from harness.profile import resolve
     from harness.results import atomic_write_text
     from harness.targets import load_target
@@ -68,10 +68,7 @@ def main(a: argparse.Namespace) -> int:
                     if not np.array_equal(loaded[True].run(x), loaded[False].run(x)):
                         raise SystemExit(f"{name} {bits}-bit: packed and plain outputs differ")
                     int8_bytes = int8_bytes if bits != 8 else size[False]
-                    times: dict[bool, list[float]] = {False: [], True: []}
-                    for _ in range(a.rounds):
-                        for pack in (False, True):
-                            times[pack].append(latency(loaded[pack], x, proto).median_ms)
+                    times = interleaved({p: latency_timer(loaded[p], x, proto) for p in (False, True)}, a.rounds)
                     ms = {p: float(np.median(t)) for p, t in times.items()}
                     rows.append({"model": name, "bits": bits, "batch": batch, "bytes_plain": size[False],
                                  "bytes_packed": size[True],

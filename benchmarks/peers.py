@@ -189,37 +189,6 @@ def tvm_peer(mod, target, key: str, trials: int, log) -> tuple[Peer, Callable[[n
     return (lambda: f(holder["x"])), set_input, note
 
 
-# ------------------------------------------------------------------------------------ timing
-def interleaved(peers: dict[str, Peer], repeat: int, min_round_ms: float,
-                settle_ms: float = 300.0) -> dict[str, list[float]]:
-    """Per-call latency (ms) per round; each round runs every peer for ≥ min_round_ms, in turn.
-
-    Before each peer's slot: a ``settle_ms`` pause and one untimed call. Runtimes keep their worker
-    threads spinning after a call (OpenMP's KMP_BLOCKTIME is 200 ms, TVM's pool spins too); without
-    the pause the previous peer's spinning threads steal the cores from the next one, which made
-    sub-0.1 ms TVM models look 50-100x slower after a PyTorch slot on a 2-core machine.
-    """
-    number = {}
-    for name, fn in peers.items():  # warm up and size the inner loop
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        one = max(time.perf_counter() - t0, 1e-6)
-        number[name] = max(1, int(min_round_ms / 1e3 / one))
-    out: dict[str, list[float]] = {k: [] for k in peers}
-    for r in range(repeat):
-        order = list(peers) if r % 2 == 0 else list(reversed(peers))
-        for name in order:
-            fn, n = peers[name], number[name]
-            time.sleep(settle_ms / 1e3)
-            fn()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            out[name].append((time.perf_counter() - t0) / n * 1e3)
-    return out
-
-
 def load_avg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -229,6 +198,7 @@ def load_avg() -> str:
 
 def main(a: argparse.Namespace) -> int:
     from harness.lower import lower_float, lower_integer_for
+    from harness.measure import interleaved, per_call_ms
     from harness.profile import resolve
     from harness.results import atomic_write_text
     from harness.tuning import default_key
@@ -310,7 +280,8 @@ def main(a: argparse.Namespace) -> int:
                     notes[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
                     log(f"  {name}: {notes[name]}")
             log(f"[{arch} b{b}] timing {len(peers)} peers interleaved, {a.repeat} rounds (load {load_avg()}) ...")
-            lat = interleaved(peers, a.repeat, a.min_round_ms, a.settle_ms)
+            lat = interleaved({k: per_call_ms(fn, a.min_round_ms, a.settle_ms) for k, fn in peers.items()},
+                              a.repeat)
             med = {k: statistics.median(v) for k, v in lat.items()}
             best = min(med.values()) if med else float("nan")
             fastest = min(med, key=med.get) if med else ""

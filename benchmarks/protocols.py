@@ -9,7 +9,8 @@ forward/backward passes on the fp32 model), it times:
 * ``bench``: :func:`harness.measure.latency` on the target's device session (settle pause, warm-up,
   ``time_evaluator``) — the code ``bench`` runs;
 * ``bench, no settle``: the same without the settle pause (the protocol before it existed);
-* ``perf``: ``benchmarks/peers.py``'s interleaved loop (settle pause, one untimed call, back-to-back calls).
+* ``perf``: ``harness.measure.interleaved`` as ``benchmarks/peers.py`` uses it (settle pause, one untimed call,
+  back-to-back calls).
 
 It prints each median and the ratio to ``perf``; the two protocols agree when ``bench/perf`` is near 1.
 """
@@ -50,7 +51,6 @@ def main(a: argparse.Namespace) -> int:
     from laaq.quant.quantizers import quantize_graph
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from peers import interleaved
 
     profile = resolve(a.target)
     torch.manual_seed(0)
@@ -85,7 +85,7 @@ def main(a: argparse.Namespace) -> int:
                 finally:
                     measure.SETTLE_MS = settle
                 attack_like()
-                res["perf"].append(float(np.median(interleaved({"tvm": call}, 3, 50.0)["tvm"])))
+                res["perf"].append(float(np.median(measure.interleaved({"tvm": measure.per_call_ms(call)}, 3)["tvm"])))
             perf = float(np.median(res["perf"]))
             for name, v in res.items():
                 m = float(np.median(v))

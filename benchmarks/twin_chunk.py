@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ def main() -> None:
     ap.add_argument("--chunks", default="32,64,128,192,256,512")
     a = ap.parse_args()
     from harness.environment import environment
+    from harness.measure import interleaved, per_call_ms
     from laaq.data import load_dataset
     from laaq.importer import model_graph
     from laaq.quant.plan import QuantPlan
@@ -54,27 +54,25 @@ def main() -> None:
     def exact() -> None:
         twin.exact_acc(x)
 
-    def run(chunk: int, fn) -> float:
-        twin.chunk = chunk
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
+    def on_twin(chunk: int, fn):  # noqa: ANN202 - a timer's callable
+        def call() -> None:
+            twin.chunk = chunk
+            fn()
+        return call
+
+    def float_in(chunk: int):  # noqa: ANN202
+        def call() -> None:
+            for i in range(0, a.images, chunk):
+                xi = x[i:i + chunk].clone().requires_grad_(True)
+                torch.autograd.grad(model(xi).sum(), [xi])
+        return call
 
     chunks = [int(c) for c in a.chunks.split(",")]
-    times: dict[str, list[float]] = {}
-    for r in range(a.rounds + 1):  # round 0 warms up
-        for c in chunks:
-            for what, fn in (("fwd+bwd", lambda: grad_step(twin)), ("exact", exact)):
-                t = run(c, fn)
-                if r:
-                    times.setdefault(f"twin {what} chunk {c}", []).append(t)
-        for c in (128, a.images):
-            t0 = time.perf_counter()
-            for i in range(0, a.images, c):
-                xi = x[i:i + c].clone().requires_grad_(True)
-                torch.autograd.grad(model(xi).sum(), [xi])
-            if r:
-                times.setdefault(f"float fwd+bwd chunk {c}", []).append((time.perf_counter() - t0) * 1e3)
+    calls = {f"twin {what} chunk {c}": on_twin(c, fn) for c in chunks
+             for what, fn in (("fwd+bwd", lambda: grad_step(twin)), ("exact", exact))}
+    calls |= {f"float fwd+bwd chunk {c}": float_in(c) for c in (128, a.images)}
+    # one call a slot (each takes ~0.1 s), a warm-up call before it, the order reversed every other round
+    times = interleaved({k: per_call_ms(fn, min_round_ms=0, settle_ms=0) for k, fn in calls.items()}, a.rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"# {environment()['host_cpu']}, {torch.get_num_threads()} threads, {a.images} images of {a.arch}, median of "
           f"{a.rounds} interleaved rounds; default chunk here: {default_chunk}")

@@ -36,7 +36,7 @@ def main(a: argparse.Namespace) -> int:
     from harness.devices import open_device
     from harness.layer_latency import consistency, layer_table
     from harness.lower import lower_integer_for
-    from harness.measure import LatencyProtocol, latency
+    from harness.measure import LatencyProtocol, interleaved, latency_timer
     from harness.profile import resolve
     from harness.results import atomic_write_text
     from laaq.importer import model_graph
@@ -74,10 +74,8 @@ def main(a: argparse.Namespace) -> int:
                                          Path(tmp) / f"{name}-w{bits}-b{batch}.so", f"w{bits}", batch, progress=False)
                     loaded[bits] = session.load(art.path)
                 x = np.random.default_rng(0).integers(0, 256, (batch, *shape), dtype=np.uint8)
-                whole: dict[int, list[float]] = {8: [], 7: []}
-                for _ in range(a.rounds):  # interleaved: both widths see the same machine state
-                    for bits in (8, 7):
-                        whole[bits].append(latency(loaded[bits], x, proto).median_ms)
+                # interleaved: both widths see the same machine state
+                whole = interleaved({bits: latency_timer(loaded[bits], x, proto) for bits in (8, 7)}, a.rounds)
                 w8, w7 = float(np.median(whole[8])), float(np.median(whole[7]))
                 c8, c7 = consistency(table, plans[8], w8), consistency(table, plans[7], w7)
                 summary.append({"model": name, "batch": batch, "whole_ms_w8": round(w8, 4), "whole_ms_w7": round(w7, 4),

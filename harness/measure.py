@@ -9,11 +9,15 @@ median, p90, p99, mean and std over the repeats (p99 of 20 repeats is close to t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from harness.devices.base import LoadedModule
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -122,3 +126,46 @@ def outputs_mixed(mods: dict[int, LoadedModule], x: np.ndarray, call_s: dict[int
         b = small if len(rest) / small * call_s[small] < call_s[large] else large
         parts.append(outputs(mods[b], rest, b))
     return np.concatenate(parts)
+
+
+# ------------------------------------------------------------------ side-by-side timing (benchmarks)
+def interleaved(timers: Mapping[K, Callable[[], float]], rounds: int) -> dict[K, list[float]]:
+    """Every timer's figure (ms) in each of ``rounds`` rounds, the timers run in turn and the order reversed
+    every other round, so that drifting machine load (a thermal step, a neighbour's job) hits every
+    contender alike. The one loop the benchmarks compare things with; ``bench`` itself uses
+    :func:`harness.timing.timing_phase`, which adds load sampling and rotation over many slots."""
+    out: dict[K, list[float]] = {k: [] for k in timers}
+    for r in range(rounds):
+        for k in (list(timers) if r % 2 == 0 else list(reversed(timers))):
+            out[k].append(timers[k]())
+    return out
+
+
+def per_call_ms(fn: Callable[[], object], min_round_ms: float = 50.0, settle_ms: float = 300.0
+                ) -> Callable[[], float]:
+    """A timer for :func:`interleaved` of a plain callable: the mean per-call time of as many back-to-back
+    calls as fill ``min_round_ms`` (sized once here, from a second call after a warm-up call).
+
+    Each slot starts with a ``settle_ms`` pause and one untimed call. Runtimes keep their worker threads
+    spinning after a call (OpenMP's KMP_BLOCKTIME is 200 ms, TVM's pool spins too); without the pause the
+    previous contender's spinning threads steal the cores from the next one, which made sub-0.1 ms TVM
+    models look 50-100x slower after a PyTorch slot on a 2-core machine."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    n = max(1, int(min_round_ms / 1e3 / max(time.perf_counter() - t0, 1e-6)))
+
+    def timer() -> float:
+        time.sleep(settle_ms / 1e3)
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n * 1e3
+
+    return timer
+
+
+def latency_timer(mod: LoadedModule, x: np.ndarray, proto: LatencyProtocol) -> Callable[[], float]:
+    """A timer for :func:`interleaved` of a loaded artefact: the median of :func:`latency` (bench's protocol)."""
+    return lambda: latency(mod, x, proto).median_ms

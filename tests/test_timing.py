@@ -133,3 +133,18 @@ def test_outputs_mixed_runs_a_small_remainder_at_the_small_batch() -> None:
     calls.clear()
     outputs_mixed(mods, x, {1: 0.1, 8: 0.2})  # 3 small calls (0.3 s) cost more than one padded large (0.2 s)
     assert calls == [8, 8, 8]
+
+
+def test_interleaved_reverses_the_order_and_per_call_ms_warms_each_slot() -> None:
+    """The benchmarks' one side-by-side loop (harness.measure): every contender once a round, the order
+    reversed every other round; a plain callable's timer makes one untimed call before its timed ones."""
+    from harness.measure import interleaved, per_call_ms
+
+    seen: list[str] = []
+    out = interleaved({k: (lambda k=k: seen.append(k) or 1.0) for k in "abc"}, rounds=3)
+    assert seen == list("abc" "cba" "abc") and out == {k: [1.0] * 3 for k in "abc"}
+
+    calls = []
+    timer = per_call_ms(lambda: calls.append(1), min_round_ms=0, settle_ms=0)
+    assert len(calls) == 2  # a warm-up call and one that sizes the inner loop (one call: min_round_ms=0)
+    assert timer() >= 0 and len(calls) == 4  # one untimed call, then the timed one
