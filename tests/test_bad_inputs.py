@@ -313,3 +313,20 @@ def test_experiment_with_a_wrong_data_dir_leaves_no_state(tmp_path: Path) -> Non
                                   "--executor", "local"], env={"LAAQ_CACHE": str(tmp_path / "cache")})
     assert "DataError" in error_line(r)
     assert not (out / "state.json").exists(), "a wrong --data-dir must not leave a state the corrected run refuses"
+
+
+def test_rpc_tuning_argument_that_is_not_a_tensor_is_named() -> None:
+    """``--trials N`` on an RPC target: a kernel argument the remote filler cannot make is a one-line
+    ValueError naming it (it reached a bare NotImplementedError before)."""
+    import tvm
+
+    from harness.tuning.rpc import alloc_arguments
+
+    class NoFill:
+        def get_function(self, name: str):  # noqa: ANN201 - a runtime-only board has no random filler
+            raise AttributeError(name)
+
+    args = alloc_arguments(NoFill(), tvm.cpu(0), [["TENSOR", "int8", [2, 3]]], 1)
+    assert args[0][0].numpy().shape == (2, 3)
+    with pytest.raises(ValueError, match=r"\['SCALAR', 'int32'\] is not a tensor.*--no-tune"):
+        alloc_arguments(NoFill(), tvm.cpu(0), [["SCALAR", "int32"]], 1)

@@ -124,8 +124,9 @@ def alloc_arguments(session, device, args_info, alloc_repeat: int) -> list[list[
     for _ in range(alloc_repeat):
         args = []
         for info in args_info:
-            if info[0] != "TENSOR":
-                raise NotImplementedError(f"argument kind {info[0]!r}")
+            if info[0] != "TENSOR":  # TVM 0.27's ArgInfo knows only tensors: anything else is a newer TVM
+                raise ValueError(f"kernel argument {info!r} is not a tensor: MetaSchedule's RPC runner here fills "
+                                 f"tensor arguments only (TVM {tvm.__version__}); build it untuned (--no-tune)")
             args.append(one(info[1], list(info[2])))
         out.append(args)
     return out
