@@ -35,7 +35,7 @@ def main() -> None:
     from laaq.experiment.store import unit_contents
 
     cfg = replace(ExperimentConfig(), models=("pgd-at",), seeds=tuple(int(s) for s in a.seeds.split(",")),
-                  budgets=(3.0,), bops_fraction=None, f1_bits=(), n_eval=a.n_eval,
+                  budgets=(3.0,), bops_fractions=(), f1_bits=(), n_eval=a.n_eval,
                   methods=("mse", "hessian", "random-best", "laaq"))
     with tempfile.TemporaryDirectory() as tmp:
         warm = replace(cfg, methods=("mse",))  # trains/loads every seed's model once, untimed

@@ -275,11 +275,11 @@ def search(dataset, data_dir, arch, model, weights, epochs, lr, plain, eps, seed
               help="CIFAR-10 directory: run the ResNet-20 / eps=8/255 experiment instead of MNIST-5k.")
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Comma list of seeds (>= 5 for claims).")
 @click.option("--budgets", default="2.5,3,3.5,4", show_default=True, help="Average-weight-bit budgets (comma list).")
-@click.option("--bops", type=float, default=0.4, show_default=True,
-              help="One more budget: bit operations at most this fraction of the int8 model's (0 = none).")
+@click.option("--bops", default="0.3,0.4,0.5", show_default=True,
+              help="Budgets in bit operations: at most these fractions of the int8 model's (comma list; 0 = none).")
 @click.option("--models", default="pgd-at,plain", show_default=True,
               help="Model kinds: pgd-at (eps of the data set) and/or plain (at the radius matched to pgd-at's "
-                   "fp32 robust accuracy, on test images past the evaluated ones).")
+                   "fp32 robust accuracy, on training images held out of training).")
 @click.option("--methods", default=",".join(F2_METHODS_DEFAULT), show_default=True,
               help="F2 methods; random-best draws as many random plans as LAAQ's refinement evaluates and keeps "
                    "the best by adversarial calibration loss. Suffix @gN (e.g. laaq@g16, mse@g16): one width and "
@@ -327,12 +327,19 @@ def experiment(data_dir, seeds, budgets, bops, models, methods, f1_bits, arch, a
     def ints(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v.strip())
 
+    def floats(text: str, name: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected a comma list of numbers, got {text!r}", param_hint=name) from None
+
     if quick:
         cfg = ExperimentConfig.quick()
     else:
         cfg = ExperimentConfig.cifar(data_dir) if data_dir else ExperimentConfig()
-        cfg = replace(cfg, seeds=ints(seeds), budgets=tuple(float(b) for b in budgets.split(",") if b.strip()),
-                      bops_fraction=bops or None, f1_bits=ints(f1_bits), arch=arch or cfg.arch,
+        cfg = replace(cfg, seeds=ints(seeds), budgets=floats(budgets, "--budgets"),
+                      bops_fractions=tuple(f for f in floats(bops, "--bops") if f > 0),
+                      f1_bits=ints(f1_bits), arch=arch or cfg.arch,
                       evaluation=replace(cfg.evaluation, preset=_run(get_preset, attack)))
     kinds = tuple(m.strip() for m in models.split(",") if m.strip())
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())

@@ -44,14 +44,13 @@ from laaq.data import Split
 from laaq.experiment.executor import Executor, LocalExecutor
 from laaq.graph import Graph
 from laaq.importer import model_graph
-from laaq.lipschitz import conv_operator_norms, dense_operator_norm
 from laaq.quant.plan import LayerSetting, QuantPlan
-from laaq.quant.quantizers import dequantize_weight, quantize_graph
+from laaq.quant.quantizers import quantize_graph
 from laaq.quant.twin import Twin
 from laaq.robustness import AttackPreset, EvalConfig, evaluate
 from laaq.search import Calibration, CalibrationRecipe
 from laaq.search.baselines import hessian_costs, mse_costs, sensitivity_costs
-from laaq.search.metric import laaq_costs, layer_inputs
+from laaq.search.metric import laaq_costs, norm_product_costs
 from laaq.search.solver import CANDIDATE_BITS, CLIP_GRID, candidate_settings
 from laaq.train import TrainConfig, train_or_load
 
@@ -196,36 +195,6 @@ def parse_alloc(text: str) -> dict[str, LayerSetting]:
 
 
 # ------------------------------------------------------------------------------------------- metrics
-
-def norm_product_costs(graph: Graph, x_adv: torch.Tensor, settings: list[LayerSetting]) -> CostTable:
-    """Bound (1) of docs/method.md with exact operator norms: ∏_{k>l}‖W_k‖₂ · ‖W_l − Q_s(W_l)‖₂ · rms‖a_{l−1}(x')‖.
-
-    Defined for a chain of layers (no residual additions): the tail's Lipschitz bound is the product of the
-    later layers' norms (ReLU, flatten are 1-Lipschitz)."""
-    if any(n.residual for n in graph.nodes):
-        raise ValueError("norm-product is defined for layer chains only (this graph has residual additions)")
-    weighted = graph.weighted()
-    inputs = layer_inputs(graph, x_adv)
-    own: dict[str, float] = {}
-    err: dict[str, dict[LayerSetting, float]] = {}
-    for node in weighted:
-        diffs = [node.weight - dequantize_weight(node.weight, s) for s in settings]
-        if node.op == "dense":
-            own[node.name] = dense_operator_norm(node.weight)
-            norms = [dense_operator_norm(d) for d in diffs]
-        else:
-            shape = graph.input_shape_of(node)
-            own[node.name] = conv_operator_norms([node.weight], shape, node.stride, node.padding, iters=300,  # type: ignore[arg-type]
-                                                 tol=1e-7)[0]
-            norms = conv_operator_norms(diffs, shape, node.stride, node.padding, iters=100)  # type: ignore[arg-type]
-        err[node.name] = dict(zip(settings, norms, strict=True))
-    out: CostTable = {}
-    for i, node in enumerate(weighted):
-        tail = float(np.prod([own[m.name] for m in weighted[i + 1:]])) if i + 1 < len(weighted) else 1.0
-        a = float(inputs[node.name].flatten(1).norm(dim=1).pow(2).mean().sqrt())
-        out[node.name] = {s: tail * err[node.name][s] * a for s in settings}
-    return out
-
 
 def metric_tables(graph: Graph, calib: Calibration, settings: list[LayerSetting], metrics: Sequence[str],
                   hessian_max_iter: int = 50, seed: int = 0,

@@ -194,7 +194,7 @@ def test_grouped_methods_run_and_are_compared(cache: Path, tmp_path: Path) -> No
     from laaq.experiment.analysis import differences
     from laaq.experiment.config import split_method
 
-    cfg = replace(ExperimentConfig.quick(), seeds=(0,), models=("pgd-at",), f1_bits=(), bops_fraction=None,
+    cfg = replace(ExperimentConfig.quick(), seeds=(0,), models=("pgd-at",), f1_bits=(), bops_fractions=(),
                   methods=("mse", "mse@g2"))
     df, _ = run_experiment(cfg, tmp_path, progress=False, cache_dir=cache)
     g = df[df.method == "mse@g2"].iloc[0]
@@ -210,7 +210,7 @@ def test_grouped_methods_run_and_are_compared(cache: Path, tmp_path: Path) -> No
             outcomes[f"pgd-at|{s}|bits3|{m}"] = v
             rows.loc[len(rows)] = {**rows.iloc[0].to_dict(), "seed": s, "method": m, "robust": float(v.mean())}
     d = differences(rows, outcomes)
-    assert {"laaq", "laaq-ilp", "laaq@g8"} == set(d.method)
+    assert {"laaq", "laaq-ilp", "norm-product", "laaq@g8"} == set(d.method)  # LAAQ and its variants
     assert "mse@g8" in set(d.baseline) and (d.baseline == "best (mse@g8)").any()
 
 
@@ -250,3 +250,30 @@ def test_oracle_baseline_takes_the_best_baseline_of_each_seed() -> None:
     o = d[(d.method == "laaq") & (d.baseline == ORACLE)].iloc[0]
     single = d[(d.method == "laaq") & d.baseline.isin(["mse", "hessian", "sensitivity"])]["diff"]
     assert o["diff"] < single.min() and o["diff"] == pytest.approx(-0.4, abs=0.05)
+
+
+def test_plain_radius_matched_on_held_out_training_images_with_the_evaluation_preset(
+        quick_run: tuple[pd.DataFrame, str, Path]) -> None:
+    """F1's radius: the evaluation's own preset, on training images that neither model trained on and no
+    calibration saw (never test images)."""
+    import torch
+
+    from laaq.data import load_dataset
+    from laaq.experiment.run import held_out
+
+    _, _, out = quick_run
+    cfg = ExperimentConfig.quick()
+    row = _unit(out, "plain__0__match__eps").row
+    assert row["on"] == "held-out training images" and row["preset"] == cfg.evaluation.preset.name
+    data = load_dataset(cfg.dataset, seed=0)
+    train, x, _ = held_out(data)
+    assert int(row["images"]) == len(x) and len(train.x_train) + len(x) == len(data.x_train)
+    assert torch.equal(x, data.x_train[-len(x):]) and torch.equal(train.x_train, data.x_train[:-len(x)])
+
+
+def test_bops_budget_levels_and_protocol_in_the_digest() -> None:
+    cfg = replace(ExperimentConfig.quick(), budgets=(2.5, 3.0), bops_fractions=(0.3, 0.5))
+    assert cfg.budget_labels() == ["bits2.5", "bits3", "bops0.3", "bops0.5"]
+    assert ExperimentConfig().budget_labels()[-3:] == ["bops0.3", "bops0.4", "bops0.5"]
+    assert cfg.digest() == replace(cfg, bops_fractions=(0.4,)).digest()  # budgets are in each unit's key
+    assert "norm-product" in ExperimentConfig().methods and "norm-product" not in ExperimentConfig.cifar("x").methods

@@ -188,3 +188,26 @@ def test_tail_cache_gives_the_full_pass_loss() -> None:
               {**base, names[0]: LayerSetting(4, 1.0), names[9]: LayerSetting(2, 1.0)}]
     for alloc in probes:
         assert adversarial_loss(g, alloc, x, y, cache=cache) == adversarial_loss(g, alloc, x, y)
+
+
+def test_norm_product_is_a_search_method_on_chains_and_refuses_residual_graphs(digits, tiny_model) -> None:
+    """LAAQ's knapsack on the textbook bound (exact operator norms): a plan within budget on a layer chain,
+    its cost table stored; a residual graph is one ValueError."""
+    import json
+
+    import torch
+
+    from laaq.importer import model_graph
+    from laaq.models import ResNet20
+    from laaq.search import Budget, Calibration, search_plan
+
+    g = tiny_model.to_graph()
+    x = digits.x_train[:8]
+    calib = Calibration(x, digits.y_train[:8], (x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+    plan = search_plan("norm-product", g, calib, Budget(avg_bits=4.0))
+    assert plan.meta["method"] == "norm-product" and json.loads(plan.meta["costs"])
+    assert float(plan.meta["spend_avg_bits"]) <= 4.0 + 1e-9
+    r = model_graph(ResNet20().eval(), (3, 32, 32))
+    xr = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="layer chains only"):
+        search_plan("norm-product", r, Calibration(xr, torch.zeros(2, dtype=torch.long), xr), Budget(avg_bits=4.0))

@@ -20,12 +20,17 @@ from laaq.attacks import PGDConfig, pgd_step
 from laaq.robustness import PRESETS, EvalConfig
 from laaq.search import Budget, CalibrationRecipe, SearchConfig
 
-#: every quantization method of the F2 comparison, in table order (LAAQ's ablation before LAAQ)
-F2_METHODS = ("uniform", "uniform-clip", "mse", "hessian", "sensitivity", "output-error", "random-best", "laaq-ilp",
-              "laaq")
+#: every quantization method of the F2 comparison, in table order (LAAQ's variants — the textbook norm-product
+#: bound, the knapsack without refinement — before LAAQ)
+F2_METHODS = ("uniform", "uniform-clip", "mse", "hessian", "sensitivity", "output-error", "random-best", "norm-product",
+              "laaq-ilp", "laaq")
+#: F2 methods defined for layer chains only (no residual additions): left out of the ResNet configuration
+CHAIN_ONLY = ("norm-product",)
 #: the methods LAAQ is compared with ("random-best": best of N random plans, N = LAAQ's exact-loss evaluations)
 BASELINES = ("uniform", "uniform-clip", "mse", "hessian", "sensitivity", "output-error", "random-best")
 MODEL_KINDS = ("pgd-at", "plain")
+#: bumped when what a unit's numbers mean changes (its digest then refuses units made before)
+PROTOCOL = 2
 #: suffix of a method run with per-output-channel-group widths, e.g. ``laaq@g16`` (groups of 16 channels)
 GROUP_SUFFIX = "@g"
 
@@ -49,10 +54,12 @@ def is_baseline(method: str) -> bool:
 class ExperimentConfig:
     """Everything that determines the experiment's numbers.
 
-    ``budgets``: average weight bits; ``bops_fraction``: one more budget, bit operations per sample at
-    most this fraction of the uniform-8 model's (8-bit activations); ``plain_eps``: the plain model's
+    ``budgets``: average weight bits; ``bops_fractions``: budgets in what the hardware pays, bit operations
+    per sample at most these fractions of the uniform-8 model's (8-bit activations), at several levels so
+    that a method's margin is not read off one point; ``plain_eps``: the plain model's
     radius (None: matched — the radius of the grid where its fp32 robust accuracy comes closest to the
-    PGD-AT model's at ``evaluation.eps``, measured on training images, never test images);
+    PGD-AT model's at ``evaluation.eps`` under the evaluation's preset, measured on training images held out of
+    training and calibration, never test images);
     ``f1_bits``: the uniform widths of F1, each with max-abs and MSE-optimal clipping.
     """
 
@@ -62,7 +69,7 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     models: tuple[str, ...] = MODEL_KINDS
     budgets: tuple[float, ...] = (2.5, 3.0, 3.5, 4.0)
-    bops_fraction: float | None = 0.4
+    bops_fractions: tuple[float, ...] = (0.3, 0.4, 0.5)
     methods: tuple[str, ...] = F2_METHODS
     f1_bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
     train_epochs: int = 6
@@ -80,7 +87,7 @@ class ExperimentConfig:
     def quick(cls) -> ExperimentConfig:
         """Small enough for a test: sklearn digits (8×8), the tiny CNN, two seeds, short attacks."""
         p = PGDConfig(eps=0.1, step_size=0.03, steps=4)
-        return cls(dataset="digits", arch="tinycnn", seeds=(0, 1), budgets=(3.0,), bops_fraction=0.5,
+        return cls(dataset="digits", arch="tinycnn", seeds=(0, 1), budgets=(3.0,), bops_fractions=(0.5,),
                    f1_bits=(8, 2), train_epochs=5, train_lr=1e-2, train_pgd=p,
                    evaluation=EvalConfig(PRESETS["quick"], 0.1, checks=False), eps_grid=(0.02, 0.05),
                    calibration=CalibrationRecipe(samples=48, attack_steps=4, holdout=48), n_eval=100,
@@ -94,17 +101,19 @@ class ExperimentConfig:
         return cls(dataset="cifar10", data_dir=data_dir, arch="resnet20", train_epochs=30, train_lr=1e-2,
                    train_pgd=PGDConfig(eps=e, step_size=2 / 255, steps=7),
                    evaluation=EvalConfig(PRESETS["standard"], e, checks=False), n_eval=1000,
-                   eps_grid=(1 / 255, 2 / 255, 4 / 255))
+                   eps_grid=(1 / 255, 2 / 255, 4 / 255), methods=tuple(m for m in F2_METHODS if m not in CHAIN_ONLY))
 
     def budget_labels(self) -> list[str]:
-        """Labels of the F2 budgets, in order: ``bits2.5`` …, then ``bops0.4``."""
-        out = [f"bits{b:g}" for b in self.budgets]
-        return out + ([f"bops{self.bops_fraction:g}"] if self.bops_fraction else [])
+        """Labels of the F2 budgets, in order: ``bits2.5`` …, then ``bops0.3`` …."""
+        return [f"bits{b:g}" for b in self.budgets] + [f"bops{f:g}" for f in self.bops_fractions]
 
     def digest(self) -> str:
         """Hash of what makes a finished unit reusable: everything except which seeds, models, budgets and
         methods are run (those are in each unit's key, so a later run may add more of them)."""
-        d = asdict(replace(self, seeds=(), models=(), budgets=(), bops_fraction=None, methods=(), f1_bits=()))
+        d = asdict(replace(self, seeds=(), models=(), budgets=(), bops_fractions=(), methods=(), f1_bits=()))
+        # protocol 2: models trained without the held-out matching images, radius matched with the evaluation
+        # preset, norm-product in the grid — units of protocol 1 are not reused
+        d["protocol"] = PROTOCOL
         if d["search"]["group_size"] == 0:  # added later; methods choose groups themselves (``laaq@g16``)
             del d["search"]["group_size"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -25,7 +25,7 @@ from laaq.importer import model_graph
 from laaq.quant.plan import LayerSetting, QuantPlan
 from laaq.quant.quantizers import quantize_graph
 from laaq.quant.twin import Twin
-from laaq.robustness import PRESETS, EvalConfig, evaluate
+from laaq.robustness import evaluate
 from laaq.search import Calibration, layer_stats, search_plan, spend
 from laaq.search.baselines import mse_clip
 from laaq.search.solver import Budget
@@ -36,7 +36,7 @@ from .config import GROUP_SUFFIX, ExperimentConfig, budget_for, split_method
 from .executor import Executor, LocalExecutor
 from .store import Unit, UnitStore, unit_key
 
-MATCH_IMAGES = 200  # images for the plain model's radius matching (test images past the evaluated ones)
+MATCH_IMAGES = 200  # training images held out of training and calibration, for the plain model's radius matching
 
 
 @dataclass
@@ -71,37 +71,43 @@ def kurtosis(graph: Graph) -> dict[str, float]:
     return {n.name: float(st.kurtosis(n.weight.ravel().astype(np.float64))) for n in graph.weighted()}
 
 
+def held_out(data: Split) -> tuple[Split, torch.Tensor, torch.Tensor]:
+    """The split the experiment trains and calibrates on, and the images it matches the plain model's radius
+    on: the last :data:`MATCH_IMAGES` training images (at most a fifth of them), held out of both.
+
+    Why: matching on test images (the ones past the evaluated ones, as before) let test data choose a
+    protocol parameter; matching on images the models were trained on would compare accuracies inflated by
+    training. Held-out training images are neither."""
+    m = min(MATCH_IMAGES, len(data.x_train) // 5)
+    return (replace(data, x_train=data.x_train[:-m], y_train=data.y_train[:-m]), data.x_train[-m:],
+            data.y_train[-m:])
+
+
 def _train(data: Split, cfg: ExperimentConfig, seed: int, kind: str, progress: bool, cache_dir: Path | None
            ) -> torch.nn.Module:
     tcfg = TrainConfig(arch=cfg.arch, epochs=cfg.train_epochs, lr=cfg.train_lr, adversarial=kind == "pgd-at",
                        pgd=cfg.train_pgd, seed=seed)
-    return train_or_load(data, tcfg, cache_dir=cache_dir, progress=progress)[0].eval()
-
-
-def match_images(data: Split, cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images for radius matching: test images *after* the evaluated ones (never the evaluated ones)."""
-    if len(data.x_test) < cfg.n_eval + MATCH_IMAGES // 2:
-        raise ValueError(f"radius matching needs test images beyond the {cfg.n_eval} evaluated ones; the split has "
-                         f"{len(data.x_test)} — lower --n-eval or give --plain-eps")
-    return data.x_test[cfg.n_eval:cfg.n_eval + MATCH_IMAGES], data.y_test[cfg.n_eval:cfg.n_eval + MATCH_IMAGES]
+    return train_or_load(held_out(data)[0], tcfg, cache_dir=cache_dir, progress=progress)[0].eval()
 
 
 def matched_eps(data: Split, cfg: ExperimentConfig, seed: int, progress: bool, cache_dir: Path | None,
                 store: UnitStore) -> float:
-    """The plain model's radius: where its fp32 robust accuracy (``quick`` preset) comes closest to the PGD-AT
-    model's at the evaluation radius, on :func:`match_images`. Stored as a unit (``plain|seed|match|eps``)."""
+    """The plain model's radius: where its fp32 robust accuracy under the evaluation's own preset comes closest
+    to the PGD-AT model's at the evaluation radius, on the held-out training images (:func:`held_out`).
+    Stored as a unit (``plain|seed|match|eps``)."""
     key = unit_key("plain", seed, "match", "eps")
     if cfg.plain_eps is not None:
         return cfg.plain_eps
     if store.has(key):
         return float(store.get(key).row["eps"])  # type: ignore[arg-type]
-    x, y = match_images(data, cfg)
-    quick = EvalConfig(PRESETS["quick"], cfg.evaluation.eps, seed=seed, checks=False)
-    target = float(evaluate(_train(data, cfg, seed, "pgd-at", progress, cache_dir), x, y, quick).robust.mean())
+    _, x, y = held_out(data)
+    ev = replace(cfg.evaluation, seed=seed, checks=False)
+    target = float(evaluate(_train(data, cfg, seed, "pgd-at", progress, cache_dir), x, y, ev).robust.mean())
     plain = _train(data, cfg, seed, "plain", progress, cache_dir)
-    curve = {e: float(evaluate(plain, x, y, replace(quick, eps=e)).robust.mean()) for e in cfg.eps_grid}
+    curve = {e: float(evaluate(plain, x, y, replace(ev, eps=e)).robust.mean()) for e in cfg.eps_grid}
     eps = min(curve, key=lambda e: abs(curve[e] - target))
-    row = {"eps": eps, "target_robust": target, "curve": json.dumps(curve), "images": len(x)}
+    row = {"eps": eps, "target_robust": target, "curve": json.dumps(curve), "images": len(x),
+           "on": "held-out training images", "preset": ev.preset.name}
     store.put(Unit(key, row, np.zeros(0, bool), np.zeros(0, bool)))
     return eps
 
@@ -111,7 +117,8 @@ def context(data: Split, cfg: ExperimentConfig, seed: int, kind: str, progress: 
     eps = cfg.evaluation.eps if kind == "pgd-at" else matched_eps(data, cfg, seed, progress, cache_dir, store)
     model = _train(data, cfg, seed, kind, progress, cache_dir)
     graph = model_graph(model, data.input_shape)
-    calib = cfg.calibration.make(graph, data.x_train, data.y_train, eps, seed, model)
+    train = held_out(data)[0]
+    calib = cfg.calibration.make(graph, train.x_train, train.y_train, eps, seed, model)
     return SeedContext(kind, seed, model, graph, eps, calib, data.x_test[:cfg.n_eval], data.y_test[:cfg.n_eval])
 
 

@@ -34,7 +34,7 @@ from laaq.search.baselines import (
     uniform_clip_alloc,
 )
 from laaq.search.groups import GroupView, group_view
-from laaq.search.metric import forward, laaq_costs, search_images
+from laaq.search.metric import forward, laaq_costs, norm_product_costs, search_images
 from laaq.search.refinement import best_random_alloc, refinement_metric
 from laaq.search.solver import (
     CANDIDATE_BITS,
@@ -239,6 +239,16 @@ def _output_error(s: _Search) -> dict:
     n = search_images(s.graph, len(s.calib.x_adv))  # the LAAQ metric's images: the same data, without the factor
     s.meta.update(search_images=n)
     return s.solve(output_error_costs(s.graph, s.calib.x[:n], s.calib.x_adv[:n], s.settings))
+
+
+@register_method("norm-product")
+def _norm_product(s: _Search) -> dict:
+    """LAAQ's knapsack on the textbook bound: exact operator norms of the tail instead of the measured tail gain
+    (layer chains only; a residual graph is refused with a one-line ValueError)."""
+    s.extra_time = s.calib.adv_time_s
+    n = search_images(s.graph, len(s.calib.x_adv))
+    s.meta.update(search_images=n)
+    return s.solve(norm_product_costs(s.graph, s.calib.x_adv[:n], s.settings))
 
 
 @register_method("hessian")

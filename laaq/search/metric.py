@@ -218,6 +218,39 @@ def laaq_costs(graph: Graph, x_clean: torch.Tensor, x_adv: torch.Tensor, setting
                    for s, total in row.items()} for name, row in sums.items()}
 
 
+def norm_product_costs(graph: Graph, x_adv: torch.Tensor, settings: list[LayerSetting]
+                       ) -> dict[str, dict[LayerSetting, float]]:
+    """Bound (1) of docs/method.md with exact operator norms: ∏_{k>l}‖W_k‖₂ · ‖W_l − Q_s(W_l)‖₂ · rms‖a_{l−1}(x')‖.
+
+    Defined for a chain of layers (no residual additions): the tail's Lipschitz bound is the product of the
+    later layers' norms (ReLU, flatten are 1-Lipschitz). As a search method (``norm-product``) it is the LAAQ
+    variant whose cost ranked random plans best in the metric-validity study (docs/method.md), so the experiment
+    runs it beside ``laaq`` to tell the data-aware tail gain from the textbook bound."""
+    if any(n.residual for n in graph.nodes):
+        raise ValueError("norm-product is defined for layer chains only (this graph has residual additions)")
+    weighted = graph.weighted()
+    inputs = layer_inputs(graph, x_adv)
+    own: dict[str, float] = {}
+    err: dict[str, dict[LayerSetting, float]] = {}
+    for node in weighted:
+        diffs = [node.weight - dequantize_weight(node.weight, s) for s in settings]
+        if node.op == "dense":
+            own[node.name] = dense_operator_norm(node.weight)
+            norms = [dense_operator_norm(d) for d in diffs]
+        else:
+            shape = graph.input_shape_of(node)
+            own[node.name] = conv_operator_norms([node.weight], shape, node.stride, node.padding, iters=300,  # type: ignore[arg-type]
+                                                 tol=1e-7)[0]
+            norms = conv_operator_norms(diffs, shape, node.stride, node.padding, iters=100)  # type: ignore[arg-type]
+        err[node.name] = dict(zip(settings, norms, strict=True))
+    out: dict[str, dict[LayerSetting, float]] = {}
+    for i, node in enumerate(weighted):
+        tail = float(np.prod([own[m.name] for m in weighted[i + 1:]])) if i + 1 < len(weighted) else 1.0
+        a = float(inputs[node.name].flatten(1).norm(dim=1).pow(2).mean().sqrt())
+        out[node.name] = {s: tail * err[node.name][s] * a for s in settings}
+    return out
+
+
 def dequantized_weights(graph: Graph, layers: Mapping[str, LayerSetting]) -> dict[str, torch.Tensor]:
     """Q(W) of every weighted layer under an allocation (float tensors for :func:`forward`)."""
     return {n.name: torch.as_tensor(dequantize_weight(n.weight, layers[n.name])) for n in graph.weighted()}
