@@ -70,6 +70,11 @@ def _train_options(f):
         click.option("--image-size", type=int, default=None, expose_value=False, callback=_image_size,
                      help="folder data: resize (shorter side) and center-crop every image to N x N "
                           "(needed when the images differ in size)."),
+        click.option("--normalize", default=None, expose_value=False, callback=_normalize,
+                     help="Per-channel input normalization the model starts with: MEAN/STD in [0, 1] pixel units, "
+                          "one value per channel (0.1307/0.3081; 0.485,0.456,0.406/0.229,0.224,0.225), or "
+                          "imagenet / cifar10. It becomes the model's first layer, folded exactly into the first "
+                          "conv on import: the deployed model still takes uint8 pixels, eps stays in pixel units."),
         click.option("--data-dir", type=click.Path(), default=None, help="CIFAR-10 python-pickle directory."),
         click.option("--arch", default=None, type=click.Choice(list(ARCHITECTURES)),
                      help="Built-in model (default: vgg8 for MNIST-5k — 8 layers, none above 27 % of the weights; "
@@ -122,6 +127,20 @@ def _image_size(ctx: click.Context, param: click.Parameter, value: int | None) -
         raise click.BadParameter(str(e)) from None
 
 
+def _normalize(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--normalize MEAN/STD`` folded into the data set's text (``…+norm=MEAN/STD``), which every config carries."""
+    from laaq.data import DataError
+    from laaq.datafiles import DataSpec
+
+    if value is None:
+        return
+    dataset = ctx.params.get("dataset", "mnist5k")
+    try:
+        ctx.params["dataset"] = DataSpec.parse(dataset, normalize=value).text()
+    except DataError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def model_source(model: str, weights: str, arch: str | None = None) -> ModelSource | None:
     """``--model``/``--weights`` checked and parsed (None: a built-in architecture)."""
     if weights and not model:
@@ -136,9 +155,12 @@ def train_config(dataset: str, arch: str | None, epochs: int, lr: float | None, 
     """The training recipe the CLI options name, and the run's ε (public: scripts build the same model).
 
     With a user's model (``source``) the architecture name is its file and factory, the key its digest."""
-    user_data = ":" in dataset
-    eps = (FILE_DATA_EPS if user_data else DEFAULT_EPS[dataset]) if eps is None else eps
-    arch = source.arch if source else arch or (FILE_DATA_ARCH if user_data else DEFAULT_ARCH[dataset])
+    from laaq.datafiles import DataSpec
+
+    spec = DataSpec.parse(dataset)
+    user_data = spec.is_file
+    eps = (FILE_DATA_EPS if user_data else DEFAULT_EPS[spec.kind]) if eps is None else eps
+    arch = source.arch if source else arch or (FILE_DATA_ARCH if user_data else DEFAULT_ARCH[spec.kind])
     lr = DEFAULT_LR.get(arch, 1e-3) if lr is None else lr
     # Madry-style training attack, kept short for 2-core machines: 7 steps of 2.5·eps/7 from a random start
     # (explicit, no library defaults)

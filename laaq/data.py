@@ -97,20 +97,21 @@ def load_cifar10(data_dir: str | Path, max_train: int | None = None, max_test: i
 
 def dataset_slug(name: str) -> str:
     """``name`` as it may appear in file names and run ids (``folder:/a/b`` -> ``folder-b``)."""
-    return name if ":" not in name else DataSpec.parse(name).slug()
+    return DataSpec.parse(name).slug()
 
 
 def load_dataset(name: str, seed: int = 0, data_dir: str | Path | None = None) -> Split:
     """Data set by name; CIFAR-10 needs ``data_dir``; ``folder[@SIZE]:PATH`` and ``npz:PATH`` read a person's files
     (their own train/test split is kept: ``seed`` does not reshuffle it)."""
-    if ":" in name:
-        return DataSpec.parse(name).load()
-    if name == "mnist5k":
-        return load_mnist5k(seed)
-    if name == "digits":
-        return load_digits(seed)
-    if name == "cifar10":
+    spec = DataSpec.parse(name)
+    if spec.is_file:
+        return spec.load()
+    if spec.kind == "mnist5k":
+        return spec.normalize(load_mnist5k(seed))
+    if spec.kind == "digits":
+        return spec.normalize(load_digits(seed))
+    if spec.kind == "cifar10":
         if data_dir is None:
             raise DataError("cifar10 needs --data-dir pointing at the extracted cifar-10-batches-py directory")
-        return load_cifar10(data_dir)
+        return spec.normalize(load_cifar10(data_dir))
     raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}, folder:PATH or npz:PATH")

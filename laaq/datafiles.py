@@ -18,16 +18,17 @@ array is N×H×W grayscale), uint8 0–255 or float in [0, 1]; labels integers 0
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from laaq.datasplit import DataError, Split
+from laaq.datasplit import DataError, Normalization, Split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 FILE_KINDS = ("folder", "npz")
+NORM_TAG = "+norm="
 
 
 @dataclass(frozen=True)
@@ -41,16 +42,23 @@ class DataSpec:
     kind: str  # a built-in name (mnist5k, digits, cifar10) or one of FILE_KINDS
     path: Path | None = None
     image_size: int | None = None
+    normalization: Normalization | None = None  # --normalize: the model's first layer, folded on import
 
     @classmethod
-    def parse(cls, text: str, image_size: int | None = None) -> DataSpec:
-        """``mnist5k`` | ``folder:PATH`` | ``folder@SIZE:PATH`` | ``npz:PATH``; ``image_size`` (``--image-size``)
-        is the same as ``@SIZE``."""
-        kind, sep, rest = text.partition(":")
+    def parse(cls, text: str, image_size: int | None = None, normalize: str | None = None) -> DataSpec:
+        """``mnist5k`` | ``folder:PATH`` | ``folder@SIZE:PATH`` | ``npz:PATH``, each optionally with
+        ``+norm=MEAN/STD`` before the colon (``cifar10+norm=imagenet``, ``folder@224+norm=0.5/0.25:PATH``);
+        ``image_size`` (``--image-size``) is the same as ``@SIZE``, ``normalize`` (``--normalize``) as ``+norm=``."""
+        head, sep, rest = text.partition(":")
+        head, plus, norm_text = head.partition(NORM_TAG)
+        if plus and normalize is not None and Normalization.parse(norm_text) != Normalization.parse(normalize):
+            raise DataError(f"{text!r} says normalization {norm_text}, --normalize {normalize}: give one")
+        norm = Normalization.parse(normalize if normalize is not None else norm_text) if plus or normalize else None
         if not sep:
             if image_size is not None:
                 raise DataError(f"--image-size applies to folder:PATH data only, not the built-in {text!r}")
-            return cls(text)
+            return cls(head, normalization=norm)
+        kind = head
         kind, at, size_text = kind.partition("@")
         if kind not in FILE_KINDS:
             raise DataError(f"unknown data source {kind!r} in {text!r}; use folder:PATH or npz:PATH")
@@ -64,13 +72,14 @@ class DataSpec:
             image_size = int(size_text)
         if image_size is not None and (kind != "folder" or image_size < 4):
             raise DataError(f"image size {image_size}: only folder data is resized, to at least 4 pixels")
-        return cls(kind, Path(rest).expanduser(), image_size)
+        return cls(kind, Path(rest).expanduser(), image_size, norm)
 
     def text(self) -> str:
         """The canonical ``--dataset`` text (what a config stores; :meth:`parse` reads it back)."""
+        norm = f"{NORM_TAG}{self.normalization.text()}" if self.normalization else ""
         if not self.is_file:
-            return self.kind
-        return f"{self.kind}{f'@{self.image_size}' if self.image_size else ''}:{self.path}"
+            return self.kind + norm
+        return f"{self.kind}{f'@{self.image_size}' if self.image_size else ''}{norm}:{self.path}"
 
     @property
     def is_file(self) -> bool:
@@ -78,17 +87,26 @@ class DataSpec:
 
     def slug(self) -> str:
         """A name safe in file names and run ids: ``folder-<dir name>[-<size>]``, ``npz-<file stem>``."""
+        norm = "-norm" if self.normalization else ""
         if not self.is_file:
-            return self.kind
+            return self.kind + norm
         assert self.path is not None
         stem = self.path.resolve().name if self.kind == "folder" else self.path.stem
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:40] or "data"
-        return f"{self.kind}-{safe}" + (f"-{self.image_size}" if self.image_size else "")
+        return f"{self.kind}-{safe}" + (f"-{self.image_size}" if self.image_size else "") + norm
 
     def load(self) -> Split:
         assert self.path is not None, "built-in sets are loaded by laaq.data.load_dataset"
-        return load_folder(self.path, self.image_size, self.slug()) if self.kind == "folder" \
+        split = load_folder(self.path, self.image_size, self.slug()) if self.kind == "folder" \
             else load_npz(self.path, self.slug())
+        return self.normalize(split)
+
+    def normalize(self, split: Split) -> Split:
+        """The split with this spec's normalization attached (checked against its channel count)."""
+        if self.normalization is None:
+            return split
+        self.normalization.check_channels(split.input_shape[0], self.text())
+        return replace(split, normalization=self.normalization)
 
 
 # ---------------------------------------------------------------------------------------------- folders

@@ -18,6 +18,10 @@ Nodes are kept deliberately few:
 * ``cat``     — concatenation along channels.
 * ``flatten`` — NCHW → N(CHW).
 
+A conv's bias is ``[O]``, or ``[O, OH, OW]`` — a *bias map* — when an input normalization ``(x − m)/s`` was
+folded into it (:mod:`laaq.importer.translate`): the zero padding of the normalized input is padding with
+``m`` in pixel units, so the folded bias differs at the borders; a map keeps the fold exact.
+
 The activation of a node is ``relu`` (output ≥ 0, so it is quantized unsigned) with an optional upper
 bound ``act_max`` (ReLU6 = ``relu`` + ``act_max=6``); on pooling and concatenation nodes ``relu`` marks
 an output that is non-negative anyway (its inputs are), which is what makes it unsigned.
@@ -47,7 +51,7 @@ class Node:
     op: str
     inputs: list[str]
     weight: np.ndarray | None = None  # conv: [O, I/groups, kh, kw]; dense: [O, I] (float32, BN folded)
-    bias: np.ndarray | None = None  # [O]
+    bias: np.ndarray | None = None  # [O]; conv only: [O, OH, OW] where a folded input normalization left borders
     stride: int = 1
     padding: int = 0
     relu: bool = False
@@ -126,10 +130,18 @@ def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape[1:]) for k, v in outs.items() if k != "input"}
 
 
+def channel_view(v, ndim: int):
+    """A per-channel vector ``[O]`` (or a bias map ``[O, OH, OW]``) shaped to broadcast against an ``ndim``-D
+    ``[N, O, ...]`` tensor; numpy arrays and torch tensors alike (every backend adds biases through it)."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2)) if v.ndim == 1 else v.reshape((1, *v.shape))
+
+
 def linear_part(node: Node, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The weighted layer's own map (conv or dense), before residual and activation."""
     if node.op == "conv":
-        return F.conv2d(x, weight, bias, stride=node.stride, padding=node.padding, groups=node.groups)
+        flat = bias is None or bias.ndim == 1
+        y = F.conv2d(x, weight, bias if flat else None, stride=node.stride, padding=node.padding, groups=node.groups)
+        return y if flat else y + channel_view(bias, 4)
     return F.linear(x, weight, bias)
 
 

@@ -127,7 +127,8 @@ def holdout_split(data: Split, n_val: int) -> Split:
     if not 0 < n_val < len(data.x_train):
         raise ValueError(f"n_val must be in (0, {len(data.x_train)}), got {n_val}")
     k = len(data.x_train) - n_val
-    return Split(f"{data.name}-val{n_val}", data.x_train[:k], data.y_train[:k], data.x_train[k:], data.y_train[k:])
+    return Split(f"{data.name}-val{n_val}", data.x_train[:k], data.y_train[:k], data.x_train[k:], data.y_train[k:],
+                 data.normalization)
 
 
 # ----------------------------------------------------------------------------------------------- plans

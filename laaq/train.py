@@ -22,6 +22,7 @@ from laaq.attacks import PGDConfig, pgd
 from laaq.cache import cache_root
 from laaq.data import Split
 from laaq.models import build_model
+from laaq.normalize import normalized
 from laaq.usermodel import ModelSource, check_model, load_weights
 
 
@@ -144,6 +145,7 @@ def train_or_load(data: Split, cfg: TrainConfig, cache_dir: Path | None = None,
     path = (cache_dir or default_cache_dir()) / "checkpoints" / f"{data.name}-{cfg.arch}-{key}.pt"
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes, whatever ran before
     model = build() if build is not None else build_model(cfg.arch, data.input_shape, data.num_classes)
+    model = normalized(model, data.normalization)  # the data's normalization is the model's first layer
     if path.exists():
         load_checkpoint(path, model, expect_key=key)
         return model, path, True
@@ -175,7 +177,8 @@ def obtain_model(data: Split, cfg: TrainConfig, source: ModelSource | None = Non
     what = f"--model {source.file}:{source.factory}"
     check_model(model, data.input_shape, data.num_classes, what)
     if source.weights:
-        load_weights(model, source.weights)
+        load_weights(model, source.weights)  # the bare model's state dict, before its normalization is put in front
+    model = normalized(model, data.normalization)
     model_graph(model, data.input_shape, data.num_classes)
     if source.weights:
         return model, Path(source.weights), True

@@ -22,7 +22,7 @@ import tvm
 from tvm import relax, te, topi
 
 from harness.backend.schemes import VNNI, Scheme
-from harness.lower.blocked_ops import add_blocked, cat_blocked, grouped_acc, pool_blocked
+from harness.lower.blocked_ops import add_blocked, blocked_bias, cat_blocked, grouped_acc, pool_blocked
 from harness.lower.nchw import requantize_expr
 from laaq.quant.quantizers import QNode, QuantizedGraph
 
@@ -112,7 +112,8 @@ def blocked_dense_weight(w: np.ndarray, c: int, h: int, w_: int, cb: int) -> np.
 
 def offset_bias(b_q: np.ndarray, w_q: np.ndarray, offset: int) -> np.ndarray:
     """Bias that undoes a stored-input offset: ``conv(a + off, w) − off·Σw = conv(a, w)``."""
-    return (b_q.astype(np.int64) - offset * w_q.reshape(len(w_q), -1).astype(np.int64).sum(1)).astype(np.int32)
+    wsum = w_q.reshape(len(w_q), -1).astype(np.int64).sum(1).reshape((-1,) + (1,) * (b_q.ndim - 1))
+    return (b_q.astype(np.int64) - offset * wsum).astype(np.int32)
 
 
 def _pad_vec(v: np.ndarray, n: int, dtype) -> np.ndarray:
@@ -219,7 +220,7 @@ def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in:
     acc = bb.emit_te(conv_block, a, _const(kernel), stride, padding, offset, scheme.k_block, width,
                      scheme.weight_dtype, ob, primfunc_name_hint="conv2d_nchwc_int8")
     bshape = (1, op // ob, 1, 1, ob)
-    bias = _pad_vec(offset_bias(q.b_q, q.w_q, offset), op, np.int32).reshape(bshape)
+    bias = blocked_bias(offset_bias(q.b_q, q.w_q, offset), op, ob)
     return bb.emit(relax.op.add(acc, _const(bias))), bshape
 
 

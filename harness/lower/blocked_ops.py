@@ -58,10 +58,16 @@ def grouped_acc(bb: relax.BlockBuilder, a: relax.Expr, offset: int, q: QNode, ob
     kernel[:o] = q.w_q
     acc = bb.emit_te(grouped_conv, a, const(kernel), n.stride, n.padding, n.groups, o, offset, ob,
                      primfunc_name_hint="grouped_conv_nchwc")
-    bshape = (1, op_ // ob, 1, 1, ob)
-    bias = np.zeros(op_, dtype=np.int32)
-    bias[:o] = q.b_q
-    return bb.emit(relax.op.add(acc, const(bias.reshape(bshape)))), bshape
+    return bb.emit(relax.op.add(acc, const(blocked_bias(q.b_q, op_, ob)))), (1, op_ // ob, 1, 1, ob)
+
+
+def blocked_bias(b: np.ndarray, op: int, ob: int) -> np.ndarray:
+    """An int32 bias ``[O]`` (or a bias map ``[O, OH, OW]``, :mod:`laaq.graph`) → ``[1, Op/ob, 1|OH, 1|OW, ob]``,
+    the blocked accumulator's layout; channels past ``O`` zero."""
+    spatial = tuple(b.shape[1:]) or (1, 1)
+    full = np.zeros((op, *spatial), dtype=np.int32)
+    full[: len(b)] = b.reshape(len(b), *spatial)
+    return np.ascontiguousarray(full.reshape(op // ob, ob, *spatial).transpose(0, 2, 3, 1)[None])
 
 
 def to_nchwc(bb: relax.BlockBuilder, t: relax.Expr, ob: int) -> relax.Expr:

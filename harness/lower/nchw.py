@@ -18,6 +18,7 @@ import tvm
 from tvm import relax
 
 from harness.lower.ops import const, fixed_point_sum, window_reduce
+from laaq.graph import channel_view
 from laaq.quant.quantizers import QNode, QuantizedGraph
 
 _const = const
@@ -93,7 +94,7 @@ def lower_integer(qg: QuantizedGraph, batch: int) -> tvm.IRModule:
                 else:
                     acc = bb.emit(relax.op.matmul(a, relax.op.permute_dims(w), out_dtype="int32"))
                     bshape = (1, -1)
-                acc = bb.emit(relax.op.add(acc, _const(q.b_q.astype(np.int32).reshape(bshape))))
+                acc = bb.emit(relax.op.add(acc, _const(channel_view(q.b_q.astype(np.int32), len(bshape)))))
                 if q.final:
                     env[n.name] = acc
                     continue

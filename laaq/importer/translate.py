@@ -13,6 +13,12 @@ Fusions, the ones the hand-written ``to_graph()`` of the built-in models did:
   becomes that layer's residual input (the node moves to the add's place in the order); otherwise an
   ``add`` node with its own requantization.
 
+* an input normalization — ``(x − mean) / std`` or any chain of per-channel ``+ − × ÷`` by constants on
+  the model's input — is folded into the convolutions that read it: ``W' = W·a`` per input channel and a
+  bias that adds ``conv(b)``. Zero padding of the normalized input is padding with ``mean`` in pixel units,
+  so at the borders that bias differs: it becomes a bias map ``[O, OH, OW]`` (:mod:`laaq.graph`) and the
+  fold stays exact. The deployed model then takes the raw uint8 pixels, and ε stays in pixel units.
+
 A value may be modified by a fusion only while every ATen node since its layer was created has a single
 user: a conv whose output is also read elsewhere cannot absorb a batch-norm or a ReLU.
 """
@@ -26,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx
 
 from laaq.graph import Graph, Node
@@ -64,6 +71,9 @@ class Value:
     nonneg: bool  # every element ≥ 0: quantized unsigned
     end: fx.Node | None  # the ATen node whose result this is
     open: bool = True  # every ATen node since the layer was created had one user: fusions may still change it
+    #: the model's input under a per-channel affine map, ``input·scale + shift`` ([C] float64 each): a
+    #: normalization not yet folded (only ``node == "input"`` carries one)
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,9 @@ class Translator:
             "aten.max_pool2d.default": self.pool, "aten.max_pool2d_with_indices.default": self.pool,
             "aten.avg_pool2d.default": self.pool, "aten.adaptive_avg_pool2d.default": self.adaptive,
             "aten.adaptive_max_pool2d.default": self.adaptive, "aten.mean.dim": self.reduce,
-            "aten.amax.default": self.reduce,
+            "aten.amax.default": self.reduce, "aten.sub.Tensor": self.affine, "aten.sub_.Tensor": self.affine,
+            "aten.mul.Tensor": self.affine, "aten.mul_.Tensor": self.affine, "aten.div.Tensor": self.affine,
+            "aten.div_.Tensor": self.affine,
             **{k: self.activation for k in ACTIVATIONS}, **{k: self.identity for k in IDENTITY},
             **{k: self.reshape for k in SHAPE},
         }
@@ -135,10 +147,13 @@ class Translator:
                                    f"forward must take exactly one tensor, it takes {len(users)}")
         self.values[users[0]] = Value("input", False, True, users[0])
 
-    def tensor(self, n: fx.Node, a: Any) -> Value:
+    def tensor(self, n: fx.Node, a: Any, normalized_ok: bool = False) -> Value:
         v = self.values.get(a) if isinstance(a, fx.Node) else None
         if not isinstance(v, Value):
             raise self.refuse(n, f"operand {a!r} is not an activation (a constant or parameter used as data)")
+        if v.affine is not None and not normalized_ok:
+            raise self.refuse(n, "a normalization of the input ((x − mean) / std) must feed convolutions only "
+                                 "(it is folded into them); here it feeds another op")
         return v
 
     def param(self, n: fx.Node, a: Any, what: str) -> Param | None:
@@ -177,7 +192,7 @@ class Translator:
 
     # ---- ops --------------------------------------------------------------------------------------
     def conv(self, n: fx.Node) -> Value:
-        x = self.tensor(n, n.args[0])
+        x = self.tensor(n, n.args[0], normalized_ok=True)
         w = self.param(n, n.args[1], "conv weight")
         b = self.param(n, _arg(n, 2, "bias"), "conv bias")
         if str(n.target) == "aten.convolution.default":
@@ -204,7 +219,67 @@ class Translator:
         node = Node(name, "conv", [x.node], stride=stride, padding=self.square(n, padding, "padding"),
                     groups=int(groups))
         self._weights(name, w, b)
+        if x.affine is not None:
+            self._fold_affine(name, node, x.affine)
         return self.emit(node, n, nonneg=False, flat=False)
+
+    def _fold_affine(self, name: str, node: Node, affine: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """``conv(input·a + b) = conv'(input) + bias map``: ``W'[o, j] = W[o, j]·a[c(o, j)]``, and the bias gains
+        ``conv(b)`` computed on a constant image — with the conv's own zero padding, so the border outputs get
+        exactly the terms the normalized input's padding contributes (float64 throughout)."""
+        scale, shift = affine
+        w = self.w64[name]
+        o, cg = w.shape[:2]
+        chan = (torch.arange(o)[:, None] // (o // node.groups)) * cg + torch.arange(cg)[None, :]  # w[o, j]'s input
+        self.w64[name] = w * scale[chan][:, :, None, None]
+        c, h, wd = self.input_shape
+        image = shift.reshape(1, c, 1, 1).expand(1, c, h, wd)
+        extra = F.conv2d(image, w, None, node.stride, node.padding, 1, node.groups)[0]
+        if node.padding == 0 or not bool(shift.any()):  # every window inside: the same value everywhere
+            extra = extra[:, 0, 0]
+        self.b64[name] = (self.b64[name].reshape((-1,) + (1,) * (extra.ndim - 1)) + extra).contiguous()
+
+    def affine(self, n: fx.Node) -> Value:
+        """``input ± c``, ``input × c``, ``input ÷ c`` with a per-channel or scalar constant ``c``: kept as an affine
+        map of the input until the convolutions that read it fold it in (:meth:`_fold_affine`)."""
+        op = str(n.target).split(".")[1].rstrip("_")
+        a, b = n.args[0], n.args[1]
+        x = self.values.get(a) if isinstance(a, fx.Node) else None
+        if not isinstance(x, Value) or x.node != "input" or isinstance(self.values.get(b), Value):
+            raise self.refuse(n, HINTS["mul"] if op == "mul" else
+                              f"{op} is supported only between the model's input and a constant (a normalization "
+                              "(x − mean) / std, folded into the first convolution)")
+        if op == "sub" and _arg(n, 2, "alpha", 1) != 1:
+            raise self.refuse(n, "sub with alpha ≠ 1")
+        const = self._channel_constant(n, b)
+        scale, shift = x.affine if x.affine is not None else (torch.ones_like(const), torch.zeros_like(const))
+        if op in ("div", "mul") and not bool(torch.all(const != 0)):
+            raise self.refuse(n, f"{op} of the input by a constant with a zero entry")
+        if op == "sub":
+            scale, shift = scale, shift - const
+        elif op == "add":
+            scale, shift = scale, shift + const
+        elif op == "mul":
+            scale, shift = scale * const, shift * const
+        else:
+            scale, shift = scale / const, shift / const
+        return Value("input", False, False, n, open=False, affine=(scale, shift))
+
+    def _channel_constant(self, n: fx.Node, b: Any) -> torch.Tensor:
+        """A scalar, or a buffer / constant of shape ``[C, 1, 1]`` / ``[1, C, 1, 1]`` / one element → ``[C]``."""
+        c = self.input_shape[0]
+        if isinstance(b, (int, float)):
+            return torch.full((c,), float(b), dtype=torch.float64)
+        p = self.values.get(b) if isinstance(b, fx.Node) else None
+        if not isinstance(p, Param):
+            raise self.refuse(n, "the input may only be combined with a constant (a module buffer or a number)")
+        t = p.tensor.detach().double()
+        if t.numel() == 1:
+            return t.reshape(1).expand(c).clone()
+        if tuple(t.shape) in ((c, 1, 1), (1, c, 1, 1)):
+            return t.reshape(c).clone()
+        raise self.refuse(n, f"a constant of shape {list(t.shape)} combined with the input (only per-channel "
+                             f"[{c}, 1, 1] or scalar constants, as in (x − mean) / std)")
 
     def _weights(self, name: str, w: Param, b: Param | None) -> None:
         self.w64[name] = w.tensor.double()
@@ -238,7 +313,9 @@ class Translator:
         shape = (-1,) + (1,) * (self.w64[layer.name].ndim - 1)
         self.w64[layer.name] = self.w64[layer.name] * g.reshape(shape)
         shift = beta.tensor.double() if beta else 0.0
-        self.b64[layer.name] = (self.b64[layer.name] - mean.tensor.double()) * g + shift
+        view = (-1,) + (1,) * (self.b64[layer.name].ndim - 1)  # a bias map [O, OH, OW] after a folded normalization
+        shift = shift.reshape(view) if isinstance(shift, torch.Tensor) else shift
+        self.b64[layer.name] = (self.b64[layer.name] - mean.tensor.double().reshape(view)) * g.reshape(view) + shift
         out = replace(x, end=n)
         return (out, None, None) if legit else out
 
@@ -285,6 +362,8 @@ class Translator:
     def add(self, n: fx.Node) -> Value:
         if _arg(n, 2, "alpha", 1) != 1:
             raise self.refuse(n, "add with alpha ≠ 1")
+        if not isinstance(self.values.get(n.args[1]), Value):  # input + constant: part of a normalization
+            return self.affine(n)
         a, b = self.tensor(n, n.args[0]), self.tensor(n, n.args[1])
         if _val(n.args[0]).shape != _val(n.args[1]).shape:
             raise self.refuse(n, "a broadcasting add (the operands' shapes differ)")
@@ -377,7 +456,7 @@ class Translator:
         return pooled
 
     def identity(self, n: fx.Node) -> Value:
-        x = self.tensor(n, n.args[0])
+        x = self.tensor(n, n.args[0], normalized_ok=True)
         if "dropout" in str(n.target) and _arg(n, 2, "train", False):
             raise self.refuse(n, "dropout in training mode")
         if _val(n).dtype != torch.float32:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from laaq.graph import channel_view
 from laaq.quant.quantizers import QNode, QuantizedGraph
 
 
@@ -104,8 +105,7 @@ def run_node(q: QNode, xs: list[np.ndarray], residual: np.ndarray | None) -> np.
         acc = conv2d_int(x, q.w_q, n.stride, n.padding, n.groups)
     else:
         acc = x.astype(np.int64) @ q.w_q.astype(np.int64).T
-    shape = (1, -1) + (1,) * (acc.ndim - 2)
-    acc = acc + q.b_q.astype(np.int64).reshape(shape)
+    acc = acc + channel_view(q.b_q.astype(np.int64), acc.ndim)
     _check_int32(acc, n.name)
     if q.final:
         return acc.astype(np.int32)

@@ -80,7 +80,8 @@ def bias_scale_floor(bias: np.ndarray, s_in: float, fan_in: int, bits: int) -> n
     room = (2**31 - 1) - fan_in * 255 * qmax(bits)
     if room <= 0:
         raise ValueError(f"a layer with fan-in {fan_in} at {bits} bits can overflow its int32 accumulator")
-    return np.abs(bias.astype(np.float64)) / (s_in * (room - 1))  # − 1: rounding of b/(s_in·s_w) stays inside
+    peak = np.abs(bias.astype(np.float64)).reshape(len(bias), -1).max(1)  # a bias map: its largest entry
+    return peak / (s_in * (room - 1))  # − 1: rounding of b/(s_in·s_w) stays inside
 
 
 def quantize_input(x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,7 @@ class QNode:
     s_out: float  # for the final layer: unused (logits are dequantized per channel)
     w_q: np.ndarray | None = None  # int8
     w_scale: np.ndarray | None = None  # float64 [O]
-    b_q: np.ndarray | None = None  # int32 [O]
+    b_q: np.ndarray | None = None  # int32 [O], or [O, OH, OW] (a conv's bias map, laaq.graph)
     mult: np.ndarray | None = None  # int64 [O] (gap: [1])
     shift: int = 0
     res_mult: int = 0  # residual multiplier (same shift)
@@ -218,7 +219,7 @@ def quantize_graph(graph: Graph, plan: QuantPlan, calib_x: torch.Tensor,
             fan_in = int(np.prod(n.weight.shape[1:]))
             q.w_q, q.w_scale = quantize_weight(n.weight, setting, bias_scale_floor(n.bias, s_in, fan_in, setting.bits))
             acc_scale = s_in * q.w_scale
-            bq = np.floor(n.bias.astype(np.float64) / acc_scale + 0.5)
+            bq = np.floor(n.bias.astype(np.float64) / acc_scale.reshape((-1,) + (1,) * (n.bias.ndim - 1)) + 0.5)
             q.b_q = np.clip(bq, -(2**31) + 1, 2**31 - 1).astype(np.int32)
             if not final:
                 reals = acc_scale / s_out

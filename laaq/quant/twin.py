@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from laaq.graph import Graph, activate, infer_shapes
+from laaq.graph import Graph, activate, channel_view, infer_shapes
 from laaq.quant.quantizers import INPUT_SCALE, QNode, QuantizedGraph, quantize_input
 
 
@@ -254,7 +254,7 @@ class Twin(torch.nn.Module):
             else:
                 acc = self._exact[n.name](c_in, self._code_max)
                 shape = (1, -1) + (1,) * (acc.ndim - 2)
-                acc = acc + torch.as_tensor(q.b_q, dtype=torch.int64, device=acc.device).reshape(shape)
+                acc = acc + channel_view(torch.as_tensor(q.b_q, dtype=torch.int64, device=acc.device), acc.ndim)
                 if grad_path:
                     # the float layer's value is the accumulator rescaled (no second convolution; exact in float64
                     # for the logits, float32 inside, where it only places the ReLU/clip masks); its gradient is
