@@ -277,3 +277,76 @@ def test_bops_budget_levels_and_protocol_in_the_digest() -> None:
     assert ExperimentConfig().budget_labels()[-3:] == ["bops0.3", "bops0.4", "bops0.5"]
     assert cfg.digest() == replace(cfg, bops_fractions=(0.4,)).digest()  # budgets are in each unit's key
     assert "norm-product" in ExperimentConfig().methods and "norm-product" not in ExperimentConfig.cifar("x").methods
+
+
+def _synthetic_table(cfg: ExperimentConfig, cache: Path) -> tuple[tuple[str, int, float], ...]:
+    """An AVX2-like table for the quick model: the first layer pays only at 8 bits (8: 2 ms, ≤ 7: 1 ms), the others
+    pay per bit — so latency budgets bind and differ from the bit and BOPs ones."""
+    from laaq.data import load_dataset
+    from laaq.importer import model_graph
+    from laaq.models import build_model
+
+    data = load_dataset(cfg.dataset)
+    names = [n.name for n in model_graph(build_model(cfg.arch, data.input_shape, data.num_classes),
+                                         data.input_shape).weighted()]
+    rows = [(names[0], b, 2.0 if b == 8 else 1.0) for b in range(2, 9)]
+    rows += [(n, b, 0.25 * b) for n in names[1:] for b in range(2, 9)]
+    return tuple(rows)
+
+
+def test_latency_budgets_bind_are_reported_and_redone_under_another_table(cache: Path, tmp_path: Path) -> None:
+    from laaq.experiment import write_outputs
+    from laaq.experiment.config import budget_for, latency_range
+
+    base = replace(ExperimentConfig.quick(), seeds=(0,), models=("pgd-at",), budgets=(3.0,), bops_fractions=(),
+                   methods=("uniform", "output-error", "laaq-ilp"), f1_bits=())
+    cfg = replace(base, latency_fractions=(0.5,), latency_table=_synthetic_table(base, cache),
+                  latency_source="synthetic table (test)")
+    assert cfg.budget_labels() == ["bits3", "lat0.5"] and cfg.digest() == base.digest()
+    fast, int8 = latency_range(cfg.latency())
+    limit = budget_for("lat0.5", 1.0, cfg.latency()).constraints[0].limit
+    assert limit == pytest.approx(fast + 0.5 * (int8 - fast))
+    df, summary = run_experiment(cfg, tmp_path, progress=False, cache_dir=cache)
+    lat = df[df.budget == "lat0.5"]
+    assert set(lat.method) == set(cfg.methods)
+    assert (lat.latency_ms <= limit + 1e-9).all() and (lat.latency_frac < 1).all()
+    assert (df[df.budget != "fp32"].weight_kib > 0).all() and df[df.budget == "bits3"].latency_ms.notna().all()
+    md = (tmp_path / "results.md").read_text()
+    assert "| pgd-at | lat0.5 | laaq-ilp |" in md and "synthetic table (test)" in md
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "By budget kind [pgd-at, measured latency]" not in summary  # only LAAQ itself is summarised by kind
+    # another table: the latency units are redone, the others kept (same digest, same folder)
+    other = replace(cfg, latency_table=tuple((n, b, ms * 2) for n, b, ms in cfg.latency_table))
+    assert exp_run.pending(other, exp_run.UnitStore(tmp_path, other.digest(), ""), "pgd-at", 0) == \
+        [("lat0.5", m) for m in exp_run._ordered(cfg.methods)]
+    assert len(write_outputs(other, tmp_path)[0].query("budget == 'lat0.5'")) == 0
+
+
+def test_by_kind_answers_both_questions() -> None:
+    from laaq.experiment.analysis import by_kind
+
+    diffs = pd.DataFrame([
+        {"model": "pgd-at", "budget": b, "method": "laaq", "baseline": base, "diff": d, "verdict": v}
+        for b, base, d, v in (("bits3", "best (mse)", 0.05, "distinguishable"),
+                              ("bits3", "output-error", -0.01, "not distinguishable"),
+                              ("lat0.5", "best (mse)", -0.04, "distinguishable"),
+                              ("lat0.5", "output-error", 0.0, "no verdict (2 seeds)"))])
+    lines = by_kind(diffs, "pgd-at")
+    assert lines[0].startswith("By budget kind [pgd-at, average weight bits]: LAAQ vs the best baseline: better at 1")
+    assert "vs output-error: better at 0, worse at 0, not distinguishable or no verdict at 1 of 1" in lines[0]
+    assert "measured latency" in lines[1] and "worse at 1" in lines[1]
+
+
+def test_latency_table_is_measured_on_the_target_for_the_grid(private_cache) -> None:
+    """`experiment --latency-target x86`: the real per-layer table (TVM, timed natively), every layer at every
+    candidate width; widths that share a kernel (≤ 7 bits: vpmaddubsw) share a time."""
+    from harness.cli_experiment import with_latency_table
+    from laaq.search.solver import CANDIDATE_BITS
+
+    cfg = with_latency_table(ExperimentConfig.quick(), (0.5,), "x86")
+    table = cfg.latency()
+    assert cfg.budget_labels()[-1] == "lat0.5" and cfg.latency_source.startswith("x86, native")
+    assert all(sorted(row) == sorted(CANDIDATE_BITS) and min(row.values()) > 0 for row in table.values())
+    assert all(len({row[b] for b in CANDIDATE_BITS if b <= 7}) == 1 for row in table.values())
+    with pytest.raises(ValueError, match="positions must lie in"):
+        with_latency_table(ExperimentConfig.quick(), (1.5,), "x86")

@@ -14,7 +14,8 @@ from torch import nn
 from tvm import relax
 
 from harness.backend.cpu import compile_fast
-from harness.lower import lower_integer, lower_integer_for
+from harness.backend.schemes import SCHEMES
+from harness.lower import lower_integer, lower_integer_for, lower_integer_nchwc
 from harness.profile import resolve
 from laaq.datafiles import DataSpec
 from laaq.datasplit import DataError, Normalization, Split
@@ -71,13 +72,16 @@ def test_twin_equals_reference(case) -> None:
     assert np.array_equal(Twin(qg).forward_int(x)[1].numpy(), ref)
 
 
-def test_tvm_nchw_and_the_native_schedule_equal_reference(case) -> None:
+def test_tvm_nchw_every_blocked_scheme_and_the_native_schedule_equal_reference(case) -> None:
+    """The bias map in every layout: NCHW, each blocked scheme (x86 and Arm offsets, as plain loops here) and
+    the x86 target's own hand schedule."""
     _, _, _, qg, _, xq, ref = case
     host = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"})
-    nchw = tvm.compile(lower_integer(qg, len(xq)), target=host)
+    exes = [tvm.compile(lower_integer(qg, len(xq)), target=host)]
+    exes += [tvm.compile(lower_integer_nchwc(qg, len(xq), scheme), target=host) for scheme in SCHEMES.values()]
     profile = resolve("x86")
-    blocked = compile_fast(lower_integer_for(qg, len(xq), profile), profile.tvm_target, scheme=profile.scheme)
-    for ex in (nchw, blocked):
+    exes.append(compile_fast(lower_integer_for(qg, len(xq), profile), profile.tvm_target, scheme=profile.scheme))
+    for ex in exes:
         out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xq)).numpy()
         assert np.array_equal(out, ref)
 

@@ -10,6 +10,7 @@ import torch
 
 import laaq.search.refinement as refinement
 from laaq.importer import model_graph
+from laaq.quant.plan import LayerSetting
 from laaq.search import Budget, CalibrationRecipe, SearchConfig, search_plan
 
 
@@ -74,3 +75,38 @@ def test_best_of_n_random_is_deterministic_and_within_budget(digits, tiny_model)
     assert a.layers == b.layers and a.meta["draws"] == "6" and float(a.meta["spend_avg_bits"]) <= 3.0 + 1e-9
     u = search_plan("uniform-clip", graph, calib, Budget(avg_bits=4.0), cfg)
     assert {s.bits for s in u.layers.values()} == {4} and {s.clip for s in u.layers.values()} <= {1.0, 0.7}
+
+
+def test_validation_images_are_disjoint_and_decide_whether_refinement_stays(digits, tiny_model, monkeypatch) -> None:
+    """Refinement's plan replaces the knapsack's only if it is more robust on validation images that neither
+    the cost tables nor refinement saw; a tie or a loss keeps the knapsack's plan."""
+    import laaq.search as search
+
+    graph = model_graph(tiny_model, digits.input_shape)
+    calib = CalibrationRecipe(samples=48, attack_steps=3, holdout=48, validation=40).make(
+        graph, digits.x_train, digits.y_train, 0.1, 0, tiny_model)
+    val = _rows(calib.x_val)
+    assert len(calib.x_val) == 40 and not val & _rows(calib.x) and not val & _rows(calib.x_hold)
+    old = CalibrationRecipe(samples=48, attack_steps=3, holdout=48, validation=0).make(
+        graph, digits.x_train, digits.y_train, 0.1, 0, tiny_model)
+    assert old.x_val is None and torch.equal(old.x_hold, calib.x_hold)  # the other samples did not move
+    cfg = SearchConfig(clips=(1.0, 0.7), refine_sweeps=1, refine_max_evals=40, seed=0)
+    budget = Budget(avg_bits=9.0)  # every plan fits: the knapsack's and the stand-in refinement's below
+    knapsack = search_plan("laaq", graph, calib, budget, replace(cfg, refine=False)).layers
+    first = next(iter(knapsack))
+    refined = {**knapsack, first: LayerSetting(2, 1.0)}
+    monkeypatch.setattr(search, "refine", lambda alloc, *a, **k: (dict(refined), 3))  # a refinement that moved
+    calls: list[dict] = []
+    for score, kept in ((0.4, "knapsack"), (0.5, "knapsack"), (0.6, "refined")):
+        def judge(g, layers, c, score=score):
+            calls.append(dict(layers))
+            assert c.x_val is calib.x_val
+            return 0.5 if dict(layers) == knapsack else score
+        monkeypatch.setattr(search, "validation_accuracy", judge)
+        plan = search_plan("laaq", graph, calib, budget, cfg)
+        assert plan.meta["refine_kept"] == kept and len(calls) == 2
+        assert plan.layers == (refined if kept == "refined" else knapsack)
+        calls.clear()
+    # without validation images the refined plan stands, as before, and the meta says so
+    plan = search_plan("laaq", graph, replace(calib, x_val=None, y_val=None), budget, cfg)
+    assert plan.meta["refine_kept"] == "no validation images" and plan.layers == refined

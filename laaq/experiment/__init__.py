@@ -3,7 +3,8 @@ models (F1), resumable unit by unit. Entry points: :func:`run_experiment` and :f
 
 Outputs in ``out_dir`` (each written atomically): ``units/`` (one JSON per finished unit — the resumable
 state), ``results.csv`` (one row per unit), ``summary.csv``, ``differences.csv``, ``f1.csv``,
-``per_image.npz`` (robust outcome per image), ``results.md`` and ``results.png`` (robust accuracy vs budget).
+``per_image.npz`` (robust outcome per image), ``results.md``, ``results.png`` (robust accuracy vs budget) and
+``pareto.png`` (robust accuracy vs each plan's latency on the table's target, or BOPs, per method).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from laaq.data import load_dataset
 from .analysis import aggregate, answers, complete_blocks, differences, f1_table, kurtosis_table, search_cost
 from .config import BASELINES, F2_METHODS, MODEL_KINDS, ExperimentConfig, budget_for
 from .executor import Executor, ExecutorError, make_executor
-from .report import compute_section, markdown, plot
+from .report import compute_section, markdown, plot, plot_pareto
 from .run import rows_and_outcomes, run_grid, twin_for
 from .store import StateMismatch, UnitStore, atomic_write
 
@@ -63,6 +64,7 @@ def write_outputs(cfg: ExperimentConfig, out: Path) -> tuple[pd.DataFrame, str]:
     text = markdown(agg, diffs, f1, kurt, cost, cfg, summary) + compute_section(df)
     atomic_write(out / "results.md", lambda t: Path(t).write_text(text))
     atomic_write(out / "results.png", lambda t: plot(agg, t))
+    atomic_write(out / "pareto.png", lambda t: plot_pareto(agg, t))
     return df, "\n".join(summary)
 
 

@@ -72,6 +72,8 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, object] = {"model": model, "budget": budget, "method": method, "n_seeds": g.seed.nunique(),
                                   "avg_bits": g.avg_bits.mean(), "bops_frac": g.bops_frac.mean(),
                                   "search_s": g.search_s.mean(), "eps": g.eps.mean()}
+        for col in ("weight_kib", "latency_ms", "latency_frac"):  # what the plan costs (absent: older units)
+            row[col] = g[col].mean() if col in g else float("nan")
         for col in ("clean", "robust"):
             t = t_interval(g[col].to_numpy(float))
             row.update({f"{col}_mean": t.mean, f"{col}_lo": max(0.0, t.lo), f"{col}_hi": min(1.0, t.hi)})
@@ -133,11 +135,40 @@ def differences(df: pd.DataFrame, outcomes: dict[str, np.ndarray]) -> pd.DataFra
 
 
 def budget_order(label: str) -> tuple[int, float]:
-    """Budgets in reading order: bits2.5 < bits3 < bits3.5 < bits4 < bops… (not string order)."""
-    for i, prefix in enumerate(("bits", "bops")):
+    """Budgets in reading order: bits2.5 < bits3 < bits3.5 < bits4 < bops… < lat… (not string order)."""
+    for i, prefix in enumerate(BUDGET_KINDS):
         if label.startswith(prefix):
             return (i, float(label[len(prefix):]))
-    return (2, 0.0)
+    return (len(BUDGET_KINDS), 0.0)
+
+
+#: the budget kinds, by label prefix: average weight bits, bit operations, measured latency on a target
+BUDGET_KINDS = {"bits": "average weight bits", "bops": "bit operations", "lat": "measured latency"}
+
+
+def by_kind(diffs: pd.DataFrame, model: str, method: str = "laaq") -> list[str]:
+    """Per budget kind, the issue's two questions in one line each: does LAAQ beat the best baseline, and does it
+    beat ``output-error`` (LAAQ's measured output error without the Lipschitz factor)? Counted over the kind's
+    budget levels: distinguishably better / not distinguishable / distinguishably worse."""
+    lines = []
+    d = diffs[(diffs.model == model) & (diffs.method == method)] if len(diffs) else diffs
+    for prefix, kind in BUDGET_KINDS.items():
+        k = d[d.budget.str.startswith(prefix)] if len(d) else d
+        if k.empty:
+            continue
+        parts = []
+        for label, rows in (("the best baseline", k[k.baseline.str.startswith("best")]),
+                            ("output-error", k[k.baseline == "output-error"])):
+            if rows.empty:
+                continue
+            won = rows[rows.verdict.str.startswith("distinguishable") & (rows["diff"] > 0)]
+            lost = rows[rows.verdict.str.startswith("distinguishable") & (rows["diff"] < 0)]
+            open_ = rows[~rows.verdict.str.startswith("distinguishable")]
+            parts.append(f"vs {label}: better at {len(won)}, worse at {len(lost)}, not distinguishable or no verdict "
+                         f"at {len(open_)} of {len(rows)} levels (mean {100 * rows['diff'].mean():+.1f} pts)")
+        if parts:
+            lines.append(f"By budget kind [{model}, {kind}]: LAAQ " + "; ".join(parts) + ".")
+    return lines
 
 
 def f1_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -220,6 +251,8 @@ def answers(df: pd.DataFrame, diffs: pd.DataFrame, f1: pd.DataFrame, cost: pd.Da
                     line += (f"; minus the per-seed best baseline (oracle): {100 * o['diff']:+.1f} "
                              f"[{100 * o.boot_lo:+.1f}, {100 * o.boot_hi:+.1f}] — {o.verdict}")
                 lines.append(line + ".")
+    for model in dict.fromkeys(diffs.model if len(diffs) else []):
+        lines += by_kind(diffs, model)
     goal = diffs[diffs.method.isin(variants) & diffs.baseline.str.startswith("best") & (diffs.model == "pgd-at")
                  & diffs.budget.str.startswith("bits")] if len(diffs) else diffs
     if len(goal):

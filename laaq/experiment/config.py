@@ -4,10 +4,10 @@ The defaults are the issue's protocol on the model where layers matter: VGG8 (no
 the weights) PGD-AT trained on MNIST-5k at ε = 0.3 with its measured recipe (6 epochs, peak lr 3e-3,
 PGD-7), budgets of {2.5, 3, 3.5, 4} average weight bits and one BOPs budget, five seeds.
 
-The attack is the ``apgd`` preset (APGD-CE 50 + APGD-T 50 × top-3) on 200 images, not ``standard`` on
-500: the grid is 2 models × 5 seeds × 55 plans, and ``standard`` costs ~2.8 s per VGG8 twin image on one
-core (measured: 284 s for 100 images), i.e. ~200 core-hours at 500 images — out of reach of 2 cores.
-``--attack standard --n-eval 500`` runs the full protocol where compute allows.
+The attack is the ``apgd`` preset (APGD-CE 50 + APGD-T 50 × top-3) on 500 test images per seed (paired: the same
+images for every method), not ``standard``: the grid is 2 models × 5 seeds × ~120 plans, and ``standard`` costs
+~2.8 s per VGG8 twin image on one core (measured: 284 s for 100 images), i.e. ~470 core-hours at 500 images.
+``--attack standard`` runs it where compute allows; the ``apgd`` grid itself is core-days (a cluster: ``--address``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from laaq.attacks import PGDConfig, pgd_step
 from laaq.robustness import PRESETS, EvalConfig
-from laaq.search import Budget, CalibrationRecipe, SearchConfig
+from laaq.search import Budget, CalibrationRecipe, SearchConfig, latency_budget
 
 #: every quantization method of the F2 comparison, in table order (LAAQ's variants — the textbook norm-product
 #: bound, the knapsack without refinement — before LAAQ)
@@ -60,7 +60,12 @@ class ExperimentConfig:
     radius (None: matched — the radius of the grid where its fp32 robust accuracy comes closest to the
     PGD-AT model's at ``evaluation.eps`` under the evaluation's preset, measured on training images held out of
     training and calibration, never test images);
-    ``f1_bits``: the uniform widths of F1, each with max-abs and MSE-optimal clipping.
+    ``f1_bits``: the uniform widths of F1, each with max-abs and MSE-optimal clipping;
+    ``latency_fractions``: budgets in measured batch-1 latency, each a position between the fastest plan the
+    table allows (0) and the uniform-8 model (1) — positions, not fractions of int8, because on a target where
+    only some widths change a layer's kernel (x86 AVX2: 8 bits vs ≤ 7) the reachable range is narrow;
+    ``latency_table``: ``(layer, bits, ms)`` rows measured on ``latency_source``'s device by the harness
+    (``laaq-bench experiment --latency-target``); no table, no latency budgets.
     """
 
     dataset: str = "mnist5k"
@@ -70,6 +75,9 @@ class ExperimentConfig:
     models: tuple[str, ...] = MODEL_KINDS
     budgets: tuple[float, ...] = (2.5, 3.0, 3.5, 4.0)
     bops_fractions: tuple[float, ...] = (0.3, 0.4, 0.5)
+    latency_fractions: tuple[float, ...] = ()
+    latency_table: tuple[tuple[str, int, float], ...] = ()
+    latency_source: str = ""
     methods: tuple[str, ...] = F2_METHODS
     f1_bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
     train_epochs: int = 6
@@ -79,7 +87,7 @@ class ExperimentConfig:
     plain_eps: float | None = None
     eps_grid: tuple[float, ...] = (0.02, 0.05, 0.075, 0.1, 0.15, 0.2)
     calibration: CalibrationRecipe = field(default_factory=CalibrationRecipe)
-    n_eval: int = 200
+    n_eval: int = 500
     random_count: int = 4
     search: SearchConfig = field(default_factory=SearchConfig)
 
@@ -104,13 +112,30 @@ class ExperimentConfig:
                    eps_grid=(1 / 255, 2 / 255, 4 / 255), methods=tuple(m for m in F2_METHODS if m not in CHAIN_ONLY))
 
     def budget_labels(self) -> list[str]:
-        """Labels of the F2 budgets, in order: ``bits2.5`` …, then ``bops0.3`` …."""
-        return [f"bits{b:g}" for b in self.budgets] + [f"bops{f:g}" for f in self.bops_fractions]
+        """Labels of the F2 budgets, in order: ``bits2.5`` …, then ``bops0.3`` …, then ``lat0.5`` … (with a table)."""
+        lat = [f"lat{f:g}" for f in self.latency_fractions] if self.latency_table else []
+        return [f"bits{b:g}" for b in self.budgets] + [f"bops{f:g}" for f in self.bops_fractions] + lat
+
+    def latency(self) -> dict[str, dict[int, float]]:
+        """The latency table as ``table[layer][bits] -> ms`` (empty without one)."""
+        out: dict[str, dict[int, float]] = {}
+        for layer, bits, ms in self.latency_table:
+            out.setdefault(layer, {})[int(bits)] = float(ms)
+        return out
+
+    def latency_digest(self) -> str:
+        """Which table a latency unit was searched under (its units are redone when the table changes)."""
+        body = json.dumps([self.latency_source, [list(r) for r in self.latency_table]])
+        return hashlib.sha256(body.encode()).hexdigest()[:12]
 
     def digest(self) -> str:
         """Hash of what makes a finished unit reusable: everything except which seeds, models, budgets and
         methods are run (those are in each unit's key, so a later run may add more of them)."""
-        d = asdict(replace(self, seeds=(), models=(), budgets=(), bops_fractions=(), methods=(), f1_bits=()))
+        # the latency table is not in it: a latency unit records its table's digest and is redone under another
+        d = asdict(replace(self, seeds=(), models=(), budgets=(), bops_fractions=(), methods=(), f1_bits=(),
+                           latency_fractions=(), latency_table=(), latency_source=""))
+        for k in ("latency_fractions", "latency_table", "latency_source"):  # added later: old digests unchanged
+            del d[k]
         # protocol 2: models trained without the held-out matching images, radius matched with the evaluation
         # preset, norm-product in the grid — units of protocol 1 are not reused
         d["protocol"] = PROTOCOL
@@ -119,10 +144,21 @@ class ExperimentConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def budget_for(label: str, bops_int8: float) -> Budget:
-    """The :class:`Budget` behind a label (``bops_int8``: the uniform-8 model's BOPs per sample)."""
+def latency_range(table: dict[str, dict[int, float]]) -> tuple[float, float]:
+    """(fastest plan, uniform-8 plan) summed table latency in ms."""
+    return sum(min(row.values()) for row in table.values()), sum(row[8] for row in table.values())
+
+
+def budget_for(label: str, bops_int8: float, latency: dict[str, dict[int, float]] | None = None) -> Budget:
+    """The :class:`Budget` behind a label (``bops_int8``: the uniform-8 model's BOPs per sample; ``latency``: the
+    per-layer table ``lat…`` labels are positions on)."""
     if label.startswith("bits"):
         return Budget(avg_bits=float(label[4:]))
     if label.startswith("bops"):
         return Budget(bops=float(label[4:]) * bops_int8)
+    if label.startswith("lat"):
+        if not latency:
+            raise ValueError(f"budget {label!r} needs a latency table (laaq-bench experiment --latency-target)")
+        fast, int8 = latency_range(latency)
+        return latency_budget(latency, fast + float(label[3:]) * (int8 - fast))
     raise ValueError(f"unknown budget label {label!r}")

@@ -8,6 +8,10 @@ import pandas as pd
 from .config import ExperimentConfig
 
 
+def _num(v: float, fmt: str) -> str:
+    return format(v, fmt) if np.isfinite(v) else "—"
+
+
 def _pct(m: float, lo: float, hi: float) -> str:
     if not np.isfinite(lo) or not np.isfinite(hi):
         return f"{100 * m:.1f}"
@@ -23,16 +27,22 @@ def markdown(agg: pd.DataFrame, diffs: pd.DataFrame, f1: pd.DataFrame, kurt: pd.
            "every method and seed. PGD-AT model at eps = "
            f"{ev.eps:g}; the plain model at its matched radius (column eps). 8-bit activations. Cells: mean over "
            "seeds [95 % t-interval over seeds, ddof = 1]; avg bits / BOPs: what the plan spends (BOPs as a fraction "
-           "of the uniform-8 model's). Budgets: `bitsB` = at most B average weight bits, `bopsF` = at most F x the "
-           "int8 model's bit operations.\n"]
+           "of the uniform-8 model's); weight KiB: the plan's packed weights; latency: its summed per-layer "
+           "batch-1 latency on the table's target, as a fraction of the int8 model's"
+           f"{f' ({cfg.latency_source})' if cfg.latency_source else ' (no table in this run)'}. Budgets: `bitsB` = "
+           "at most B average weight bits, `bopsF` = at most F x the int8 model's bit operations, `latP` = at most "
+           "the latency P of the way from the fastest plan the table allows (0) to the int8 model (1).\n"]
     if summary:
         out += ["## Answers\n", *[f"- {s}" for s in summary], ""]
     out += ["## F2: every method at every budget\n",
-            "| model | budget | method | clean % | robust % | avg bits | BOPs | search s | seeds |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| model | budget | method | clean % | robust % | avg bits | BOPs | weight KiB | latency | search s "
+            "| seeds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in agg[agg.budget != "f1"].itertuples():
         out.append(f"| {r.model} | {r.budget} | {r.method} | {_pct(r.clean_mean, r.clean_lo, r.clean_hi)} | "
                    f"{_pct(r.robust_mean, r.robust_lo, r.robust_hi)} | {r.avg_bits:.2f} | {r.bops_frac:.2f} | "
+                   f"{_num(getattr(r, 'weight_kib', np.nan), '.1f')} | "
+                   f"{_num(getattr(r, 'latency_frac', np.nan), '.3f')} | "
                    f"{r.search_s:.1f} | {r.n_seeds} |")
     if len(diffs):
         out += ["", "## LAAQ minus each baseline (robust accuracy, paired per image and seed)\n",
@@ -108,6 +118,44 @@ def plot(agg: pd.DataFrame, path: str) -> None:
         ax.set_xlabel("budget: average weight bits")
         ax.set_ylabel("robust accuracy %")
         ax.set_title(model)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_pareto(agg: pd.DataFrame, path: str) -> None:
+    """Robust accuracy vs what each plan costs on the target — its table latency as a fraction of int8's (BOPs
+    where the run had no latency table) — one point per (budget, method), mean over seeds with t-interval bars,
+    and each method's Pareto front (no cheaper plan of that method is more robust) as a line. One panel per
+    model kind: where a method's front lies above another's at the same cost, it buys more robustness."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f2 = agg[~agg.budget.isin(["fp32", "f1"])].copy()
+    cost = "latency_frac" if "latency_frac" in f2 and f2.latency_frac.notna().any() else "bops_frac"
+    f2 = f2[f2[cost].notna()]
+    models = list(dict.fromkeys(f2.model)) or ["(none)"]
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for method, h in f2[f2.model == model].groupby("method", sort=False):
+            h = h.sort_values(cost)
+            x, m = h[cost].to_numpy(float), h.robust_mean.to_numpy(float)
+            lo, hi = h.robust_lo.to_numpy(float), h.robust_hi.to_numpy(float)
+            err = np.where(np.isfinite(lo) & np.isfinite(hi), [m - lo, hi - m], 0.0)
+            line = ax.errorbar(x, 100 * m, yerr=100 * err, fmt="o", ms=4, capsize=2, alpha=0.6, label=method)
+            front = np.maximum.accumulate(m)  # the most robust plan at or below each cost
+            ax.step(x, 100 * front, where="post", color=line[0].get_color(), lw=2.2 if method == "laaq" else 1.0)
+        fp = agg[(agg.model == model) & (agg.method == "fp32")]
+        if len(fp):
+            ax.axhline(100 * fp.robust_mean.iloc[0], color="grey", ls="--", lw=1, label="fp32")
+        ax.set_xlabel("batch-1 latency / int8's (per-layer table)" if cost == "latency_frac"
+                      else "bit operations / int8's")
+        ax.set_ylabel("robust accuracy %")
+        ax.set_title(f"{model}: robustness vs cost, every budget")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -32,7 +32,7 @@ from laaq.search.solver import Budget
 from laaq.stats import wilson
 from laaq.train import TrainConfig, train_or_load
 
-from .config import GROUP_SUFFIX, ExperimentConfig, budget_for, split_method
+from .config import GROUP_SUFFIX, ExperimentConfig, budget_for, latency_range, split_method
 from .executor import Executor, LocalExecutor
 from .store import Unit, UnitStore, unit_key
 
@@ -152,7 +152,7 @@ def _plan(cfg: ExperimentConfig, ctx: SeedContext, task: UnitTask) -> QuantPlan 
     if task.budget == "f1":
         bits, mode = task.method[1:].split("-")
         return f1_plan(ctx.graph, int(bits), mode, cfg.search.clips)
-    budget = budget_for(task.budget, ctx.bops_int8)
+    budget = budget_for(task.budget, ctx.bops_int8, cfg.latency())
     base, group = split_method(task.method)
     scfg = replace(cfg.search, seed=ctx.seed, random_count=cfg.random_count, group_size=group)
     if base == "laaq-ilp":
@@ -181,14 +181,35 @@ def compute_unit(cfg: ExperimentConfig, ctx: SeedContext, task: UnitTask, device
         "robust": float(r.robust.mean()), "robust_lo": r_lo, "robust_hi": r_hi,
         "avg_bits": 32.0, "bops_frac": 16.0, "search_s": 0.0, "eval_s": time.perf_counter() - t0, "plan": "float32"}
     if plan is not None:
-        used = spend(plan.layers, layer_stats(ctx.graph), Budget(avg_bits=99, bops=1e30))
+        used = spend(plan.layers, layer_stats(ctx.graph), Budget(avg_bits=99, bops=1e30, model_bytes=1e30))
         row.update(avg_bits=used["avg_bits"], bops_frac=used["bops"] / ctx.bops_int8,
-                   search_s=float(plan.meta.get("search_time_s", 0.0)), plan=_alloc_str(plan))
+                   weight_kib=used["model_bytes"] / 1024, search_s=float(plan.meta.get("search_time_s", 0.0)),
+                   plan=_alloc_str(plan))
+        row.update(plan_latency(cfg, plan))
+    if task.budget.startswith("lat"):
+        row["latency_table"] = cfg.latency_digest()
     if task.budget == "fp32":
         row["kurtosis"] = json.dumps(kurtosis(ctx.graph))
     row.update(node=node or platform.node(), unit_s=round(time.perf_counter() - wall0, 3),
                cpu_s=round(time.process_time() - cpu0, 3))
     return Unit(task.key, row, r.clean, r.robust, plan.to_json() if plan is not None else "")
+
+
+def plan_latency(cfg: ExperimentConfig, plan: QuantPlan) -> dict[str, float]:
+    """The plan's summed per-layer table latency (ms) and its fraction of the uniform-8 plan's, when the config
+    has a table: what the plan costs on that target at batch 1, reported beside every plan's accuracy."""
+    table = cfg.latency()
+    if not table:
+        return {}
+    ms = sum(table[n][s.bits] for n, s in plan.layers.items())
+    return {"latency_ms": ms, "latency_frac": ms / latency_range(table)[1]}
+
+
+def current(cfg: ExperimentConfig, store: UnitStore, key: str) -> bool:
+    """A finished unit that belongs to ``cfg``: a latency unit only if searched under ``cfg``'s table."""
+    if not store.has(key):
+        return False
+    return key.split("|")[2][:3] != "lat" or store.get(key).row.get("latency_table") == cfg.latency_digest()
 
 
 def _laaq_for(method: str) -> str:
@@ -213,7 +234,7 @@ def _ordered(methods: tuple[str, ...]) -> list[str]:
 def pending(cfg: ExperimentConfig, store: UnitStore, kind: str, seed: int) -> list[tuple[str, str]]:
     keys = [("fp32", "fp32")] + [(b, m) for b in cfg.budget_labels() for m in _ordered(cfg.methods)]
     keys += [("f1", f"w{b}-{mode}") for b in cfg.f1_bits for mode in ("maxabs", "mse")]
-    return [(b, m) for b, m in keys if not store.has(unit_key(kind, seed, b, m))]
+    return [(b, m) for b, m in keys if not current(cfg, store, unit_key(kind, seed, b, m))]
 
 
 def _waits_for(cfg: ExperimentConfig, store: UnitStore, task: UnitTask) -> str | None:
@@ -222,7 +243,7 @@ def _waits_for(cfg: ExperimentConfig, store: UnitStore, task: UnitTask) -> str |
         return None
     laaq = _laaq_for(task.method)
     key = unit_key(task.kind, task.seed, task.budget, laaq)
-    return key if laaq in cfg.methods and not store.has(key) else None
+    return key if laaq in cfg.methods and not current(cfg, store, key) else None
 
 
 def run_grid(cfg: ExperimentConfig, store: UnitStore, progress: bool = True, cache_dir: Path | None = None,
@@ -282,6 +303,8 @@ def rows_and_outcomes(cfg: ExperimentConfig, store: UnitStore) -> tuple[list[dic
         if budget == "match" or kind not in cfg.models or int(seed) not in cfg.seeds or budget not in wanted_budgets:
             continue
         if budget not in ("fp32", "f1") and method not in cfg.methods:  # e.g. grouped units of another analysis
+            continue
+        if budget.startswith("lat") and u.row.get("latency_table") != cfg.latency_digest():  # another table's
             continue
         rows.append(u.row)
         outcomes[u.key] = u.robust

@@ -99,3 +99,14 @@ def best_random_alloc(graph: Graph, stats: Mapping[str, LayerStats], budget: Bud
             best = (loss, alloc)
     assert best is not None
     return best[1]
+
+
+def validation_accuracy(graph: Graph, layers: Mapping[str, LayerSetting], calib: Calibration) -> float:
+    """Robust accuracy of a plan's bit-exact twin on the validation images, under the calibration's PGD crafted
+    against that twin (same random starts for every plan: a paired comparison). What decides whether refinement's
+    plan replaces the knapsack's — images neither the cost tables nor refinement's moves have seen."""
+    assert calib.x_val is not None and calib.y_val is not None
+    twin = Twin(quantize_graph(graph, QuantPlan(dict(layers)), calib.all_x)).eval()
+    x_adv = pgd_in_batches(twin, calib.x_val, calib.y_val, calib.pgd)
+    with torch.no_grad():
+        return float((twin(x_adv).argmax(1) == calib.y_val).float().mean())
