@@ -53,9 +53,9 @@ def with_latency_table(cfg: ExperimentConfig, positions: tuple[float, ...], targ
 @click.option("--latency", default="0.25,0.5,0.75", show_default=True,
               help="Budgets in measured batch-1 latency on --latency-target: each a position between the fastest "
                    "plan the per-layer table allows (0) and the int8 model (1) (comma list; empty = none).")
-@click.option("--latency-target", default="x86", show_default=True,
+@click.option("--latency-target", default="x86-avx2", show_default=True,
               help="Target whose per-layer latency table (timed on its device, cached) the latency budgets use: "
-                   "one where widths change latency (x86: <= 7-bit layers take the vpmaddubsw path); none = no "
+                   "one where widths change latency (x86-avx2: <= 7-bit layers take the vpmaddubsw path); none = no "
                    "latency budgets.")
 @click.option("--models", default="pgd-at,plain", show_default=True,
               help="Model kinds: pgd-at (eps of the data set) and/or plain (at the radius matched to pgd-at's "

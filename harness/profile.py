@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +47,7 @@ class TargetProfile:
     host_runs: bool  # MetaSchedule's *local* runner can execute its code here
     host_runs_why: str = ""  # why not, when host_runs is False
     int8_pattern: str = field(default="int8")  # tuning-key part of integer variants (kernels differ by scheme)
+    host_native: bool = False  # compiled for this machine's own CPU (the file said mcpu = "host")
 
     @property
     def name(self) -> str:
@@ -93,8 +94,37 @@ class TargetProfile:
     @property
     def database_name(self) -> str:
         """Folder of its tuning databases: records tuned under QEMU rank candidates by their emulated
-        speed, so they live apart (``<name>-emulated``) and never reach a real board's build."""
-        return f"{self.name}-emulated" if self.target.emulated else self.name
+        speed, so they live apart (``<name>-emulated``) and never reach a real board's build; a host-native
+        target's records are kept per CPU (``x86-znver4``): another machine's kernels are not this one's."""
+        if self.target.emulated:
+            return f"{self.name}-emulated"
+        return f"{self.name}-{self.mcpu}" if self.host_native else self.name
+
+    @property
+    def mcpu(self) -> str:
+        """The CPU the code is compiled for (a host-native target's: this machine's, as LLVM names it)."""
+        return str(self.tvm_target.attrs.get("mcpu", "")) if self.backend == "cpu" else ""
+
+    @property
+    def cpu(self) -> str:
+        """What every row records about the code: the CPU it was compiled for and the int8 scheme / instruction
+        it got (``znver4, nchwc_vnni/vpdpbusd``); CUDA targets: the GPU architecture."""
+        if self.backend != "cpu":
+            return self.gpu_arch or self.backend
+        int8 = f"{self.scheme.name}/{self.scheme.instruction}" if self.scheme else "nchw"
+        return f"{self.mcpu or 'generic'}, {int8}"
+
+
+def host_cpu() -> str:
+    """This machine's CPU as LLVM names it (``haswell``, ``znver4``, ``sapphirerapids`` ...): what a host-native
+    target compiles for. Off x86-64, or where LLVM does not know the CPU, the portable AVX2 baseline
+    (``x86-64-v3``) — a host-native x86 target must still build."""
+    from tvm.target import codegen
+
+    if _HOST_ISA.get(platform.machine()) != "x86":
+        return "x86-64-v3"
+    cpu = str(codegen.llvm_get_system_cpu())
+    return cpu if cpu and cpu != "generic" and codegen.llvm_is_valid_cpu(cpu, "x86_64-linux-gnu") else "x86-64-v3"
 
 
 def _tvm_target(target: Target) -> tvm.target.Target:
@@ -142,18 +172,25 @@ def resolve(target: Target | str, rpc: str = "", rpc_tracker: str = "", rpc_key:
 
     t = load_target(target) if isinstance(target, str) else target
     t = with_rpc(t, rpc, rpc_tracker, rpc_key)
+    native = t.host_native
+    if native:
+        t = replace(t, tvm={**t.tvm, "mcpu": host_cpu()})
     tvm_target = _tvm_target(t)
     isa = isa_family(tvm_target)
     is_llvm = tvm_target.kind.name == "llvm"
     here = platform.machine()
     cross = is_llvm and ((t.arch != here) if t.arch else isa != _HOST_ISA.get(here, here))
     scheme = scheme_from_layout(t.int8_layout, tvm_target) if is_llvm else None
+    if native:  # this CPU's roofline: the one of the scheme it got
+        key = scheme.name if scheme is not None else ""
+        t = replace(t, peak_int8_gmacs=t.peak_int8_gmacs_by_scheme.get(key, t.peak_int8_gmacs),
+                    peak_fp32_gmacs=t.peak_fp32_gmacs_by_scheme.get(key, t.peak_fp32_gmacs))
     host_runs, why = _host_runs(tvm_target, isa, cross)
     global _built
     _built += 1
     pattern = "int8" if scheme is None else f"int8-{scheme.name}" + ("-packed" if t.pack_weights else "")
     return TargetProfile(t, tvm_target, isa, "cpu" if is_llvm else str(tvm_target.kind.name), scheme, cross,
-                         host_runs, why, pattern)
+                         host_runs, why, pattern, native)
 
 
 def as_profile(target: TargetProfile | Target | str) -> TargetProfile:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 # Every column of metrics.csv, in order.
 COLUMNS = [
-    "target", "measured_as", "device", "variant", "kind", "plan", "avg_weight_bits", "act_bits",
+    "target", "measured_as", "device", "cpu", "variant", "kind", "plan", "avg_weight_bits", "act_bits",
     "batch_small", "lat_small_median_ms", "lat_small_p90_ms", "lat_small_p99_ms", "lat_small_mean_ms",
     "lat_small_std_ms", "thr_small_ips", "batch_large", "lat_large_median_ms", "lat_large_p90_ms", "lat_large_p99_ms",
     "lat_large_mean_ms", "lat_large_std_ms", "thr_large_ips", "clean_acc", "clean_ci_lo", "clean_ci_hi", "robust_acc",
@@ -61,7 +61,7 @@ def static_columns(profile: TargetProfile, v: Variant, model: torch.nn.Module, a
     totals = energy_totals(profile, v, model)
     small, large = min(arts), max(arts)
     return {
-        "target": profile.name, "variant": v.name, "kind": v.kind,
+        "target": profile.name, "cpu": profile.cpu, "variant": v.name, "kind": v.kind,
         "plan": v.plan.name if v.plan else f"float{v.float_bits}",
         "avg_weight_bits": round(v.plan.avg_bits({nd.name: nd.weight.size for nd in graph.weighted()}), 3)
         if v.plan else v.float_bits,

@@ -70,7 +70,15 @@ class Target:
     pack_weights: bool = False
     # what `bench` measures on this target when --variants is not given (e.g. x86 adds int7: its ≤ 7-bit path)
     variants: tuple[str, ...] = ("fp32", "int8", "laaq")
+    # a host-native file ([tvm] mcpu = "host"): the roofline of each scheme its CPU may get (profile picks one)
+    peak_int8_gmacs_by_scheme: dict[str, float] = field(default_factory=dict)
+    peak_fp32_gmacs_by_scheme: dict[str, float] = field(default_factory=dict)
     path: str = ""
+
+    @property
+    def host_native(self) -> bool:
+        """``[tvm] mcpu = "host"``: compiled for this machine's own CPU, resolved when the target is resolved."""
+        return self.tvm.get("mcpu") == HOST_CPU
 
     @property
     def emulated(self) -> bool:
@@ -110,7 +118,7 @@ def _read(name: str, directory: Path, seen: tuple[str, ...]) -> dict[str, Any]:
         if parent in seen:
             raise TargetError(f"{path}: 'extends' loop through {parent!r}")
         base = _read(parent, directory, (*seen, name))
-        for table in ("tvm", "device", "energy"):
+        for table in ("tvm", "device", "energy", "peak_int8_gmacs_by_scheme", "peak_fp32_gmacs_by_scheme"):
             if table in data and table in base:
                 data[table] = {**base[table], **data[table]}
         data = {**base, **data}
@@ -120,7 +128,9 @@ def _read(name: str, directory: Path, seen: tuple[str, ...]) -> dict[str, Any]:
 
 _FIELDS = {"name", "description", "tvm", "threads", "device", "cross_compiler", "arch", "peak_int8_gmacs",
            "peak_fp32_gmacs", "energy", "gpu_code", "int8_layout", "pack_weights", "variants",
-           "path"}
+           "peak_int8_gmacs_by_scheme", "peak_fp32_gmacs_by_scheme", "path"}
+#: ``[tvm] mcpu`` of a host-native target: this machine's CPU, resolved by :func:`harness.profile.resolve`
+HOST_CPU = "host"
 
 
 def load_target(name: str, directory: Path | None = None) -> Target:
@@ -170,6 +180,10 @@ def load_target(name: str, directory: Path | None = None) -> Target:
     for key in ("peak_int8_gmacs", "peak_fp32_gmacs"):
         if key in data and not isinstance(data[key], (int, float)):
             raise TargetError(f"{path}: key {key!r} must be a number")
+    for key in ("peak_int8_gmacs_by_scheme", "peak_fp32_gmacs_by_scheme"):
+        if key in data and not (isinstance(data[key], dict) and all(isinstance(v, (int, float))
+                                                                   for v in data[key].values())):
+            raise TargetError(f"{path}: [{key}] must map scheme names to numbers")
     if "variants" in data:
         v = data["variants"]
         if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -186,7 +187,9 @@ def test_targets_lists_int8_scheme_per_target() -> None:
     out = CliRunner().invoke(main, ["targets"])
     assert out.exit_code == 0, out.output
     lines = {ln.split()[0]: ln for ln in out.output.splitlines() if ln.strip()}
-    assert "nchwc_avx2/vpmaddwd" in lines["x86"] and "nchwc_sdot/sdot" in lines["rpi5"]
+    assert "nchwc_avx2/vpmaddwd" in lines["x86-avx2"] and "nchwc_sdot/sdot" in lines["rpi5"]
+    host = "nchwc_vnni/vpdpbusd" if "avx512_vnni" in Path("/proc/cpuinfo").read_text() else "nchwc_avx2/vpmaddwd"
+    assert host in lines["x86"], "the host-native x86 target lists the scheme this CPU gets"
     assert "nchwc_neon/smull" in lines["rpi4"] and " gpu " in lines["cuda"]
 
 

@@ -338,15 +338,15 @@ def test_by_kind_answers_both_questions() -> None:
 
 
 def test_latency_table_is_measured_on_the_target_for_the_grid(private_cache) -> None:
-    """`experiment --latency-target x86`: the real per-layer table (TVM, timed natively), every layer at every
+    """`experiment --latency-target x86-avx2`: the real per-layer table (TVM, timed natively), every layer at every
     candidate width; widths that share a kernel (≤ 7 bits: vpmaddubsw) share a time."""
     from harness.cli_experiment import with_latency_table
     from laaq.search.solver import CANDIDATE_BITS
 
-    cfg = with_latency_table(ExperimentConfig.quick(), (0.5,), "x86")
+    cfg = with_latency_table(ExperimentConfig.quick(), (0.5,), "x86-avx2")
     table = cfg.latency()
-    assert cfg.budget_labels()[-1] == "lat0.5" and cfg.latency_source.startswith("x86, native")
+    assert cfg.budget_labels()[-1] == "lat0.5" and cfg.latency_source.startswith("x86-avx2, native")
     assert all(sorted(row) == sorted(CANDIDATE_BITS) and min(row.values()) > 0 for row in table.values())
     assert all(len({row[b] for b in CANDIDATE_BITS if b <= 7}) == 1 for row in table.values())
     with pytest.raises(ValueError, match="positions must lie in"):
-        with_latency_table(ExperimentConfig.quick(), (1.5,), "x86")
+        with_latency_table(ExperimentConfig.quick(), (1.5,), "x86-avx2")

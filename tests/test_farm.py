@@ -24,7 +24,8 @@ FAST = [*TINY[:TINY.index("--eval-samples")], "--eval-samples", "64", "--batch-l
 def _targets(tmp_path: Path, extra: dict[str, str]) -> Path:
     d = tmp_path / "targets"
     d.mkdir()
-    (d / "x86.toml").write_text((targets_dir() / "x86.toml").read_text())
+    for base in ("x86", "x86-avx2"):  # x86 extends the portable x86-avx2
+        (d / f"{base}.toml").write_text((targets_dir() / f"{base}.toml").read_text())
     for name, body in extra.items():
         (d / f"{name}.toml").write_text(f'extends = "x86"\ndescription = "{name}"\n{body}')
     return d

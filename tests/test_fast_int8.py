@@ -97,7 +97,7 @@ def test_tiny_model_tensorized_on_host_exact(tiny_model, digits) -> None:
     assert [n.op for n in graph.nodes].count("dense") >= 1
     qg = quantize_graph(graph, _mixed_plan(graph), digits.x_train[:128])
     xq = quantize_input(digits.x_test[:50]).numpy()
-    x86 = resolve("x86")
+    x86 = resolve("x86-avx2")
     ex = compile_fast(lower_integer_for(qg, len(xq), x86), x86.tvm_target, scheme=x86.scheme)
     assert np.array_equal(_run(ex, xq), run_integer(qg, xq))
 
@@ -121,11 +121,13 @@ def test_resnet20_residuals_bit_exact(resnet_qg, scheme) -> None:
 
 
 def test_targets_select_schemes(resnet_qg, tmp_path: Path) -> None:
-    expected = {"x86": AVX2, "x86-vnni": VNNI_SCHEME, "rpi4": NEON, "arm": NEON, "rpi5": SDOT, "cuda": None}
+    expected = {"x86-avx2": AVX2, "x86-vnni": VNNI_SCHEME, "rpi4": NEON, "arm": NEON, "rpi5": SDOT, "cuda": None,
+                "x86": VNNI_SCHEME if HOST_HAS_VNNI else AVX2}
     assert {name: resolve(name).scheme for name in expected} == expected
     assert "conv2d_NCHWc_int8" in lower_integer_for(resnet_qg, 1, VNNI).script()
     (tmp_path / "plain.toml").write_text('extends = "x86"\nint8_layout = "nchw"\n')
-    (tmp_path / "x86.toml").write_text((Path(VNNI.path).parent / "x86.toml").read_text())
+    for name in ("x86", "x86-avx2"):
+        (tmp_path / f"{name}.toml").write_text((Path(VNNI.path).parent / f"{name}.toml").read_text())
     assert resolve(load_target("plain", tmp_path)).scheme is None
     assert "conv2d_NCHWc_int8" not in lower_integer_for(resnet_qg, 1, load_target("plain", tmp_path)).script()
     (tmp_path / "bad.toml").write_text('extends = "x86"\nint8_layout = "nhwc_magic"\n')
@@ -134,7 +136,7 @@ def test_targets_select_schemes(resnet_qg, tmp_path: Path) -> None:
 
 
 def _asm_and_run(qg, scheme, x: np.ndarray, so: Path) -> tuple[str, np.ndarray]:
-    ex = compile_fast(lower_integer_nchwc(qg, len(x), scheme), resolve("x86").tvm_target, scheme=scheme)
+    ex = compile_fast(lower_integer_nchwc(qg, len(x), scheme), resolve("x86-avx2").tvm_target, scheme=scheme)
     ex.export_library(str(so))
     asm = subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True, check=True).stdout
     lib = tvm.runtime.load_module(str(so))
@@ -295,7 +297,7 @@ def test_packed_weights_extremes_hand_scheduled(bits, tmp_path: Path) -> None:
     assert all(np.abs(q.w_q).max() == 2 ** (bits - 1) - 1 for q in qg.qnodes.values() if q.w_q is not None)
     x = np.stack([np.full((1, 6, 6), 255, np.uint8), np.zeros((1, 6, 6), np.uint8),
                   (np.indices((1, 6, 6)).sum(0) % 2 * 255).astype(np.uint8)])
-    ex = compile_fast(lower_integer_nchwc(qg, len(x), AVX2, pack_weights=True), resolve("x86").tvm_target,
+    ex = compile_fast(lower_integer_nchwc(qg, len(x), AVX2, pack_weights=True), resolve("x86-avx2").tvm_target,
                       scheme=AVX2)
     assert np.array_equal(_run(ex, x), run_integer(qg, x))
 
@@ -320,7 +322,8 @@ def test_packed_artefact_is_smaller(tiny_model, tmp_path: Path) -> None:
 
 
 def test_pack_weights_from_target_file(tmp_path: Path) -> None:
-    (tmp_path / "x86.toml").write_text((Path(VNNI.path).parent / "x86.toml").read_text())
+    for name in ("x86", "x86-avx2"):
+        (tmp_path / f"{name}.toml").write_text((Path(VNNI.path).parent / f"{name}.toml").read_text())
     (tmp_path / "packed.toml").write_text('extends = "x86"\npack_weights = true\n')
     profile = resolve(load_target("packed", tmp_path))
     assert profile.pack_weights and profile.int8_pattern.endswith("-packed")  # its own tuning records

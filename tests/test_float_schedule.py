@@ -58,8 +58,8 @@ def test_note_names_the_schedule():
     from harness.profile import resolve
 
     assert fs.float_schedule_note() == fs.NOTE
-    assert fs.float_schedule_note(resolve("x86")) == "default hand schedule (NCHW8c, no tuning)"
-    assert "tuned" in fs.float_schedule_note(resolve("x86"), tuned=True)
+    assert fs.float_schedule_note(resolve("x86-avx2")) == "default hand schedule (NCHW8c, no tuning)"
+    assert "tuned" in fs.float_schedule_note(resolve("x86-avx2"), tuned=True)
 
 
 @pytest.mark.parametrize("batch", [1, 4])

@@ -52,10 +52,29 @@ def test_extends_inherits_and_overrides(tmp_path) -> None:
 
 def test_default_variants_are_target_data(tmp_path) -> None:
     """x86 measures its vpmaddubsw path (int7) by default; a file may set its own list, checked on load."""
-    assert load_target("x86").variants == ("fp32", "int8", "int7", "laaq")
+    assert load_target("x86-avx2").variants == ("fp32", "int8", "int7", "laaq")
+    assert load_target("x86").variants == ("fp32", "int8", "laaq")  # host-native: int7 only pays on AVX2
     assert load_target("x86-vnni").variants == ("fp32", "int8", "laaq")  # vpdpbusd: 7 bits gain nothing
     assert load_target("rpi4").variants == ("fp32", "int8", "laaq")
-    (tmp_path / "x86.toml").write_text((Path(load_target("x86").path)).read_text())
+    for name in ("x86", "x86-avx2"):
+        (tmp_path / f"{name}.toml").write_text((Path(load_target(name).path)).read_text())
     (tmp_path / "bad.toml").write_text('extends = "x86"\nvariants = "int8"\n')
-    with pytest.raises(TargetError, match="variants"):
+    with pytest.raises(TargetError, match="key 'variants' must be"):
         load_target("bad", tmp_path)
+
+
+def test_x86_is_this_machine_at_its_own_isa_and_portable_targets_stay() -> None:
+    """`x86` compiles for the CPU it runs on (resolved once, LLVM's name), gets that CPU's scheme and roofline
+    and keeps its tuning records per CPU; `x86-avx2` / `x86-vnni` mean the same code on every machine."""
+    from harness.profile import host_cpu
+
+    native, avx2, vnni = resolve("x86"), resolve("x86-avx2"), resolve("x86-vnni")
+    cpu = host_cpu()
+    assert native.host_native and native.mcpu == cpu and native.database_name == f"x86-{cpu}"
+    assert not avx2.host_native and avx2.mcpu == "x86-64-v3" and avx2.database_name == "x86-avx2"
+    assert vnni.mcpu == "znver4" and avx2.scheme.name == "nchwc_avx2" and vnni.scheme.name == "nchwc_vnni"
+    has_vnni = "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+    assert native.scheme.name == ("nchwc_vnni" if has_vnni else "nchwc_avx2")
+    assert native.target.peak_int8_gmacs == (1536.0 if has_vnni else 384.0)
+    assert native.cpu == f"{cpu}, {native.scheme.name}/{native.scheme.instruction}"
+    assert load_target("x86").tvm["mcpu"] == "host"  # the file says "host"; only the profile resolves it

@@ -18,7 +18,7 @@ from laaq.quant.integer import run_integer
 from laaq.quant.plan import QuantPlan
 from laaq.quant.quantizers import quantize_graph, quantize_input
 
-X86 = resolve("x86")
+X86 = resolve("x86-avx2")
 
 
 def _run(ex, x: np.ndarray) -> np.ndarray:
@@ -35,7 +35,7 @@ def test_database_persisted_and_reused(tiny_model, digits, private_cache: Path) 
     # one kernel (the second conv), two random candidates: enough to have a database
     rep = tune.tune(mod, X86, key, trials=2, progress=False, op_names=("conv2d1",), quick=True)
     work = Path(rep.work_dir)
-    assert rep.tuned and work.is_relative_to(private_cache / "tuning" / "x86")
+    assert rep.tuned and work.is_relative_to(private_cache / "tuning" / "x86-avx2")
     assert (work / "database_workload.json").exists() and (work / "database_tuning_record.json").exists()
     assert json.loads((work / "tuned.json").read_text())["trials"] == 2
     fused = tune.fuse(mod, X86.tvm_target)
@@ -78,10 +78,11 @@ def test_vnni_target_not_tuned_on_host_without_vnni(monkeypatch) -> None:
 
 
 def test_hand_scheduled_convs_not_tuned_and_emulated_records_apart() -> None:
-    x86, vnni, arm = resolve("x86"), resolve("x86-vnni"), resolve("arm")
+    x86, vnni, arm = resolve("x86-avx2"), resolve("x86-vnni"), resolve("arm")
     conv = "fused_conv2d_nchwc_int8_add_cast_multiply"
     assert tune.hand_scheduled(conv, x86) and tune.hand_scheduled(conv, arm)  # AVX2 / NEON: hand schedule wins
     assert not tune.hand_scheduled(conv, vnni)  # MetaSchedule tensorizes VNNI itself: worth tuning
     assert not tune.hand_scheduled("fused_matmul_add", x86)
-    assert x86.database_name == "x86" and arm.database_name == "arm-emulated"
+    assert x86.database_name == "x86-avx2" and arm.database_name == "arm-emulated"
+    assert resolve("x86").database_name == f"x86-{resolve('x86').mcpu}"  # host-native: records per CPU
     assert resolve("arm", rpc="10.0.0.2:9090").database_name == "arm"

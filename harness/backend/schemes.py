@@ -136,9 +136,24 @@ def _attrs(tvm_target: tvm.target.Target) -> tuple[str, list[str], str]:
     return mcpu, mattr, triple
 
 
+def _llvm_has(tvm_target: tvm.target.Target, feature: str) -> bool:
+    """LLVM's own answer for a CPU outside the lists above (a host-native target's ``mcpu`` can be any CPU)."""
+    from tvm.target import codegen
+
+    mcpu, _, triple = _attrs(tvm_target)
+    if not mcpu or (triple and not triple.startswith("x86_64")):
+        return False
+    try:
+        return bool(codegen.llvm_cpu_has_features([feature], tvm_target))
+    except Exception:  # an LLVM build without the query: the lists decide
+        return False
+
+
 def target_has_vnni(tvm_target: tvm.target.Target) -> bool:
     mcpu, mattr, _ = _attrs(tvm_target)
-    return mcpu in VNNI_MCPUS or "+avx512vnni" in mattr
+    if mcpu in AVX2_MCPUS and mcpu not in VNNI_MCPUS:
+        return "+avx512vnni" in mattr
+    return mcpu in VNNI_MCPUS or "+avx512vnni" in mattr or _llvm_has(tvm_target, "avx512vnni")
 
 
 def auto_scheme(tvm_target: tvm.target.Target) -> Scheme | None:
@@ -154,7 +169,7 @@ def auto_scheme(tvm_target: tvm.target.Target) -> Scheme | None:
         return None
     if target_has_vnni(tvm_target):
         return VNNI
-    if mcpu in AVX2_MCPUS or "+avx2" in mattr:
+    if mcpu in AVX2_MCPUS or "+avx2" in mattr or _llvm_has(tvm_target, "avx2"):
         return AVX2
     return None
 

@@ -126,9 +126,12 @@ def readme(profile: TargetProfile, entries: list[VariantEntry], cfg: BenchConfig
              if gpu else f"a {profile.target.arch or 'x86_64'} CPU")
     import tvm
 
+    native = (" (the CPU of the machine that built it: run it on the same kind of CPU, or build for a portable "
+              "target such as x86-avx2)") if profile.host_native else ""
     return f"""# laaq-bench offline bundle: `{profile.name}`
 
-{profile.target.description}. Variants: {', '.join(e.name for e in entries)} (batch 1 and {cfg.batch_large});
+{profile.target.description}; code for `{profile.cpu}`{native}.
+Variants: {', '.join(e.name for e in entries)} (batch 1 and {cfg.batch_large});
 {cfg.eval_samples} evaluation images plus the adversarial examples crafted on the build host
 ({cfg.evaluation.preset.name} ensemble, eps {cfg.evaluation.eps:g}). The bundle id, the timing protocol and the
 sha256 of every file are in `manifest.json`; the runner refuses a bundle that does not match it.
