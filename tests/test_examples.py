@@ -74,8 +74,8 @@ def _check_rows(folder: Path, target: str, measured_as: str, variants) -> pd.Dat
 
 
 def test_mobilenetv2_example_bench_x86(tmp_path) -> None:
-    """The whole pipeline on the example file (fast: int8): train, import, the host scheme's blocked artefact with depthwise
-    convs in plain loops, attacks on the bit-exact twin judged on the artefact, rows and report."""
+    """The whole pipeline on the example file (fast: int8): train, import, the host scheme's blocked artefact with
+    depthwise convs in plain loops, attacks on the bit-exact twin judged on the artefact, rows and report."""
     res = run_bench(_config(MOBILENET, "x86", tmp_path, ("int8",)), progress=False, log=lambda m: None)
     df = _check_rows(res.folder, "x86", "native", ["int8"])
     assert df.loc["int8", "schedule"].endswith("+hand")
