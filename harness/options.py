@@ -113,32 +113,28 @@ def _dataset_spec(ctx: click.Context, param: click.Parameter, value: str) -> str
     return spec.text()
 
 
-def _image_size(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
-    """``--image-size N`` folded into the data set's text (``folder@N:PATH``), which every config carries."""
+def _fold_into_dataset(ctx: click.Context, **option: object) -> None:
+    """An option that refines the data set (``image_size``, ``normalize``) folded into its text — ``folder@N:PATH``,
+    ``…+norm=MEAN/STD`` — which every config carries; whichever order click runs the callbacks in."""
     from laaq.data import DataError
     from laaq.datafiles import DataSpec
 
-    if value is None:
-        return
-    dataset = ctx.params.get("dataset", "mnist5k")
     try:
-        ctx.params["dataset"] = DataSpec.parse(dataset, value).text()
+        ctx.params["dataset"] = DataSpec.parse(ctx.params.get("dataset", "mnist5k"), **option).text()  # type: ignore[arg-type]
     except DataError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def _image_size(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    """``--image-size N``: the data set's ``@N``."""
+    if value is not None:
+        _fold_into_dataset(ctx, image_size=value)
 
 
 def _normalize(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    """``--normalize MEAN/STD`` folded into the data set's text (``…+norm=MEAN/STD``), which every config carries."""
-    from laaq.data import DataError
-    from laaq.datafiles import DataSpec
-
-    if value is None:
-        return
-    dataset = ctx.params.get("dataset", "mnist5k")
-    try:
-        ctx.params["dataset"] = DataSpec.parse(dataset, normalize=value).text()
-    except DataError as e:
-        raise click.BadParameter(str(e)) from None
+    """``--normalize MEAN/STD``: the data set's ``+norm=MEAN/STD``."""
+    if value is not None:
+        _fold_into_dataset(ctx, normalize=value)
 
 
 def model_source(model: str, weights: str, arch: str | None = None) -> ModelSource | None:

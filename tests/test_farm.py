@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from target_files import copy_shipped
 from test_cli import TINY
 
 from harness.cli import main
-from harness.targets import targets_dir
 
 FAST = [*TINY[:TINY.index("--eval-samples")], "--eval-samples", "64", "--batch-large", "8", "--repeat", "2",
         "--number", "2", "--warmup", "1", "--attack", "quick", "--quiet"]
@@ -24,8 +24,7 @@ FAST = [*TINY[:TINY.index("--eval-samples")], "--eval-samples", "64", "--batch-l
 def _targets(tmp_path: Path, extra: dict[str, str]) -> Path:
     d = tmp_path / "targets"
     d.mkdir()
-    for base in ("x86", "x86-avx2"):  # x86 extends the portable x86-avx2
-        (d / f"{base}.toml").write_text((targets_dir() / f"{base}.toml").read_text())
+    copy_shipped(d, "x86")
     for name, body in extra.items():
         (d / f"{name}.toml").write_text(f'extends = "x86"\ndescription = "{name}"\n{body}')
     return d
@@ -194,7 +193,7 @@ def test_farm_of_two_emulated_boards_under_one_key(tmp_path: Path, monkeypatch) 
         d = tmp_path / "targets"
         d.mkdir()
         for name in ("rpi4", "x86"):
-            (d / f"{name}.toml").write_text((targets_dir() / f"{name}.toml").read_text())
+            copy_shipped(d, name)
         for name in ("pia", "pib"):
             (d / f"{name}.toml").write_text(
                 f'extends = "rpi4"\ndescription = "{name}"\n[device]\nkind = "tracker"\nhost = "127.0.0.1"\n'

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from target_files import copy_shipped
 from tvm import relax
 
 from harness.backend.cpu import compile_fast
@@ -126,8 +127,7 @@ def test_targets_select_schemes(resnet_qg, tmp_path: Path) -> None:
     assert {name: resolve(name).scheme for name in expected} == expected
     assert "conv2d_NCHWc_int8" in lower_integer_for(resnet_qg, 1, VNNI).script()
     (tmp_path / "plain.toml").write_text('extends = "x86"\nint8_layout = "nchw"\n')
-    for name in ("x86", "x86-avx2"):
-        (tmp_path / f"{name}.toml").write_text((Path(VNNI.path).parent / f"{name}.toml").read_text())
+    copy_shipped(tmp_path, "x86")
     assert resolve(load_target("plain", tmp_path)).scheme is None
     assert "conv2d_NCHWc_int8" not in lower_integer_for(resnet_qg, 1, load_target("plain", tmp_path)).script()
     (tmp_path / "bad.toml").write_text('extends = "x86"\nint8_layout = "nhwc_magic"\n')
@@ -322,8 +322,7 @@ def test_packed_artefact_is_smaller(tiny_model, tmp_path: Path) -> None:
 
 
 def test_pack_weights_from_target_file(tmp_path: Path) -> None:
-    for name in ("x86", "x86-avx2"):
-        (tmp_path / f"{name}.toml").write_text((Path(VNNI.path).parent / f"{name}.toml").read_text())
+    copy_shipped(tmp_path, "x86")
     (tmp_path / "packed.toml").write_text('extends = "x86"\npack_weights = true\n')
     profile = resolve(load_target("packed", tmp_path))
     assert profile.pack_weights and profile.int8_pattern.endswith("-packed")  # its own tuning records
