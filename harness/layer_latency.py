@@ -31,7 +31,7 @@ import tvm
 
 from harness.compile import compile_module
 from harness.lower import lower_integer, lower_integer_nchwc
-from harness.lower.blocked import subbyte_width
+from harness.lower.blocked import streams_dense, subbyte_width
 from harness.measure import LatencyProtocol, latency
 from harness.results import atomic_write_text
 from laaq.cache import cache_root
@@ -59,10 +59,13 @@ class LayerTime:
     cached: bool = False
 
 
-def scheme_name(profile: TargetProfile, bits: int) -> str:
-    """The kernel a layer of ``bits`` gets: its scheme, plus the packed field width where weights are packed."""
+def scheme_name(profile: TargetProfile, bits: int, streamed: bool = False) -> str:
+    """The kernel a layer of ``bits`` gets: its scheme, plus the packed field width where weights are packed;
+    ``streamed``: a dense on the weight-streaming kernel, whose storage (8/4/2-bit fields) follows the width."""
     if profile.scheme is None:
         return "nchw"
+    if streamed:
+        return f"{profile.scheme.name}+stream{8 if bits > 4 else subbyte_width(bits)}"
     width = subbyte_width(bits) if profile.pack_weights else 0
     return profile.scheme.for_bits(bits).name + (f"+packed{width}" if width else "")
 
@@ -133,9 +136,11 @@ def layer_table(graph: Graph, profile: TargetProfile, session: Session, bits: tu
     with tempfile.TemporaryDirectory(prefix="laaq-layers-") as tmp:
         for node in graph.weighted():
             sub, blocked_in = _layer_graph(graph, node)
+            streamed = (node.op == "dense" and len(sub.input_shape) == 3 and profile.scheme is not None
+                        and streams_dense(profile.scheme, batch))
             timed: dict[str, LayerTime] = {}
             for b in bits:
-                scheme = scheme_name(profile, b)
+                scheme = scheme_name(profile, b, streamed)
                 if scheme in timed:  # the same kernel: the weights are its arguments, not part of it
                     out.append(replace(timed[scheme], bits=b))
                     continue

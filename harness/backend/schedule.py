@@ -12,6 +12,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from harness.backend import gemv
 from harness.backend.schemes import AVX2, AVX2_U8, CONV_BLOCK, VNNI, Scheme
 
 UNPACK = "unpack_weights"  # the stage that rebuilds a packed sub-byte kernel (harness.lower.blocked)
@@ -178,7 +179,13 @@ def blocked_schedule_pass(scheme: Scheme) -> tvm.transform.Pass:
         for member in scheme.family:
             ensure_intrinsic(member)
         for gv, func in list(mod.functions.items()):
-            if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs and func.attrs.get("tirx.is_scheduled"):
+            if not isinstance(func, tvm.tirx.PrimFunc):
+                continue
+            kernel = gemv.swap_in_kernel(func) if scheme.streaming_dense else None
+            if kernel is not None:  # also over a tuning record: the hand kernel streams packed weights
+                mod[gv] = kernel
+                continue
+            if func.attrs and func.attrs.get("tirx.is_scheduled"):
                 continue
             member = scheme_of(func, scheme.family)
             if member is None:

@@ -79,6 +79,8 @@ class Scheme:
     # k_block-wide blocks one intrinsic call sums in int16 before widening (1: widen every block); the
     # conv then reads its input in blocks of k_block·chain channels (``in_block``)
     chain: int = 1
+    # dense layers at small batch stream their weights through :mod:`harness.backend.gemv` (8/4/2-bit storage)
+    streaming_dense: bool = False
 
     @property
     def in_block(self) -> int | None:
@@ -109,7 +111,7 @@ class Scheme:
 # s8 + 128 in uint8 and 128·Σw is removed through the bias, as on the vpmaddubsw path (32-bit accumulation:
 # no saturation to worry about)
 VNNI = Scheme("nchwc_vnni", 16, 4, "uint8", 0, "int8", "dot_16x4_vnni", 4, metaschedule_tensorizes=True,
-              signed_act_offset=128)
+              signed_act_offset=128, streaming_dense=True)
 # 16 lanes = 2 ymm accumulators per output pixel; 4 pixels → 8 accumulators + 2 weight registers + 1
 # broadcast of the 16 ymm registers (ow = 8 spills)
 # the same register budget: 2 accumulators per pixel × 4 pixels + 2 weight registers + broadcast + ones

@@ -21,6 +21,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, topi
 
+from harness.backend import gemv
 from harness.backend.schemes import VNNI, Scheme
 from harness.lower.blocked_ops import add_blocked, blocked_bias, cat_blocked, grouped_acc, pool_blocked
 from harness.lower.nchw import requantize_expr
@@ -186,13 +187,36 @@ def _requant(bb: relax.BlockBuilder, acc: relax.Expr, q: QNode, shape: tuple[int
     return requantize_expr(bb, acc, mult, q, residual)
 
 
+def streams_dense(scheme: Scheme, batch: int) -> bool:
+    """Whether a dense layer on blocked activations runs the weight-streaming kernel (:mod:`harness.backend.gemv`)
+    instead of the tensorized 1×1 conv: on schemes that have it, at batches small enough that each weight is
+    used by few images (the time is then the time to read the weights, which 4- and 2-bit storage halves
+    and quarters)."""
+    return scheme.streaming_dense and batch <= gemv.MAX_BATCH
+
+
+def _streamed_dense(bb: relax.BlockBuilder, a: relax.Expr, w4d: np.ndarray, bits: int) -> relax.Expr:
+    """The dense's int32 accumulator ``[N, Op/16, 1, 1, 16]`` from the weight-streaming kernel: weights stored
+    in the narrowest field that holds the plan's width (8, 4 or 2 bits), unpacked in registers."""
+    n, kb, _, _, cb = (int(s) for s in a.ty.shape)
+    w2d = w4d.reshape(w4d.shape[0], -1)
+    width = 8 if bits > 4 else subbyte_width(bits)
+    kernel = gemv.pack_gemv(w2d, width)
+    op = kernel.shape[0] * gemv.LANES
+    flat = bb.emit(relax.op.reshape(a, (n, kb * cb)))
+    # opaque: never fused with its epilogue, so the VNNI schedule can swap the whole function for its kernel
+    acc = bb.emit_te(gemv.dense_gemv_te, flat, _const(kernel), width, primfunc_name_hint=f"dense_gemv_u{width}",
+                     primfunc_attrs={gemv.ATTR: width, "op_pattern": 8})
+    return bb.emit(relax.op.reshape(acc, (n, op // gemv.LANES, 1, 1, gemv.LANES)))
+
+
 def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in: bool, name: str,
                  w4d: np.ndarray, q: QNode, stride, padding: tuple[int, int], scheme: Scheme,
-                 pack_weights: bool = False) -> tuple[relax.Expr, tuple[int, ...]]:
+                 pack_weights: bool = False, dense: bool = False) -> tuple[relax.Expr, tuple[int, ...]]:
     """One tensorized conv (a dense is a 1×1 one) on a blocked input: convert the input to the
     scheme's stored form unless it already is, pack ``w4d`` ``[O, C, kh, kw]``, add the bias corrected
     for the storage offset. Returns the int32 accumulator ``[N, Op/ob, OH, OW, ob]`` and the shape
-    per-channel constants broadcast with."""
+    per-channel constants broadcast with. ``dense``: the layer is a dense (its weights may be streamed)."""
     offset = scheme.signed_act_offset if signed_in else scheme.act_offset
     if signed_in and scheme.act_dtype == "uint8" and not offset:
         raise ValueError(f"{scheme.name}: layer {name!r} takes signed activations; "
@@ -211,6 +235,11 @@ def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in:
         a = bb.emit_te(_to_stored, a, offset, scheme.act_dtype, primfunc_name_hint="to_stored")
     ob = scheme.oc_block
     op = _ceil(q.w_q.shape[0], ob)
+    bshape = (1, op // ob, 1, 1, ob)
+    bias = blocked_bias(offset_bias(q.b_q, q.w_q, offset), op, ob)
+    if dense and streams_dense(scheme, int(a.ty.shape[0])):
+        acc = _streamed_dense(bb, a, w4d, q.setting.bits if q.setting is not None else 8)
+        return bb.emit(relax.op.add(acc, _const(bias))), bshape
     kernel = pack_kernel(w4d, int(a.ty.shape[4]), scheme)
     width = subbyte_width(q.setting.bits) if pack_weights and q.setting is not None else 0
     if width and scheme.weight_dtype == "int8":
@@ -219,8 +248,6 @@ def _blocked_acc(bb: relax.BlockBuilder, a: relax.Expr, stored: bool, signed_in:
         width = 0
     acc = bb.emit_te(conv_block, a, _const(kernel), stride, padding, offset, scheme.k_block, width,
                      scheme.weight_dtype, ob, primfunc_name_hint="conv2d_nchwc_int8")
-    bshape = (1, op // ob, 1, 1, ob)
-    bias = blocked_bias(offset_bias(q.b_q, q.w_q, offset), op, ob)
     return bb.emit(relax.op.add(acc, _const(bias))), bshape
 
 
@@ -329,7 +356,7 @@ def lower_integer_nchwc(qg: QuantizedGraph, batch: int, scheme: Scheme = VNNI,
                         inp = bb.emit(relax.op.reshape(a, (batch, cblocks * h * w_ * cbk // ob, 1, 1, ob)))
                         w4d, stride, pad = blocked_dense_weight(q.w_q, ch, h, w_, cbk), 1, (0, 0)
                     acc, bshape = _blocked_acc(bb, inp, layout == "stored", signed[n.inputs[0]], n.name, w4d, q,
-                                               stride, pad, layer_scheme(scheme, q), pack_weights)
+                                               stride, pad, layer_scheme(scheme, q), pack_weights, n.op == "dense")
                     o, op = q.w_q.shape[0], bshape[1] * ob
                     if q.final and n.op == "conv":
                         env[n.name] = (_to_nchw(bb, acc, o), "nchw", o)
