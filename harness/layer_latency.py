@@ -101,10 +101,19 @@ def _layer_qgraph(sub: Graph, node: Node, q: QNode) -> QuantizedGraph:
     return QuantizedGraph(sub, QuantPlan({node.name: q.setting}), qnodes, {})
 
 
+def _code_digest() -> str:
+    """Digest of the code that writes the kernels (lowering, schedules, intrinsics): a cached timing of an
+    older kernel must not stand in for the current one."""
+    root = Path(__file__).resolve().parent
+    files = sorted([*(root / "lower").glob("*.py"), *(root / "backend").glob("*.py")])
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
+
+
 def _key(profile: TargetProfile, node: Node, in_shape: tuple[int, ...], batch: int, scheme: str) -> str:
     body = json.dumps({"op": node.op, "w": list(node.weight.shape), "stride": node.stride, "pad": node.padding,
                        "in": list(in_shape), "batch": batch, "scheme": scheme, "tvm": tvm.__version__,
-                       "target": dict(profile.target.tvm), "threads": profile.threads}, sort_keys=True)
+                       "target": dict(profile.target.tvm), "threads": profile.threads, "code": _code_digest()},
+                      sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 

@@ -34,7 +34,7 @@ def _limit(width: int) -> int:
 
 def _cases(rng: np.random.Generator):
     """(batch, K, O, width, activations, weights): random, and the extremes of both operands."""
-    for n, k, o in ((1, 64, 20), (3, 128, 40), (gemv.MAX_BATCH, 256, 16)):
+    for n, k, o in ((1, 64, 20), (3, 128, 40), (gemv.MAX_BATCH, 256, 16), (12, 64, 20)):  # 12: chunks of 6
         for width in (8, 4, 2):
             lim = _limit(width)
             yield n, k, o, width, rng.integers(0, 256, (n, k), dtype=np.uint8), \
@@ -81,7 +81,7 @@ def test_kernel_equals_numpy() -> None:
 
 def test_packing_refuses_what_it_cannot_hold() -> None:
     with pytest.raises(ValueError, match="4-bit fields"):
-        gemv.pack_gemv(np.full((16, 8), 8, np.int8), 4)
+        gemv.pack_gemv(np.full((16, 16), 8, np.int8), 4)
     with pytest.raises(ValueError, match="steps of 16"):
         gemv.pack_gemv(np.zeros((16, 8), np.int8), 2)
     with pytest.raises(ValueError, match="8-, 4- or 2-bit"):
@@ -124,10 +124,12 @@ def test_model_with_streamed_dense_equals_reference(bits) -> None:
 
 
 def test_streaming_only_where_it_pays() -> None:
-    """Large batches reuse every weight across images (the tensorized conv path); AVX2 has no such kernel."""
+    """Batches the kernel cannot chunk by 4–8 images (a prime above 8) take the tensorized conv path; AVX2 has
+    no such kernel."""
     qg = _qgraph((8, 4, 8))
     assert _dense_funcs(lower_integer_nchwc(qg, gemv.MAX_BATCH, VNNI)) == [4, 8]
-    assert _dense_funcs(lower_integer_nchwc(qg, gemv.MAX_BATCH + 1, VNNI)) == []
+    assert _dense_funcs(lower_integer_nchwc(qg, 64, VNNI)) == [4, 8] and gemv.chunk_of(64) == 8
+    assert _dense_funcs(lower_integer_nchwc(qg, 11, VNNI)) == [] and gemv.chunk_of(11) == 0
     assert _dense_funcs(lower_integer_nchwc(qg, 1, AVX2)) == []
 
 

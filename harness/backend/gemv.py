@@ -12,7 +12,7 @@ unpacked by a stage of its own). Here the unpacking is inside the loop that mult
 * one loop step loads the vector once, rebuilds each tile in registers (mask, shift, subtract:
   ``((v >> width·f) & mask) − half``, exact two's complement since ``|w| < half`` for a
   ``b ≤ width``-bit symmetric weight) and issues its ``vpdpbusd`` against 4 broadcast activation bytes,
-  alternating two accumulators (so back-to-back multiplies do not wait on each other);
+  rotating over 2–4 accumulators per image (so back-to-back multiplies do not wait on each other);
 * images of the batch are the inner loop, so each weight vector is read once per call, not per image.
 
 The result is the same int32 accumulator as the 1×1-conv path, bit for bit (``tests/test_gemv.py``),
@@ -27,7 +27,7 @@ import numpy as np
 import tvm
 from tvm import te
 
-MAX_BATCH = 8  # accumulators: 2 per image, 32 zmm registers
+MAX_BATCH = 8  # images per pass over a weight vector: 2 accumulators each at 8 (16 of the 32 zmm registers)
 LANES = 16  # int32 lanes of one vpdpbusd (= the output-channel block)
 
 
@@ -39,8 +39,15 @@ def fields(width: int) -> int:
 
 
 def step_inputs(width: int) -> int:
-    """Input channels one loop step covers: its tiles (4 inputs each), at least two (two accumulators)."""
-    return 4 * max(fields(width), 2)
+    """Input channels one loop step covers: 4 tiles of 4 inputs (1, 2 or 4 vectors by width), so up to 4
+    independent accumulators per image (one ``vpdpbusd`` waits ~5 cycles for the previous one on its own)."""
+    fields(width)
+    return 16
+
+
+def chains(batch: int) -> int:
+    """Accumulators per image: 4 (batch ≤ 4), else 2 — 2·batch or more chains in flight, ≤ 16 zmm registers."""
+    return 4 if batch <= 4 else 2
 
 
 def pack_gemv(w: np.ndarray, width: int) -> np.ndarray:
@@ -112,15 +119,32 @@ def swap_in_kernel(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
     return new
 
 
+def chunk_of(batch: int) -> int:
+    """Images one pass over a weight block serves: the batch itself up to :data:`MAX_BATCH`, else its largest
+    divisor ≤ 8 (0: none ≥ 4 — such a batch is left to the tensorized conv path, see ``streams``)."""
+    if batch <= MAX_BATCH:
+        return batch
+    best = max(d for d in range(1, MAX_BATCH + 1) if batch % d == 0)
+    return best if best >= 4 else 0
+
+
+def streams(batch: int) -> bool:
+    """Whether a dense at this batch takes the kernel: any batch whose chunk is the batch or ≥ 4 images."""
+    return chunk_of(batch) > 0
+
+
 def dense_gemv_func(batch: int, k: int, op: int, width: int) -> tvm.tirx.PrimFunc:
     """``acc[n, o] = Σ_k a[n, k]·w[o, k]`` (u8 stored activations × signed weights → int32) reading
-    :func:`pack_gemv`'s bytes; parallel over output blocks, images innermost."""
+    :func:`pack_gemv`'s bytes. Parallel over output blocks; per block, chunks of images (one block's weights,
+    ``K·16·width/8`` bytes, stay in L1/L2 between chunks), and per weight vector every image of the chunk."""
     from tvm.script import tirx as T
 
-    if batch > MAX_BATCH:
-        raise ValueError(f"weight-streaming dense takes batch ≤ {MAX_BATCH}, not {batch}")
-    f, step = fields(width), step_inputs(width)
-    loads = step // 4 // f  # 64-byte vectors per step: 2 for int8, 1 otherwise
+    nb = chunk_of(batch)
+    if nb == 0:
+        raise ValueError(f"weight-streaming dense takes a batch ≤ {MAX_BATCH} or one with a divisor in [4, 8], "
+                         f"not {batch}")
+    f, step, c = fields(width), step_inputs(width), chains(nb)
+    loads = step // 4 // f  # 64-byte vectors per step: 1, 2 or 4 by width
     tiles = step // 4
     nbytes = loads * 64
     mask, half = (1 << width) - 1, (1 << (width - 1)) if width < 8 else 0
@@ -131,29 +155,35 @@ def dense_gemv_func(batch: int, k: int, op: int, width: int) -> tvm.tirx.PrimFun
                    acc_out: T.Buffer((batch, op), "int32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         for ob in T.parallel(op // 16):
-            acc = T.alloc_buffer((batch * 32,), "int32", scope="local")
-            for n in range(batch):
-                acc[T.ramp(n * 32, 1, 16)] = T.broadcast(0, 16)
-                acc[T.ramp(n * 32 + 16, 1, 16)] = T.broadcast(0, 16)
-            for g in range(k // step):
-                for t in T.unroll(tiles):
-                    vec = w.vload([ob, g, (t // f) * 64], "uint8x64")
-                    for n in T.unroll(batch):
-                        quad = T.reinterpret(a.vload([n, g * step + t * 4], "uint8x4"), dtype="int32")
-                        lanes = T.reinterpret(T.broadcast(quad, 16), dtype="int8x64")
-                        at = n * 32 + t % 2 * 16
-                        if width == 8:
-                            acc[T.ramp(at, 1, 16)] = T.call_llvm_pure_intrin(
-                                T.llvm_lookup_intrinsic_id(vpdpbusd), acc.vload([at], "int32x16"), lanes,
-                                T.reinterpret(vec, dtype="int8x64"), dtype="int32x16")
-                        else:  # the tile rebuilt in registers: field t % f of every byte, less the offset
-                            acc[T.ramp(at, 1, 16)] = T.call_llvm_pure_intrin(
-                                T.llvm_lookup_intrinsic_id(vpdpbusd), acc.vload([at], "int32x16"), lanes,
-                                T.reinterpret((vec >> T.broadcast(T.uint8(t % f * width), 64))
-                                              & T.broadcast(T.uint8(mask), 64), dtype="int8x64")
-                                - T.broadcast(T.int8(half), 64), dtype="int32x16")
-            for n in range(batch):
-                acc_out[n, T.ramp(ob * 16, 1, 16)] = acc.vload([n * 32], "int32x16") + acc.vload([n * 32 + 16],
-                                                                                                   "int32x16")
+            acc = T.alloc_buffer((nb * c * 16,), "int32", scope="local")
+            for chunk in range(batch // nb):
+                for i in range(nb * c):
+                    acc[T.ramp(i * 16, 1, 16)] = T.broadcast(0, 16)
+                for g in range(k // step):
+                    for t in T.unroll(tiles):
+                        vec = T.meta_var(w.vload([ob, g, (t // f) * 64], "uint8x64"))
+                        for n in T.unroll(nb):
+                            quad = T.meta_var(T.reinterpret(a.vload([chunk * nb + n, g * step + t * 4], "uint8x4"),
+                                                            dtype="int32"))
+                            lanes = T.meta_var(T.reinterpret(T.broadcast(quad, 16), dtype="int8x64"))
+                            at = T.meta_var((n * c + t % c) * 16)
+                            if width == 8:
+                                acc[T.ramp(at, 1, 16)] = T.call_llvm_pure_intrin(
+                                    T.llvm_lookup_intrinsic_id(vpdpbusd), acc.vload([at], "int32x16"), lanes,
+                                    T.reinterpret(vec, dtype="int8x64"), dtype="int32x16")
+                            else:  # the tile rebuilt in registers: field t % f of every byte, less the offset
+                                acc[T.ramp(at, 1, 16)] = T.call_llvm_pure_intrin(
+                                    T.llvm_lookup_intrinsic_id(vpdpbusd), acc.vload([at], "int32x16"), lanes,
+                                    T.reinterpret((vec >> T.broadcast(T.uint8(t % f * width), 64))
+                                                  & T.broadcast(T.uint8(mask), 64), dtype="int8x64")
+                                    - T.broadcast(T.int8(half), 64), dtype="int32x16")
+                for n in range(nb):
+                    if c == 4:
+                        acc_out[chunk * nb + n, T.ramp(ob * 16, 1, 16)] = (
+                            acc.vload([n * 64], "int32x16") + acc.vload([n * 64 + 16], "int32x16")) + (
+                            acc.vload([n * 64 + 32], "int32x16") + acc.vload([n * 64 + 48], "int32x16"))
+                    else:
+                        acc_out[chunk * nb + n, T.ramp(ob * 16, 1, 16)] = acc.vload([n * 32], "int32x16") + \
+                            acc.vload([n * 32 + 16], "int32x16")
 
     return dense_gemv

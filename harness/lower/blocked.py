@@ -189,10 +189,10 @@ def _requant(bb: relax.BlockBuilder, acc: relax.Expr, q: QNode, shape: tuple[int
 
 def streams_dense(scheme: Scheme, batch: int) -> bool:
     """Whether a dense layer on blocked activations runs the weight-streaming kernel (:mod:`harness.backend.gemv`)
-    instead of the tensorized 1×1 conv: on schemes that have it, at batches small enough that each weight is
-    used by few images (the time is then the time to read the weights, which 4- and 2-bit storage halves
-    and quarters)."""
-    return scheme.streaming_dense and batch <= gemv.MAX_BATCH
+    instead of the tensorized 1×1 conv: on schemes that have it, at any batch it can chunk (≤ 8 images per
+    pass over a weight vector; at batch 1 the time is the time to read the weights, which 4- and 2-bit
+    storage halves and quarters)."""
+    return scheme.streaming_dense and gemv.streams(batch)
 
 
 def _streamed_dense(bb: relax.BlockBuilder, a: relax.Expr, w4d: np.ndarray, bits: int) -> relax.Expr:
