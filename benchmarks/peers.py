@@ -34,6 +34,9 @@ sys.path.insert(0, str(ROOT))
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", default=os.environ.get("TARGET", "x86"))
+    p.add_argument("--also", default="x86-avx2",
+                   help="further x86 targets whose TVM peers join the same interleaved rounds (e.g. the portable "
+                        "AVX2 code beside the host-native one: one table per ISA, ratios from one run); '' = none")
     p.add_argument("--models", default="resnet20,smallcnn")
     p.add_argument("--batches", default="1,64")
     p.add_argument("--threads", type=int, default=0, help="default: the target file's threads")
@@ -189,6 +192,32 @@ def tvm_peer(mod, target, key: str, trials: int, log) -> tuple[Peer, Callable[[n
     return (lambda: f(holder["x"])), set_input, note
 
 
+def goal_rows(arch: str, batch: int, med: dict[str, float], tvm_targets, target) -> list[dict]:
+    """The issue's ratios for one (model, batch), per TVM target (ISA): TVM int8 / the fastest int8 peer,
+    LAAQ plan / ORT int8, TVM fp32 / ORT fp32 (same interleaved rounds)."""
+    out = []
+    peers8 = [med[k] for k in ("torch-int8-fx", "ort-int8-qdq") if k in med]
+    for tgt in tvm_targets:
+        sfx = "" if tgt is target else f"@{tgt.name}"
+        ratio = lambda num, den: round(num / den, 2) if num and den else ""  # noqa: E731
+        out.append({"model": arch, "batch": batch, "target": tgt.name, "cpu": tgt.cpu,
+                    "int8_vs_best_int8_peer": ratio(med.get(f"tvm-int8{sfx}"), min(peers8, default=None)),
+                    "laaq_vs_ort_int8": ratio(med.get(f"tvm-laaq{sfx}"), med.get("ort-int8-qdq")),
+                    "fp32_vs_ort_fp32": ratio(med.get(f"tvm-fp32{sfx}"), med.get("ort-fp32"))})
+    return out
+
+
+def goal_table(goals: list[dict]) -> list[str]:
+    """Markdown: the ratios per ISA (goals: int8 ≤ 1.0, LAAQ ≤ 0.7 at batch 1, fp32 ≤ 2)."""
+    lines = ["", "## Ratios per ISA (same rounds; goals: TVM int8 ≤ 1.0× the fastest int8 peer, LAAQ plan ≤ 0.7× "
+             "ORT int8 at batch 1, TVM fp32 ≤ 2× ORT fp32)", "",
+             "| model | batch | TVM target (code) | TVM int8 / fastest int8 peer | LAAQ plan / ORT int8 | "
+             "TVM fp32 / ORT fp32 |", "|---|---|---|---|---|---|"]
+    lines += [f"| {g['model']} | {g['batch']} | {g['target']} ({g['cpu']}) | {g['int8_vs_best_int8_peer']} | "
+              f"{g['laaq_vs_ort_int8']} | {g['fp32_vs_ort_fp32']} |" for g in goals]
+    return lines
+
+
 def load_avg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -223,6 +252,8 @@ def main(a: argparse.Namespace) -> int:
     log(f"target {target.name} ({target.target.tvm}), threads {threads}, host {cpu} (avx512_vnni: {vnni}), "
         f"load {load_avg()}")
     tmp = Path(tempfile.mkdtemp(prefix="laaq-peers-"))
+    tvm_targets = [target] + [resolve(t) for t in filter(None, a.also.split(",")) if t != target.name]
+    goals: list[dict] = []
     for arch in a.models.split(","):
         model, shape = make_model(arch)
         graph = model_graph(model, shape)
@@ -254,26 +285,29 @@ def main(a: argparse.Namespace) -> int:
             add("torch-int8-fx", torch_int8, model, x, calib)
             add("ort-fp32", ort_fp32, model, x, threads, tmp)
             add("ort-int8-qdq", ort_int8, model, x, calib, threads, tmp)
-            for name, qg in (("tvm-fp32", None), ("tvm-int8", qg8), ("tvm-laaq", qgl)):
-                if wanted and name not in wanted:
+            for tgt, (base, qg) in ((t, p) for t in tvm_targets for p in (("tvm-fp32", None), ("tvm-int8", qg8),
+                                                                          ("tvm-laaq", qgl))):
+                name = base if tgt is target else f"{base}@{tgt.name}"
+                if wanted and base not in wanted and name not in wanted:
                     continue
-                runnable, why = target.host_runs, target.host_runs_why
+                runnable, why = tgt.host_runs, tgt.host_runs_why
                 if not runnable:  # e.g. a VNNI target on a host without avx512_vnni: would die of SIGILL
                     notes[name] = f"skipped: {why}"
                     continue
                 try:
-                    mod = lower_float(model, shape, b) if qg is None else lower_integer_for(qg, b, target)
-                    kind = "fp32" if name == "tvm-fp32" else target.int8_pattern
+                    mod = lower_float(model, shape, b) if qg is None else lower_integer_for(qg, b, tgt)
+                    kind = "fp32" if base == "tvm-fp32" else tgt.int8_pattern
                     key = default_key(arch, shape, b, kind)
-                    fn, set_input, notes[name] = tvm_peer(mod, target, key, a.trials, log)
-                    if name == "tvm-fp32":
+                    fn, set_input, notes[name] = tvm_peer(mod, tgt, key, a.trials, log)
+                    notes[name] = f"{tgt.cpu}; {notes[name]}"
+                    if base == "tvm-fp32":
                         got = set_input(x.numpy())
                         with torch.no_grad():
                             ok = np.allclose(got, model(x).numpy(), atol=1e-3, rtol=1e-3)
                     else:
                         got = set_input(xq)
-                        ok = np.array_equal(got, run_integer(qg8 if name == "tvm-int8" else qgl, xq))
-                    notes[name] += "; bit-exact" if (ok and name != "tvm-fp32") else ("; matches torch" if ok else
+                        ok = np.array_equal(got, run_integer(qg8 if base == "tvm-int8" else qgl, xq))
+                    notes[name] += "; bit-exact" if (ok and base != "tvm-fp32") else ("; matches torch" if ok else
                                                                                      "; OUTPUT MISMATCH")
                     peers[name] = fn
                 except Exception as e:  # noqa: BLE001
@@ -300,6 +334,7 @@ def main(a: argparse.Namespace) -> int:
                     if target.target.peak_int8_gmacs else "",
                     "macs_per_sample": macs, "threads": threads, "note": notes.get(name, ""),
                 })
+            goals += goal_rows(arch, b, med, tvm_targets, target)
             for r in rows[-len(peers) - len([n for n in notes if n not in peers]):]:
                 print(f"{r['model']:9s} b{r['batch']:<3d} {r['peer']:14s} {str(r['median_ms']):>9s} ms  "
                       f"x{str(r['ratio_to_fastest']):>5s}  {str(r['gmac_s']):>7s} GMAC/s  "
@@ -322,7 +357,9 @@ def main(a: argparse.Namespace) -> int:
           "|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['model']} | {r['batch']} | {r['peer']} | {r['median_ms']} | {r['ratio_to_fastest']} | "
            f"{r['gmac_s']} | {r['frac_int8_peak']} | {r['note']} |" for r in rows]
+    md += goal_table(goals)
     atomic_write_text(out_dir / "perf.md", "\n".join(md) + "\n")
+    print("\n".join(goal_table(goals)), flush=True)
     log(f"wrote {out_dir}/perf.csv and perf.md")
     return 0
 

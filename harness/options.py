@@ -28,7 +28,7 @@ FILE_DATA_ARCH = "resnet20"  # ... and the built-in model that takes any input s
 # weights; SmallCNN's fc1 holds 96.5 %, which makes mixed precision one decision)
 DEFAULT_ARCH = {"mnist5k": "vgg8", "digits": "smallcnn", "cifar10": "resnet20"}
 # peak learning rates measured per built-in model (docs/method.md: VGG8 stalls at 1e-3 within 6 epochs)
-DEFAULT_LR = {"vgg8": 3e-3}
+DEFAULT_LR = {"vgg8": 3e-3, "vgg8-wide": 3e-3}
 
 
 class Fail(click.ClickException):
@@ -78,7 +78,8 @@ def _train_options(f):
         click.option("--data-dir", type=click.Path(), default=None, help="CIFAR-10 python-pickle directory."),
         click.option("--arch", default=None, type=click.Choice(list(ARCHITECTURES)),
                      help="Built-in model (default: vgg8 for MNIST-5k — 8 layers, none above 27 % of the weights; "
-                          "smallcnn for digits; resnet20 for CIFAR-10)."),
+                          "smallcnn for digits; resnet20 for CIFAR-10; vgg8-wide: vgg8 with a 4096-wide dense layer, "
+                          "VGG-16's head width, where weight traffic is the latency at batch 1)."),
         click.option("--model", "model", default="", help="Your own model instead: path/to/file.py:factory, a function "
                      "returning an nn.Module (called with in_channels / num_classes / image_size if it takes them). "
                      "Captured with torch.export; an unsupported op is refused with its source line."),
@@ -86,7 +87,7 @@ def _train_options(f):
                      "without it the model is PGD-AT trained with the usual recipe and cached."),
         click.option("--epochs", default=6, show_default=True, help="Training epochs."),
         click.option("--lr", type=float, default=None,
-                     help="Peak learning rate (Adam, one-cycle; default 3e-3 for vgg8, else 1e-3)."),
+                     help="Peak learning rate (Adam, one-cycle; default 3e-3 for vgg8 and vgg8-wide, else 1e-3)."),
         click.option("--plain", is_flag=True, help="Plain training instead of PGD adversarial training."),
         click.option("--eps", type=float, default=None, help="L-inf radius for training and evaluation "
                      "(default 0.3 for MNIST, 8/255 for CIFAR-10)."),
