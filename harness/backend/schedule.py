@@ -13,6 +13,7 @@ import tvm
 from tvm import relax
 
 from harness.backend import gemv
+from harness.backend.elementwise import schedule_elementwise
 from harness.backend.schemes import AVX2, AVX2_U8, CONV_BLOCK, VNNI, Scheme
 
 UNPACK = "unpack_weights"  # the stage that rebuilds a packed sub-byte kernel (harness.lower.blocked)
@@ -172,7 +173,8 @@ def scheme_of(func: tvm.tirx.PrimFunc, family: tuple[Scheme, ...]) -> Scheme | N
 
 def blocked_schedule_pass(scheme: Scheme) -> tvm.transform.Pass:
     """Module pass: hand-schedule every not-yet-scheduled conv2d_NCHWc_int8 function, each with the
-    intrinsic of the family member that lowered it (a layer of ≤ 7 bits may use a narrower one)."""
+    intrinsic of the family member that lowered it (a layer of ≤ 7 bits may use a narrower one); swap in the
+    weight-streaming dense kernel; give the remaining element-wise functions the default CPU schedule."""
 
     @tvm.transform.module_pass(opt_level=0, name="LaaqBlockedInt8Schedule")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -188,7 +190,10 @@ def blocked_schedule_pass(scheme: Scheme) -> tvm.transform.Pass:
             if func.attrs and func.attrs.get("tirx.is_scheduled"):
                 continue
             member = scheme_of(func, scheme.family)
-            if member is None:
+            if member is None:  # not a convolution: an element-wise function gets the default CPU schedule
+                new = schedule_elementwise(func.with_attr("global_symbol", gv.name_hint))
+                if new is not None:
+                    mod[gv] = new
                 continue
             new = schedule_blocked(func.with_attr("global_symbol", gv.name_hint), member.intrin, member.ow_options,
                                    member.pad_per_row, member.chain)
