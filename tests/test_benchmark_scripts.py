@@ -42,3 +42,14 @@ def test_scaling_table_one_model(tmp_path: Path) -> None:
     out = _run("benchmarks/scaling.py", "--models", "vgg8", "--out", str(tmp_path))
     table = (tmp_path / "scaling.md").read_text()
     assert "VGG8" in table and "peak (MiB)" in table and "PGD ms / image / step" in table, out
+
+
+@pytest.mark.slow
+def test_streaming_dense_one_shape(tmp_path: Path) -> None:
+    if "avx512_vnni" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("the weight-streaming kernel runs vpdpbusd: this CPU has no AVX-512 VNNI")
+    out = _run("benchmarks/streaming_dense.py", "--shapes", "256x32", "--batches", "1,12", "--rounds", "1",
+               "--min-round-ms", "2", "--settle-ms", "0", "--out", str(tmp_path))
+    df = pd.read_csv(tmp_path / "stream.csv")
+    assert len(df) == 6 and set(df.bits) == {8, 4, 2} and (df.stream_ms > 0).all(), out
+    assert "| shape |" in (tmp_path / "stream.md").read_text()

@@ -147,3 +147,29 @@ def test_latency_table_times_each_storage(private_cache) -> None:
         assert [schemes[(name, b)] for b in (2, 4, 8)] == [f"nchwc_vnni+stream{w}" for w in (2, 4, 8)]
     assert {schemes[(conv[0], b)] for b in (2, 4, 8)} == {"nchwc_vnni"}
     assert all(t.median_ms > 0 for t in table)
+
+
+def test_elementwise_schedule_inlines_and_keeps_values() -> None:
+    """The default schedule of a stand-alone element-wise function (a dense's requantization): one loop nest,
+    vectorized, same values; reductions are left alone."""
+    from harness.backend.elementwise import schedule_elementwise
+
+    a = te.placeholder((4, 48), "int32", name="acc")
+    b = te.compute(a.shape, lambda i, j: a[i, j].astype("int64") * 1234567, name="mul")
+    c = te.compute(a.shape, lambda i, j: (b[i, j] >> 20).astype("int32"), name="shift")
+    d = te.compute(a.shape, lambda i, j: tvm.te.max(tvm.te.min(c[i, j], 255), 0).astype("uint8"), name="clip")
+    func = te.create_prim_func([a, d]).with_attr("global_symbol", "main")
+    sched = schedule_elementwise(func)
+    assert sched is not None and sched.attrs["tirx.is_scheduled"]
+    script = sched.script()
+    assert 'sblock("mul")' not in script and 'sblock("shift")' not in script and "T.vectorized" in script
+    x = np.random.default_rng(0).integers(-2**20, 2**20, (4, 48), dtype=np.int32)
+    outs = []
+    for f in (func, sched):
+        out = tvm.runtime.tensor(np.zeros((4, 48), np.uint8))
+        tvm.compile(tvm.IRModule({"main": f}), target=PLAIN)["main"](tvm.runtime.tensor(x), out)
+        outs.append(out.numpy())
+    assert np.array_equal(*outs) and outs[0].any()
+    r = te.reduce_axis((0, 48), "r")
+    s = te.compute((4,), lambda i: te.sum(a[i, r], axis=r), name="sum")
+    assert schedule_elementwise(te.create_prim_func([a, s]).with_attr("global_symbol", "main")) is None
