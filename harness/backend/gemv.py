@@ -13,12 +13,14 @@ unpacked by a stage of its own). Here the unpacking is inside the loop that mult
   ``((v >> width·f) & mask) − half``, exact two's complement since ``|w| < half`` for a
   ``b ≤ width``-bit symmetric weight) and issues its ``vpdpbusd`` against 4 broadcast activation bytes,
   rotating over 2–4 accumulators per image (so back-to-back multiplies do not wait on each other);
-* images of the batch are the inner loop, so each weight vector is read once per call, not per image.
+* images of a chunk (≤ :data:`MAX_BATCH`) are the inner loop, so each weight vector is read once per chunk,
+  and an output block's weights stay in L1/L2 from one chunk to the next.
 
 The result is the same int32 accumulator as the 1×1-conv path, bit for bit (``tests/test_gemv.py``),
 so bias, requantization and the stored-input offset are unchanged. Used for dense layers on blocked
-activations at batch ≤ :data:`MAX_BATCH` (larger batches reuse each weight across images: the
-tensorized conv path is faster there). Figures: docs/performance.md (*Weight-streaming dense*).
+activations at any batch :func:`chunk_of` can split (≤ 8, or a multiple of 4–8 images); the lowering
+emits :func:`dense_gemv_te` and the VNNI schedule swaps in :func:`dense_gemv_func` (:func:`swap_in_kernel`).
+Figures: docs/performance.md (*Weight-streaming dense*).
 """
 
 from __future__ import annotations
