@@ -25,6 +25,8 @@ Figures: docs/performance.md (*Weight-streaming dense*).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tvm
 from tvm import te
@@ -40,11 +42,9 @@ def fields(width: int) -> int:
     return 8 // width
 
 
-def step_inputs(width: int) -> int:
-    """Input channels one loop step covers: 4 tiles of 4 inputs (1, 2 or 4 vectors by width), so up to 4
-    independent accumulators per image (one ``vpdpbusd`` waits ~5 cycles for the previous one on its own)."""
-    fields(width)
-    return 16
+# input channels one loop step covers: 4 tiles of 4 inputs (1, 2 or 4 vectors by width), so up to 4 independent
+# accumulators per image (one ``vpdpbusd`` waits ~5 cycles for the previous one on its own)
+STEP = 16
 
 
 def chains(batch: int) -> int:
@@ -54,9 +54,9 @@ def chains(batch: int) -> int:
 
 def pack_gemv(w: np.ndarray, width: int) -> np.ndarray:
     """int weights ``[O, K]`` → uint8 ``[Op/16, K/step, step·16·width/8]`` for :func:`dense_gemv_func`
-    (O padded to 16 with zero rows; K must be a multiple of :func:`step_inputs`)."""
+    (O padded to 16 with zero rows; K must be a multiple of :data:`STEP`)."""
     o, k = w.shape
-    f, step = fields(width), step_inputs(width)
+    f, step = fields(width), STEP
     if k % step:
         raise ValueError(f"{k} inputs do not split into steps of {step}")
     half = 2 ** (width - 1) if width < 8 else 0
@@ -85,7 +85,7 @@ def _weight(w: te.Tensor, o, kk, width: int):
     """Weight ``(o, kk)`` as int32 from :func:`pack_gemv`'s bytes (scalar form of what the kernel does in
     registers). One branch per field with a constant shift (loop-dependent shift amounts were miscompiled
     by LLVM in the older unpack stage: ``harness.lower.blocked._unpack_subbyte``)."""
-    f, step = fields(width), step_inputs(width)
+    f, step = fields(width), STEP
     t, j = kk % step // 4, kk % 4
     byte = w[o // LANES, kk // step, t // f * 64 + o % LANES * 4 + j].astype("int32")
     if width == 8:
@@ -135,6 +135,7 @@ def streams(batch: int) -> bool:
     return chunk_of(batch) > 0
 
 
+@functools.lru_cache(maxsize=64)  # parsed once per shape: TVMScript re-reads this file's source on every parse
 def dense_gemv_func(batch: int, k: int, op: int, width: int) -> tvm.tirx.PrimFunc:
     """``acc[n, o] = Σ_k a[n, k]·w[o, k]`` (u8 stored activations × signed weights → int32) reading
     :func:`pack_gemv`'s bytes. Parallel over output blocks; per block, chunks of images (one block's weights,
@@ -145,7 +146,7 @@ def dense_gemv_func(batch: int, k: int, op: int, width: int) -> tvm.tirx.PrimFun
     if nb == 0:
         raise ValueError(f"weight-streaming dense takes a batch ≤ {MAX_BATCH} or one with a divisor in [4, 8], "
                          f"not {batch}")
-    f, step, c = fields(width), step_inputs(width), chains(nb)
+    f, step, c = fields(width), STEP, chains(nb)
     loads = step // 4 // f  # 64-byte vectors per step: 1, 2 or 4 by width
     tiles = step // 4
     nbytes = loads * 64
