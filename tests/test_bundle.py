@@ -32,12 +32,14 @@ from laaq.robustness import PRESETS, EvalConfig, evaluate, rejudge
 TINY = ["--dataset", "digits", "--arch", "tinycnn", "--epochs", "6", "--lr", "0.01", "--eps", "0.1",
         "--eval-samples", "100", "--batch-large", "16", "--repeat", "3", "--number", "3", "--warmup", "1",
         "--attack", "quick", "--quiet"]
-# what the device does not change: every figure but latency, throughput, where, when and how long
+# what the device does not change: every figure but latency, throughput, where, when and how long — and
+# `number`, the calls per repeat, which the timing phase lowers where a call is slow (harness.timing.
+# calls_per_repeat: a loaded host gave "2/3" against an idle one's "3")
 SAME = ["target", "measured_as", "kind", "plan", "avg_weight_bits", "act_bits", "batch_small", "batch_large",
         "clean_acc", "clean_ci_lo", "clean_ci_hi", "robust_acc", "robust_ci_lo", "robust_ci_hi", "attack_preset",
         "per_attack", "gradient_masking", "sanity", "eps_curve", "agreement", "bitexact", "max_abs_diff", "n_eval",
         "macs", "bops", "weight_bytes", "artefact_bytes", "energy_proxy_uj", "energy_measured_uj", "threads", "warmup",
-        "number", "repeat", "schedule"]
+        "repeat", "schedule"]
 # the runner must not reach the harness, PyTorch or the attack code: importing any of them fails
 BLOCKER = ("import runpy, sys\n"
            "for m in ('torch', 'harness', 'laaq', 'torchattacks', 'pandas', 'click'): sys.modules[m] = None\n"
