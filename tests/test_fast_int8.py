@@ -231,6 +231,57 @@ def test_vpdpbusd_in_library_and_exact_on_vnni_host(resnet_qg, tmp_path: Path) -
     assert np.array_equal(out, run_integer(resnet_qg, x))
 
 
+def _tile_graph(rng: np.random.Generator) -> Graph:
+    """48 output channels (3 blocks: the 2-block register tile does not divide them) → 64 at stride 2 (it does)
+    → 64 (signed input: no ReLU before it) → dense; weights at the 8-bit extremes."""
+    def w(*shape: int) -> np.ndarray:
+        return (rng.choice([-1.0, 1.0], size=shape) * 0.05).astype(np.float32)
+
+    nodes = [Node("c1", "conv", ["input"], w(48, 3, 3, 3), np.zeros(48, np.float32), 1, 1, relu=True),
+             Node("c2", "conv", ["c1"], w(64, 48, 3, 3), np.zeros(64, np.float32), 2, 1, relu=False),
+             Node("c3", "conv", ["c2"], w(64, 64, 3, 3), np.zeros(64, np.float32), 1, 1, relu=True),
+             Node("flat", "flatten", ["c3"]),
+             Node("fc", "dense", ["flat"], w(10, 64 * 5 * 5), np.zeros(10, np.float32))]
+    return Graph(nodes, (3, 10, 10), 10)
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["int8", "packed-4bit"])
+def test_vnni_register_tile_and_row_padding_exact(pack: bool, tmp_path: Path) -> None:
+    """The VNNI hand schedule: two output-channel blocks per register tile where they divide the layer (one
+    where they do not: 48 channels), padded rows built inside each parallel row task — no padding pass of its
+    own; 8-bit extremes and 0/255 inputs; 4-bit packed weights through the unpack stage."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    from harness.backend.schedule import blocked_schedule_pass
+
+    assert VNNI_SCHEME.pad_per_row and VNNI_SCHEME.oc_tile == 2
+    bits = 4 if pack else 8
+    graph = _tile_graph(np.random.default_rng(5))
+    qg = quantize_graph(graph, QuantPlan({n.name: LayerSetting(bits, 1.0) for n in graph.weighted()}),
+                        torch.rand(16, 3, 10, 10))
+    assert qg.qnodes["c2"].out_signed  # c3 reads signed activations (stored + 128)
+    x = np.stack([np.full((3, 10, 10), 255, np.uint8), np.zeros((3, 10, 10), np.uint8),
+                  (np.indices((3, 10, 10)).sum(0) % 2 * 255).astype(np.uint8)])
+    mod = lower_integer_nchwc(qg, len(x), VNNI_SCHEME, pack_weights=pack)
+    target = resolve(VNNI).tvm_target
+    with target:
+        passes = cpu_generic.legalize_passes(target) + [blocked_schedule_pass(VNNI_SCHEME)]
+        legal = tvm.transform.Sequential(passes)(mod)
+    convs = {gv.name_hint: f.script() for gv, f in legal.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint}
+    assert len(convs) == 3
+    tiled = [name for name, text in convs.items() if "oc_chunk_1 in T.unroll" in text]
+    assert len(tiled) == 2, f"the two 64-channel convs tile 2 output blocks, the 48-channel one not: {tiled}"
+    for text in convs.values():  # padding inside the parallel row loop: no root-level pass over the input
+        assert "T.parallel" in text and text.index("T.parallel") < text.index("data_pad[")
+    so = tmp_path / "tile.so"
+    compile_fast(mod, target, scheme=VNNI_SCHEME).export_library(str(so))
+    if not HOST_HAS_VNNI:
+        pytest.skip("host CPU lacks avx512_vnni: scheduled and compiled, not run")
+    out = relax.VirtualMachine(tvm.runtime.load_module(str(so)), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(out, run_integer(qg, x))
+
+
 def test_single_conv_layouts_exact() -> None:
     """Stride 2 and 1×1 shortcut convs through the blocked layout equal the reference conv."""
     from tvm import topi

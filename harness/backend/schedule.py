@@ -1,9 +1,10 @@
 """The fixed hand schedule of the blocked int8 convolutions, and the order it meets the tuning database.
 
 :func:`schedule_blocked` is deterministic (no tuning): tensorize with the scheme's intrinsic,
-register-block the output width, parallelize over (n, oc chunk, oh), requantization fused into the
-tile. MetaSchedule's x86 rules know ``dot_16x4_vnni`` (so tuned VNNI kernels replace the hand
-schedule); for the other schemes the hand schedule is applied *before* the tuning database, so
+register-block the output width (and, where the register file allows, several output-channel blocks),
+parallelize over (n, oc chunk, oh) — or over (n, oh) with each task padding its own input rows —
+requantization fused into the tile. MetaSchedule's x86 rules know ``dot_16x4_vnni`` (so tuned VNNI
+kernels replace the hand schedule); for the other schemes the hand schedule is applied *before* the tuning database, so
 tuning only ever touches the kernels around the convolutions (dense, pooling, packing).
 """
 
@@ -28,7 +29,7 @@ def _pick(extent: int, options=(8, 7, 4, 2, 1)) -> int:
 
 def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
                      ow_options: tuple[int, ...] = (8, 7, 4, 2, 1), pad_per_row: bool = False,
-                     chain: int = 1) -> tvm.tirx.PrimFunc | None:
+                     chain: int = 1, oc_tile: int = 1) -> tvm.tirx.PrimFunc | None:
     """Hand schedule for a (fused) PrimFunc holding a ``conv2d_NCHWc_int8`` block; None if not one.
 
     Loops (n, oc_chunk, oh, ow, oc_block | ic_outer, kh, kw, ic_f_inner, ic_s_inner) become
@@ -36,6 +37,9 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
     element-wise consumers are inlined into one epilogue computed per (ow_o) tile, vectorized.
     ``chain`` > 1 (int16 chains, :data:`harness.backend.schemes.NEON_I16`): ``ic_f_inner`` (extent ``chain``)
     moves inside ``ow_i`` and into the intrinsic, which then covers ``chain × ob × k``.
+    ``oc_tile`` > 1 (chain 1 only): that many output-channel blocks join ``ow_i`` in the register tile
+    (``oc_tile × ow_i`` accumulators), so each broadcast input quad feeds ``oc_tile`` instructions; a layer
+    whose ``oc_chunk`` extent it does not divide keeps one block.
     """
     from tvm import s_tir
 
@@ -53,6 +57,7 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
     inner = (ow_i, icf) if chain > 1 else (icf, ow_i)  # the intrinsic covers ic_f too when it chains blocks
     unpack = next((b for b in sch.get_producers(conv) if sch.get(b).name_hint.startswith(UNPACK)), None)
     chunk = None  # the loop a packed kernel's tile is unpacked under (None: whole kernel once per call)
+    occ_i = None  # the output-channel blocks of the register tile (``oc_tile``), when split off
     if unpack is not None and int(sch.get(oh).extent) * ow_ext == 1:
         # a dense (1×1 output) with packed weights: output-channel chunks outermost, so each chunk's tile is
         # unpacked once, into cache, and used by every image of the batch (the whole-kernel pass would
@@ -63,6 +68,7 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
         _vectorize_unpack(sch, unpack, parallel=False)
         chunk, row = occ, None
     elif pad_per_row:
+        occ, inner, occ_i = _oc_tile(sch, occ, inner, oc_tile if chain == 1 else 1)
         sch.reorder(n, oh, occ, ow_o, ico, kh, kw, *inner, ocb, ics)
         row = sch.fuse(n, oh)
         sch.parallel(row)
@@ -71,6 +77,7 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
                 sch.compute_at(b, row)  # pad only the input rows this output row reads, while in cache
                 sch.vectorize(sch.get_loops(b)[-1])
     else:
+        occ, inner, occ_i = _oc_tile(sch, occ, inner, oc_tile if chain == 1 else 1)
         sch.reorder(n, occ, oh, ow_o, ico, kh, kw, *inner, ocb, ics)
         row = None
         sch.parallel(sch.fuse(n, occ, oh))  # before tensorize: parallel needs a plain reduction block below
@@ -94,6 +101,8 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
     sch.decompose_reduction(conv, ico)
     sch.tensorize(icf if chain > 1 else ocb, intrin)
     sch.unroll(ow_i)
+    if occ_i is not None:
+        sch.unroll(occ_i)
     for b in sch.get_child_blocks(sch.get_sblock("root")):
         if sch.get(b).name_hint.startswith(("data_pad", "pad")):
             if row is not None and sch.get(b).name_hint.startswith("data_pad"):
@@ -105,6 +114,15 @@ def schedule_blocked(func: tvm.tirx.PrimFunc, intrin: str = "dot_16x4_vnni",
             _vectorize_unpack(sch, b, parallel=True)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
+
+
+def _oc_tile(sch, occ, inner: tuple, tile: int) -> tuple:
+    """Split ``tile`` output-channel blocks off ``occ`` and put them just outside ``ow_i``:
+    ``(icf, ow_i)`` → ``(icf, occ_i, ow_i)``. Returns (outer occ, inner loops, occ_i or None)."""
+    if tile <= 1 or int(sch.get(occ).extent) % tile:
+        return occ, inner, None
+    occ, occ_i = sch.split(occ, [None, tile])
+    return occ, (*inner[:-1], occ_i, inner[-1]), occ_i
 
 
 def ensure_intrinsic(scheme: Scheme) -> None:
@@ -196,7 +214,7 @@ def blocked_schedule_pass(scheme: Scheme) -> tvm.transform.Pass:
                     mod[gv] = new
                 continue
             new = schedule_blocked(func.with_attr("global_symbol", gv.name_hint), member.intrin, member.ow_options,
-                                   member.pad_per_row, member.chain)
+                                   member.pad_per_row, member.chain, member.oc_tile)
             if new is not None:
                 mod[gv] = new
         return mod
