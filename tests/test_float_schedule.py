@@ -12,6 +12,7 @@ from tvm import relax
 
 from harness.backend import float_schedule as fs
 from harness.backend.cpu import compile_fast, fast_pipeline
+from harness.backend.float_dense import pad_dense_pass
 from harness.lower.floating import lower_float
 
 HOST = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"})
@@ -83,6 +84,27 @@ def test_matches_torch_and_every_kernel_is_scheduled(batch):
         assert names[n].attrs.get("tirx.is_scheduled"), n
 
 
+@pytest.mark.parametrize(("lanes", "widths"), [(8, {24: 20, 16: 10}), (16, {32: 20})])
+def test_dense_columns_padded_to_the_lanes(lanes, widths):
+    """A dense whose width the vector lanes do not divide runs on zero-padded constant weights and is sliced
+    back (fc1: 20 columns; fc2: 10 — padded on 8 lanes, left alone on 16, where it is narrower than a vector);
+    the padded module computes what the model does (through the schedule, on this host)."""
+    model, shape = _model()
+    mod = relax.transform.DecomposeOpsForInference()(lower_float(model, shape, 3))
+    padded = pad_dense_pass(lanes)(relax.transform.CanonicalizeBindings()(mod))
+    text = padded["main"].script()
+    for wide, n in widths.items():
+        assert f"R.Tensor((3, {wide}), dtype=\"float32\") = R.matmul" in text
+        assert "R.strided_slice(" in text and f"({n},)" in text
+    assert text.count("R.strided_slice(") == len(widths)
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    for m in (padded, mod):  # the padded module, and the model through fast_pipeline (which pads for HOST)
+        y = relax.VirtualMachine(compile_fast(m, HOST), tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+        assert np.abs(y - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
 def _lowered(mod: tvm.IRModule, target) -> tvm.IRModule:
     """The module after the schedule passes of :func:`fast_pipeline` (before VM lowering)."""
     from tvm.relax.backend.cpu_generic import pipeline as cg
@@ -91,6 +113,7 @@ def _lowered(mod: tvm.IRModule, target) -> tvm.IRModule:
     passes = [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
+        pad_dense_pass(lanes),
         fs.float_layout_pass(lanes),
         *cg.legalize_passes(target),
         fs.float_schedule_pass(lanes),

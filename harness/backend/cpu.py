@@ -14,6 +14,7 @@ from tvm import relax
 
 from harness.backend import float_schedule
 from harness.backend.base import host_linker, register_backend
+from harness.backend.float_dense import pad_dense_pass
 from harness.backend.schedule import schedule_passes
 from harness.backend.schemes import Scheme, auto_scheme
 from harness.backend.tvm_fixes import light_tensor_intrin
@@ -40,7 +41,7 @@ def fast_pipeline(tvm_target: tvm.target.Target, database_dir: str | None = None
         lanes = float_schedule.float_lanes(tvm_target)
         passes = ([relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
                   + cpu_generic.library_dispatch_passes(tvm_target))
-        passes += [float_schedule.float_layout_pass(lanes)] if hand_float else []
+        passes += [pad_dense_pass(lanes), float_schedule.float_layout_pass(lanes)] if hand_float else []
         passes += cpu_generic.legalize_passes(tvm_target)
         passes += schedule_passes(scheme, database_dir)
         passes += [float_schedule.float_schedule_pass(lanes)] if hand_float else []

@@ -16,8 +16,9 @@ No tuning database and no tuning run: every float32 kernel of a model gets a det
   ``parallel(n·oc_chunk·oh) · ow_o · ic_o · kh · kw · ic_i · unroll(ow_i) · vectorize(oc_block)``,
   accumulators in registers (``ow_i × oc_block``), the fused epilogue (batch norm, ReLU, residual)
   computed per ``ow_o`` tile, padding in a separate parallel loop. Dense / matmul: register-blocked
-  rows × vectorized columns. Other float kernels (element-wise, layout transforms, pooling): outer
-  loops parallel, innermost vectorized when it is a multiple of the lanes.
+  rows × vectorized columns (a width the lanes do not divide is padded first:
+  :mod:`harness.backend.float_dense`). Other float kernels (element-wise, layout transforms, pooling):
+  outer loops parallel, innermost vectorized when it is a multiple of the lanes.
 
 The same code serves x86 (host) and aarch64 (cross): only :func:`float_lanes` reads the target.
 """

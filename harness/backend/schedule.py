@@ -4,8 +4,8 @@
 register-block the output width (and, where the register file allows, several output-channel blocks),
 parallelize over (n, oc chunk, oh) — or over (n, oh) with each task padding its own input rows —
 requantization fused into the tile. MetaSchedule's x86 rules know ``dot_16x4_vnni`` (so tuned VNNI
-kernels replace the hand schedule); for the other schemes the hand schedule is applied *before* the tuning database, so
-tuning only ever touches the kernels around the convolutions (dense, pooling, packing).
+kernels replace the hand schedule); for the other schemes the hand schedule is applied *before* the tuning
+database, so tuning only ever touches the kernels around the convolutions (dense, pooling, packing).
 """
 
 from __future__ import annotations
