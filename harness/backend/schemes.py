@@ -67,7 +67,6 @@ class Scheme:
     weight_dtype: str
     intrin: str  # registered TensorIntrin name
     first_cb: int  # channel block of the network input (3 channels → padded to this)
-    metaschedule_tensorizes: bool = False  # MetaSchedule's own rules use ``intrin`` (VNNI only)
     # output-width register blocking the hand schedule may pick (accumulators = ow × oc_block lanes)
     ow_options: tuple[int, ...] = (8, 7, 4, 2, 1)
     pad_per_row: bool = False  # parallel over (n, oh) with the padded input rows built per task
@@ -115,8 +114,8 @@ class Scheme:
 # no saturation to worry about)
 # 32 zmm registers: 2 output-channel blocks × 8 pixels = 16 accumulators + 2 weight vectors + a broadcast;
 # rows built per task (no separate padding pass): ResNet-20 b1 0.131 → 0.106 ms on a 2-core znver5 (bit-exact)
-VNNI = Scheme("nchwc_vnni", 16, 4, "uint8", 0, "int8", "dot_16x4_vnni", 4, metaschedule_tensorizes=True,
-              pad_per_row=True, signed_act_offset=128, streaming_dense=True, oc_tile=2)
+VNNI = Scheme("nchwc_vnni", 16, 4, "uint8", 0, "int8", "dot_16x4_vnni", 4, pad_per_row=True,
+              signed_act_offset=128, streaming_dense=True, oc_tile=2)
 # 16 lanes = 2 ymm accumulators per output pixel; 4 pixels → 8 accumulators + 2 weight registers + 1
 # broadcast of the 16 ymm registers (ow = 8 spills)
 # the same register budget: 2 accumulators per pixel × 4 pixels + 2 weight registers + broadcast + ones

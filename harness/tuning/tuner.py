@@ -31,10 +31,9 @@ if TYPE_CHECKING:
 
 
 def hand_scheduled(task_name: str, profile: TargetProfile) -> bool:
-    """Is this kernel a convolution the target's blocked int8 scheme hand-schedules *over* any
-    tuning record (schemes MetaSchedule cannot tensorize)? Then tuning it would waste trials."""
-    scheme = profile.scheme
-    return scheme is not None and not scheme.metaschedule_tensorizes and "conv2d_nchwc_int8" in task_name
+    """Is this kernel a convolution the target's blocked int8 scheme hand-schedules *over* any tuning record
+    (every scheme: :func:`harness.backend.schedule.schedule_passes`)? Then tuning it would waste trials."""
+    return profile.scheme is not None and "conv2d_nchwc_int8" in task_name
 
 
 @dataclass
