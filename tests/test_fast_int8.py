@@ -175,11 +175,14 @@ def test_scheme_per_layer_width() -> None:
         AVX2_U8.for_bits(8)
 
 
+def _extreme_weights(rng: np.random.Generator):
+    """Float weights of one magnitude, random signs: every quantized weight lands on ±(the width's maximum)."""
+    return lambda *shape: (rng.choice([-1.0, 1.0], size=shape) * 0.05).astype(np.float32)
+
+
 def _extreme_graph(rng: np.random.Generator, wmax: int) -> Graph:
     """conv (no ReLU: *signed* output) → conv (ReLU) → flatten → dense: every weight at ±wmax·scale."""
-    def w(*shape: int) -> np.ndarray:
-        return (rng.choice([-1.0, 1.0], size=shape) * 0.05).astype(np.float32)
-
+    w = _extreme_weights(rng)
     nodes = [Node("c1", "conv", ["input"], w(8, 1, 3, 3), np.zeros(8, np.float32), 1, 1, relu=False),
              Node("c2", "conv", ["c1"], w(16, 8, 3, 3), np.zeros(16, np.float32), 1, 1, relu=True),
              Node("flat", "flatten", ["c2"]),
@@ -234,9 +237,7 @@ def test_vpdpbusd_in_library_and_exact_on_vnni_host(resnet_qg, tmp_path: Path) -
 def _tile_graph(rng: np.random.Generator) -> Graph:
     """48 output channels (3 blocks: the 2-block register tile does not divide them) → 64 at stride 2 (it does)
     → 64 (signed input: no ReLU before it) → dense; weights at the 8-bit extremes."""
-    def w(*shape: int) -> np.ndarray:
-        return (rng.choice([-1.0, 1.0], size=shape) * 0.05).astype(np.float32)
-
+    w = _extreme_weights(rng)
     nodes = [Node("c1", "conv", ["input"], w(48, 3, 3, 3), np.zeros(48, np.float32), 1, 1, relu=True),
              Node("c2", "conv", ["c1"], w(64, 48, 3, 3), np.zeros(64, np.float32), 2, 1, relu=False),
              Node("c3", "conv", ["c2"], w(64, 64, 3, 3), np.zeros(64, np.float32), 1, 1, relu=True),
